@@ -1,0 +1,144 @@
+// CShims: what Swift cannot express on its own.
+//
+// - wrappers for variadic calls (`syscall`, `ioctl`) and for ioctl numbers built by function-like macros;
+// - uapi definitions newer than the system headers (they are from Linux 6.1, the kernel is newer);
+// - the two fault handlers of the write trackers (the SIGSEGV handler of the mprotect backend and the
+//   handler loop of the synchronous userfaultfd backend), which must be C: async-signal-safe and lock-free.
+//
+// Rule (as in swift-subprocess's shims): a wrapper returns the libc result unchanged and leaves errno
+// alone. Error mapping, allocation and policy live in Swift.
+#ifndef CSHIMS_H
+#define CSHIMS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>  // must precede linux/userfaultfd.h
+#include <linux/userfaultfd.h>
+#include <linux/fs.h>
+
+// MARK: - uapi newer than the 6.1 headers (values from the kernel's userfaultfd.h and fs.h)
+
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+
+#ifndef PAGEMAP_SCAN
+#define PM_SCAN_WP_MATCHING (1 << 0)
+#define PM_SCAN_CHECK_WPASYNC (1 << 1)
+#define PAGE_IS_WPALLOWED (1 << 0)
+#define PAGE_IS_WRITTEN (1 << 1)
+#define PAGE_IS_FILE (1 << 2)
+#define PAGE_IS_PRESENT (1 << 3)
+#define PAGE_IS_SWAPPED (1 << 4)
+#define PAGE_IS_PFNZERO (1 << 5)
+#define PAGE_IS_HUGE (1 << 6)
+
+/// One run of pages reported by PAGEMAP_SCAN: [start, end) in bytes, and the categories they share.
+struct page_region {
+    __u64 start;
+    __u64 end;
+    __u64 categories;
+};
+
+/// The argument of the PAGEMAP_SCAN ioctl on /proc/PID/pagemap.
+struct pm_scan_arg {
+    __u64 size;
+    __u64 flags;
+    __u64 start;
+    __u64 end;
+    __u64 walk_end;
+    __u64 vec;
+    __u64 vec_len;
+    __u64 max_pages;
+    __u64 category_inverted;
+    __u64 category_mask;
+    __u64 category_anyof_mask;
+    __u64 return_mask;
+};
+
+#define PAGEMAP_SCAN _IOWR('f', 16, struct pm_scan_arg)
+#endif
+
+_Static_assert(sizeof(struct page_region) == 24, "page_region must match the kernel's uapi");
+_Static_assert(sizeof(struct pm_scan_arg) == 96, "pm_scan_arg must match the kernel's uapi");
+
+// MARK: - ioctl numbers (function-like macros Swift cannot import)
+
+extern const unsigned long CShims_UFFDIO_API;
+extern const unsigned long CShims_UFFDIO_REGISTER;
+extern const unsigned long CShims_UFFDIO_UNREGISTER;
+extern const unsigned long CShims_UFFDIO_WRITEPROTECT;
+extern const unsigned long CShims_PAGEMAP_SCAN;
+/// Bit of `uffdio_register.ioctls` saying UFFDIO_WRITEPROTECT is available on the registered range.
+extern const unsigned long long CShims_UFFDIO_WRITEPROTECT_AVAILABLE;
+
+// MARK: - Variadic calls
+
+/// `syscall(SYS_userfaultfd, flags)`.
+int CShims_userfaultfd(int flags);
+/// `ioctl(fd, request, arg)` with a pointer argument.
+int CShims_ioctl(int fd, unsigned long request, void *arg);
+
+// MARK: - Dirty bitmaps shared between a fault handler and the collector
+
+/// Atomically sets bit `index` (acquire-release).
+static inline void CShims_bitmap_set(uint64_t *words, size_t index) {
+    __atomic_fetch_or(&words[index >> 6], (uint64_t)1 << (index & 63), __ATOMIC_ACQ_REL);
+}
+
+/// Atomically replaces a word with zero and returns what it held.
+static inline uint64_t CShims_bitmap_take_word(uint64_t *words, size_t word) {
+    return __atomic_exchange_n(&words[word], (uint64_t)0, __ATOMIC_ACQ_REL);
+}
+
+/// Atomically reads a word.
+static inline uint64_t CShims_bitmap_load_word(const uint64_t *words, size_t word) {
+    return __atomic_load_n(&words[word], __ATOMIC_ACQUIRE);
+}
+
+// MARK: - mprotect backend: the SIGSEGV handler
+//
+// A fixed table of tracked ranges, read lock-free by the handler. On a write fault (SEGV_ACCERR) at an
+// address inside an armed range, the handler makes that page writable and then sets its dirty bit
+// (in that order, so a concurrent collector that re-protects first never leaves a written page
+// unprotected and unreported). If un-protecting one page fails (ENOMEM: vm.max_map_count reached by
+// split VMAs), it makes the whole range writable, marks the range overflowed and disarms it: the next
+// collect reports every page. Any other fault chains to the handler that was installed before ours,
+// or, if that was the default, restores the default and returns so the real crash happens.
+
+enum { CSHIMS_SEGV_SLOTS = 16 };
+
+/// Installs the SIGSEGV handler once per process (later calls do nothing). Returns 0 or -1 with errno.
+int CShims_segv_install(void);
+/// Publishes a tracked range; returns its slot, or -1 if the table is full. `bitmap` holds one bit per
+/// page and must outlive the slot. The range starts disarmed.
+int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t *bitmap);
+/// Arms or disarms a slot (the caller changes the page protection itself).
+void CShims_segv_set_armed(int slot, bool armed);
+/// Returns whether the slot overflowed since the last call, and clears the flag.
+bool CShims_segv_take_overflow(int slot);
+/// Unpublishes a slot and waits until no handler is still reading it.
+void CShims_segv_remove(int slot);
+/// Number of faults the handler resolved for a slot (for statistics).
+uint64_t CShims_segv_fault_count(int slot);
+
+// MARK: - uffd-sync backend: the handler loop
+
+/// Serves write-protect faults of `uffd` until `stop_fd` becomes readable: for each fault at an address
+/// inside [base, base + length) it removes the protection of that page (which wakes the faulting
+/// thread) and then sets the page's bit in `bitmap`. Returns 0 when stopped, or -1 with errno when a
+/// call failed (the loop then stops; faulting threads are woken when the caller closes `uffd`).
+/// `fault_count` (may be NULL) is incremented atomically per resolved fault.
+int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
+                         uint64_t *bitmap, uint64_t *fault_count);
+
+#endif  // CSHIMS_H

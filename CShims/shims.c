@@ -1,0 +1,207 @@
+#ifndef _GNU_SOURCE
+#error "CShims must be built with _GNU_SOURCE (set in Package.swift's cSettings)"
+#endif
+
+#include "CShims.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+const unsigned long CShims_UFFDIO_API = UFFDIO_API;
+const unsigned long CShims_UFFDIO_REGISTER = UFFDIO_REGISTER;
+const unsigned long CShims_UFFDIO_UNREGISTER = UFFDIO_UNREGISTER;
+const unsigned long CShims_UFFDIO_WRITEPROTECT = UFFDIO_WRITEPROTECT;
+const unsigned long CShims_PAGEMAP_SCAN = PAGEMAP_SCAN;
+const unsigned long long CShims_UFFDIO_WRITEPROTECT_AVAILABLE = (1ULL << _UFFDIO_WRITEPROTECT);
+
+int CShims_userfaultfd(int flags) { return (int)syscall(SYS_userfaultfd, flags); }
+
+int CShims_ioctl(int fd, unsigned long request, void *arg) { return ioctl(fd, request, arg); }
+
+// MARK: - mprotect backend
+//
+// Everything below runs inside a signal handler: only atomics and async-signal-safe syscalls
+// (mprotect, sigaction), no locks, no allocation, errno saved and restored.
+
+struct segv_slot {
+    uintptr_t base;  // 0 = free; published last (release), read first (acquire)
+    size_t length;
+    unsigned page_shift;
+    uint64_t *bitmap;
+    int armed;
+    int overflow;
+    uint64_t faults;
+};
+
+static struct segv_slot slots[CSHIMS_SEGV_SLOTS];
+static int slot_claimed[CSHIMS_SEGV_SLOTS];
+static int handlers_running;
+static struct sigaction previous_action;
+static int install_state;  // 0 none, 1 installing, 2 installed
+
+static void chain_to_previous(int sig, siginfo_t *info, void *context) {
+    if (previous_action.sa_flags & SA_SIGINFO) {
+        if ((void *)previous_action.sa_sigaction != (void *)SIG_DFL &&
+            (void *)previous_action.sa_sigaction != (void *)SIG_IGN) {
+            previous_action.sa_sigaction(sig, info, context);
+            return;
+        }
+    } else if (previous_action.sa_handler != SIG_DFL && previous_action.sa_handler != SIG_IGN) {
+        previous_action.sa_handler(sig);
+        return;
+    }
+    // Nobody else handles it: restore the default and return, so the faulting instruction runs again
+    // and the process dies of the real SIGSEGV.
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(SIGSEGV, &dfl, NULL);
+}
+
+static bool is_write_fault(void *context) {
+#if defined(__x86_64__)
+    const ucontext_t *uc = (const ucontext_t *)context;
+    return (uc->uc_mcontext.gregs[REG_ERR] & 2) != 0;  // page-fault error code bit 1: write access
+#else
+    (void)context;
+    return true;  // a protection fault on a PROT_READ page can only be a write (or an exec)
+#endif
+}
+
+static void segv_handler(int sig, siginfo_t *info, void *context) {
+    int saved_errno = errno;
+    bool handled = false;
+    if (info->si_code == SEGV_ACCERR && is_write_fault(context)) {
+        uintptr_t address = (uintptr_t)info->si_addr;
+        __atomic_fetch_add(&handlers_running, 1, __ATOMIC_ACQ_REL);
+        for (int i = 0; i < CSHIMS_SEGV_SLOTS && !handled; i++) {
+            struct segv_slot *slot = &slots[i];
+            uintptr_t base = __atomic_load_n(&slot->base, __ATOMIC_ACQUIRE);
+            if (base == 0 || address < base || address - base >= slot->length) continue;
+            if (!__atomic_load_n(&slot->armed, __ATOMIC_ACQUIRE)) continue;
+            size_t page = (address - base) >> slot->page_shift;
+            void *page_address = (void *)(base + (page << slot->page_shift));
+            if (mprotect(page_address, (size_t)1 << slot->page_shift, PROT_READ | PROT_WRITE) == 0) {
+                CShims_bitmap_set(slot->bitmap, page);  // after un-protecting: see the header
+                handled = true;
+            } else if (mprotect((void *)base, slot->length, PROT_READ | PROT_WRITE) == 0) {
+                __atomic_store_n(&slot->armed, 0, __ATOMIC_RELEASE);
+                __atomic_store_n(&slot->overflow, 1, __ATOMIC_RELEASE);
+                handled = true;
+            }
+            if (handled) __atomic_fetch_add(&slot->faults, 1, __ATOMIC_RELAXED);
+        }
+        __atomic_fetch_sub(&handlers_running, 1, __ATOMIC_ACQ_REL);
+    }
+    if (!handled) chain_to_previous(sig, info, context);
+    errno = saved_errno;
+}
+
+int CShims_segv_install(void) {
+    int expected = 0;
+    if (!__atomic_compare_exchange_n(&install_state, &expected, 1, false, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        while (__atomic_load_n(&install_state, __ATOMIC_ACQUIRE) == 1) {
+        }
+        return 0;
+    }
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = segv_handler;
+    action.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGSEGV, &action, &previous_action) != 0) {
+        int saved = errno;
+        __atomic_store_n(&install_state, 0, __ATOMIC_RELEASE);
+        errno = saved;
+        return -1;
+    }
+    __atomic_store_n(&install_state, 2, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t *bitmap) {
+    for (int i = 0; i < CSHIMS_SEGV_SLOTS; i++) {
+        int expected = 0;
+        if (!__atomic_compare_exchange_n(&slot_claimed[i], &expected, 1, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE))
+            continue;
+        struct segv_slot *slot = &slots[i];
+        slot->length = length;
+        slot->page_shift = page_shift;
+        slot->bitmap = bitmap;
+        __atomic_store_n(&slot->armed, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&slot->overflow, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&slot->faults, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&slot->base, base, __ATOMIC_RELEASE);
+        return i;
+    }
+    return -1;
+}
+
+void CShims_segv_set_armed(int slot, bool armed) {
+    __atomic_store_n(&slots[slot].armed, armed ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+bool CShims_segv_take_overflow(int slot) {
+    return __atomic_exchange_n(&slots[slot].overflow, 0, __ATOMIC_ACQ_REL) != 0;
+}
+
+uint64_t CShims_segv_fault_count(int slot) {
+    return __atomic_load_n(&slots[slot].faults, __ATOMIC_ACQUIRE);
+}
+
+void CShims_segv_remove(int slot) {
+    __atomic_store_n(&slots[slot].armed, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&slots[slot].base, 0, __ATOMIC_RELEASE);
+    while (__atomic_load_n(&handlers_running, __ATOMIC_ACQUIRE) != 0) {
+    }
+    __atomic_store_n(&slot_claimed[slot], 0, __ATOMIC_RELEASE);
+}
+
+// MARK: - uffd-sync backend
+
+int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
+                         uint64_t *bitmap, uint64_t *fault_count) {
+    struct pollfd fds[2] = {{.fd = uffd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
+    struct uffd_msg messages[16];
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (fds[1].revents) return 0;
+        if (fds[0].revents & (POLLERR | POLLHUP)) {
+            errno = EPIPE;
+            return -1;
+        }
+        ssize_t got = read(uffd, messages, sizeof messages);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EINTR) continue;
+            return -1;
+        }
+        size_t count = (size_t)got / sizeof(struct uffd_msg);
+        for (size_t i = 0; i < count; i++) {
+            if (messages[i].event != UFFD_EVENT_PAGEFAULT) continue;
+            uintptr_t address = (uintptr_t)messages[i].arg.pagefault.address;
+            if (address < base || address - base >= length) continue;
+            size_t page = (address - base) >> page_shift;
+            struct uffdio_writeprotect unprotect = {
+                .range = {.start = base + (page << page_shift), .len = (size_t)1 << page_shift},
+                .mode = 0,  // clear WP and wake the faulting thread
+            };
+            while (ioctl(uffd, UFFDIO_WRITEPROTECT, &unprotect) != 0) {
+                if (errno != EAGAIN && errno != EINTR) return -1;
+            }
+            CShims_bitmap_set(bitmap, page);  // after un-protecting, as in the SIGSEGV handler
+            if (fault_count) __atomic_fetch_add(fault_count, 1, __ATOMIC_RELAXED);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+// swift-tools-version: 6.0
+// Ferry: live migration of a running Linux process's memory region.
+//
+// Modules, in the one direction data flows:
+//   CShims -> FerrySystem -> FerryTracking -> (region, wire, transport, migration) -> FerryCLI -> ferry
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "Ferry",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "ferry", targets: ["ferry"]),
+        .library(name: "FerryTracking", targets: ["FerryTracking"]),
+    ],
+    targets: [
+        // Syscalls Swift cannot call, the fault handlers, newer uapi definitions.
+        .target(
+            name: "CShims",
+            path: "CShims",
+            cSettings: [.define("_GNU_SOURCE")]
+        ),
+        // Errno, syscall helpers, owned file descriptors and mappings, kernel facts.
+        .target(name: "FerrySystem", dependencies: ["CShims"], swiftSettings: strict),
+        // Write tracking of a memory range: uffd-async, uffd-sync, mprotect.
+        .target(name: "FerryTracking", dependencies: ["FerrySystem", "CShims"], swiftSettings: strict),
+        // Plain C loops that measure each tracking mechanism: the benchmarks' baseline.
+        .target(name: "CFerryBaseline", cSettings: [.define("_GNU_SOURCE")]),
+        // Argument parsing and commands of the `ferry` executable.
+        .target(
+            name: "FerryCLI",
+            dependencies: ["FerryTracking", "FerrySystem", "CFerryBaseline"],
+            swiftSettings: strict
+        ),
+        .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
+
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .testTarget(
+            name: "FerryTrackingTests",
+            dependencies: ["FerryTracking", "FerrySystem", "CShims"],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"], swiftSettings: strict),
+    ],
+    swiftLanguageModes: [.v6]
+)

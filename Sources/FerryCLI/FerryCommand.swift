@@ -1,0 +1,3 @@
+public enum FerryCommand {
+    public static func main() async {}
+}
