@@ -28,6 +28,10 @@ let package = Package(
         .target(name: "FerrySystem", dependencies: ["CShims"], swiftSettings: strict),
         // Write tracking of a memory range: uffd-async, uffd-sync, mprotect.
         .target(name: "FerryTracking", dependencies: ["FerrySystem", "CShims"], swiftSettings: strict),
+        // The migratable region at a fixed address, its header, and the workloads that live in it.
+        .target(name: "FerryRegion", dependencies: ["FerrySystem", "FerryTracking"], swiftSettings: strict),
+        // Migration protocol frames and their codec: pure functions over bytes, no I/O.
+        .target(name: "FerryWire", swiftSettings: strict),
         // Plain C loops that measure each tracking mechanism: the benchmarks' baseline.
         .target(name: "CFerryBaseline", cSettings: [.define("_GNU_SOURCE")]),
         // Argument parsing and commands of the `ferry` executable.
@@ -38,13 +42,18 @@ let package = Package(
         ),
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
 
+        // Helpers shared by the test targets: writer threads, temporary directories, running `ferry`.
+        .target(name: "FerryTestSupport", dependencies: ["FerrySystem"], path: "Tests/FerryTestSupport",
+                swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
         .testTarget(
             name: "FerryTrackingTests",
-            dependencies: ["FerryTracking", "FerrySystem", "CShims"],
+            dependencies: ["FerryTracking", "FerrySystem", "FerryTestSupport"],
             swiftSettings: strict
         ),
-        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI"], swiftSettings: strict),
+        .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], swiftSettings: strict),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

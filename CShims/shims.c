@@ -37,6 +37,8 @@ struct segv_slot {
     int armed;
     int overflow;
     uint64_t faults;
+    uint64_t unprotected;  // pages un-protected one by one since the last collect
+    uint64_t budget;       // beyond this many, fall back to the whole range
 };
 
 static struct segv_slot slots[CSHIMS_SEGV_SLOTS];
@@ -88,11 +90,14 @@ static void segv_handler(int sig, siginfo_t *info, void *context) {
             if (!__atomic_load_n(&slot->armed, __ATOMIC_ACQUIRE)) continue;
             size_t page = (address - base) >> slot->page_shift;
             void *page_address = (void *)(base + (page << slot->page_shift));
-            if (mprotect(page_address, (size_t)1 << slot->page_shift, PROT_READ | PROT_WRITE) == 0) {
+            bool within_budget =
+                __atomic_add_fetch(&slot->unprotected, 1, __ATOMIC_ACQ_REL) <= slot->budget;
+            if (within_budget &&
+                mprotect(page_address, (size_t)1 << slot->page_shift, PROT_READ | PROT_WRITE) == 0) {
                 CShims_bitmap_set(slot->bitmap, page);  // after un-protecting: see the header
                 handled = true;
             } else if (mprotect((void *)base, slot->length, PROT_READ | PROT_WRITE) == 0) {
-                __atomic_store_n(&slot->armed, 0, __ATOMIC_RELEASE);
+                // Stays armed: the collector re-protects the whole range and faults resume.
                 __atomic_store_n(&slot->overflow, 1, __ATOMIC_RELEASE);
                 handled = true;
             }
@@ -127,7 +132,8 @@ int CShims_segv_install(void) {
     return 0;
 }
 
-int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t *bitmap) {
+int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t *bitmap,
+                    uint64_t split_budget) {
     for (int i = 0; i < CSHIMS_SEGV_SLOTS; i++) {
         int expected = 0;
         if (!__atomic_compare_exchange_n(&slot_claimed[i], &expected, 1, false, __ATOMIC_ACQ_REL,
@@ -137,6 +143,8 @@ int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t
         slot->length = length;
         slot->page_shift = page_shift;
         slot->bitmap = bitmap;
+        slot->budget = split_budget;
+        __atomic_store_n(&slot->unprotected, 0, __ATOMIC_RELEASE);
         __atomic_store_n(&slot->armed, 0, __ATOMIC_RELEASE);
         __atomic_store_n(&slot->overflow, 0, __ATOMIC_RELEASE);
         __atomic_store_n(&slot->faults, 0, __ATOMIC_RELEASE);
@@ -148,6 +156,10 @@ int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t
 
 void CShims_segv_set_armed(int slot, bool armed) {
     __atomic_store_n(&slots[slot].armed, armed ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+void CShims_segv_reset_budget(int slot) {
+    __atomic_store_n(&slots[slot].unprotected, 0, __ATOMIC_RELEASE);
 }
 
 bool CShims_segv_take_overflow(int slot) {
@@ -169,7 +181,7 @@ void CShims_segv_remove(int slot) {
 // MARK: - uffd-sync backend
 
 int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
-                         uint64_t *bitmap, uint64_t *fault_count) {
+                         uint64_t *bitmap, uint64_t *counters) {
     struct pollfd fds[2] = {{.fd = uffd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
     struct uffd_msg messages[16];
     for (;;) {
@@ -193,6 +205,7 @@ int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, u
             uintptr_t address = (uintptr_t)messages[i].arg.pagefault.address;
             if (address < base || address - base >= length) continue;
             size_t page = (address - base) >> page_shift;
+            __atomic_fetch_add(&counters[0], 1, __ATOMIC_ACQ_REL);  // started: before the writer can go on
             struct uffdio_writeprotect unprotect = {
                 .range = {.start = base + (page << page_shift), .len = (size_t)1 << page_shift},
                 .mode = 0,  // clear WP and wake the faulting thread
@@ -201,7 +214,7 @@ int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, u
                 if (errno != EAGAIN && errno != EINTR) return -1;
             }
             CShims_bitmap_set(bitmap, page);  // after un-protecting, as in the SIGSEGV handler
-            if (fault_count) __atomic_fetch_add(fault_count, 1, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&counters[1], 1, __ATOMIC_ACQ_REL);  // resolved: the bit is set
         }
     }
 }

@@ -110,9 +110,10 @@ static inline uint64_t CShims_bitmap_load_word(const uint64_t *words, size_t wor
 // A fixed table of tracked ranges, read lock-free by the handler. On a write fault (SEGV_ACCERR) at an
 // address inside an armed range, the handler makes that page writable and then sets its dirty bit
 // (in that order, so a concurrent collector that re-protects first never leaves a written page
-// unprotected and unreported). If un-protecting one page fails (ENOMEM: vm.max_map_count reached by
-// split VMAs), it makes the whole range writable, marks the range overflowed and disarms it: the next
-// collect reports every page. Any other fault chains to the handler that was installed before ours,
+// unprotected and unreported). Each page un-protected alone can split a VMA in three, and
+// vm.max_map_count is shared by the whole process (malloc and thread stacks need maps too), so past
+// `split_budget` pages per round, or if un-protecting one page fails (ENOMEM), the handler makes the
+// whole range writable and marks it overflowed: the next collect reports every page. Any other fault chains to the handler that was installed before ours,
 // or, if that was the default, restores the default and returns so the real crash happens.
 
 enum { CSHIMS_SEGV_SLOTS = 16 };
@@ -121,7 +122,10 @@ enum { CSHIMS_SEGV_SLOTS = 16 };
 int CShims_segv_install(void);
 /// Publishes a tracked range; returns its slot, or -1 if the table is full. `bitmap` holds one bit per
 /// page and must outlive the slot. The range starts disarmed.
-int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t *bitmap);
+int CShims_segv_add(uintptr_t base, size_t length, unsigned page_shift, uint64_t *bitmap,
+                    uint64_t split_budget);
+/// Restarts the count of pages un-protected one by one (after the collector re-protected them).
+void CShims_segv_reset_budget(int slot);
 /// Arms or disarms a slot (the caller changes the page protection itself).
 void CShims_segv_set_armed(int slot, bool armed);
 /// Returns whether the slot overflowed since the last call, and clears the flag.
@@ -137,8 +141,12 @@ uint64_t CShims_segv_fault_count(int slot);
 /// inside [base, base + length) it removes the protection of that page (which wakes the faulting
 /// thread) and then sets the page's bit in `bitmap`. Returns 0 when stopped, or -1 with errno when a
 /// call failed (the loop then stops; faulting threads are woken when the caller closes `uffd`).
-/// `fault_count` (may be NULL) is incremented atomically per resolved fault.
+///
+/// `counters[0]` (started) is incremented before a fault's writer is woken and `counters[1]` (resolved)
+/// after its bit is set. A writer's write can complete before its bit is set, so a collector first waits
+/// until resolved reaches the started value it read: then every write completed before it began is in
+/// the bitmap.
 int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
-                         uint64_t *bitmap, uint64_t *fault_count);
+                         uint64_t *bitmap, uint64_t *counters);
 
 #endif  // CSHIMS_H

@@ -1,4 +1,7 @@
 internal import CShims
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One bit per page, set by a fault handler (C, lock-free) and taken by the collector.
 ///
@@ -9,20 +12,27 @@ final class DirtyBitmap: @unchecked Sendable {
     let wordCount: Int
     /// The words, for handing to C. Valid until `self` is released.
     let words: UnsafeMutablePointer<UInt64>
-    /// A counter a fault handler may increment atomically (the word after the bitmap).
-    var faultCounter: UnsafeMutablePointer<UInt64> { words + wordCount }
+    /// Two counters a fault handler may increment atomically (the words after the bitmap):
+    /// faults started and faults resolved.
+    var counters: UnsafeMutablePointer<UInt64> { words + wordCount }
 
     init(pageCount: Int) {
         self.pageCount = pageCount
         wordCount = (pageCount + 63) / 64
-        words = .allocate(capacity: wordCount + 1)
-        words.initialize(repeating: 0, count: wordCount + 1)
+        words = .allocate(capacity: wordCount + 2)
+        words.initialize(repeating: 0, count: wordCount + 2)
     }
 
     deinit { words.deallocate() }
 
-    /// The fault counter's value.
-    var faults: UInt64 { CShims_bitmap_load_word(words, wordCount) }
+    /// Faults the handler resolved so far.
+    var faults: UInt64 { CShims_bitmap_load_word(words, wordCount + 1) }
+
+    /// Waits until the handler has set the bit of every fault it had started when this was called.
+    func waitForStartedFaults() {
+        let started = CShims_bitmap_load_word(words, wordCount)
+        while CShims_bitmap_load_word(words, wordCount + 1) < started { sched_yield() }
+    }
 
     /// Sets the bits of `run` atomically.
     func set(_ run: PageRun) {

@@ -30,7 +30,7 @@ final class MprotectMechanism: TrackingMechanism {
 
     static func probe() throws(SystemCallError) {
         try withScratchPages { range throws(SystemCallError) in
-            let mechanism = try MprotectMechanism(range: range)
+            let mechanism = try MprotectMechanism(range: range, splitBudget: 4)
             defer { mechanism.stop() }
             try mechanism.arm()
             range.baseAddress.storeBytes(of: 7, toByteOffset: range.pageSize, as: UInt8.self)
@@ -41,11 +41,16 @@ final class MprotectMechanism: TrackingMechanism {
         }
     }
 
-    init(range: MemoryRange) throws(SystemCallError) {
+    /// Pages un-protected one by one per round before falling back to the whole range: an eighth of
+    /// `vm.max_map_count` (8,191 at the default 65,530), leaving the rest of the process room for its own maps.
+    static var defaultSplitBudget: Int { (Kernel.integer(at: "/proc/sys/vm/max_map_count") ?? 65_530) / 8 }
+
+    init(range: MemoryRange, splitBudget: Int? = nil) throws(SystemCallError) {
         self.range = range
         _ = try systemCall("sigaction(SIGSEGV)") { CShims_segv_install() }
         bitmap = DirtyBitmap(pageCount: range.pageCount)
-        slot = CShims_segv_add(range.start, range.byteCount, UInt32(range.pageShift), bitmap.words)
+        let budget = UInt64(Swift.max(splitBudget ?? Self.defaultSplitBudget, 0))
+        slot = CShims_segv_add(range.start, range.byteCount, UInt32(range.pageShift), bitmap.words, budget)
         guard slot >= 0 else {
             throw SystemCallError("mprotect tracker table", errno: .noMemory, subject: "at most \(CSHIMS_SEGV_SLOTS) ranges")
         }
@@ -66,6 +71,9 @@ final class MprotectMechanism: TrackingMechanism {
         try state.withLock { state throws(SystemCallError) -> DirtyPages in
             let overflowed = CShims_segv_take_overflow(slot)
             var dirty = bitmap.take()
+            // Pages un-protected from here on count against the next round's budget. Resetting before
+            // re-protecting can only let a few more splits through, never lose a report.
+            CShims_segv_reset_budget(slot)
             if overflowed {
                 state.overflows += 1
                 dirty = .all(pageCount: range.pageCount)

@@ -1,7 +1,7 @@
 import FerrySystem
 
 /// The write-tracking mechanisms Ferry implements (see DESIGN §3.1).
-public enum TrackerBackend: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+public enum TrackerBackend: String, CaseIterable, Hashable, Sendable, Codable, CustomStringConvertible {
     /// userfaultfd write-protect with `UFFD_FEATURE_WP_ASYNC`: the kernel resolves faults itself and
     /// `PAGEMAP_SCAN` reports and re-protects written pages atomically. Linux 6.7+. Tracks kernel writes.
     case uffdAsync = "uffd-async"

@@ -80,9 +80,13 @@ final class UffdAsyncMechanism: TrackingMechanism {
     }
 
     /// One pass of PAGEMAP_SCAN over the range; contents of the reported pages may be read once it returns.
+    ///
+    /// The scan stops early only when the output vector fills. Its `walk_end` can then lag behind the
+    /// regions it reported (seen on 6.18: it keeps the value from an internal buffer flush), so the next
+    /// call starts after whichever is further; a vector that did not fill means the walk reached the end.
     private func scan() throws(SystemCallError) -> DirtyPages {
         let vector = vector.pointer
-        var pages = DirtyPages()
+        var runs: [PageRun] = []
         var cursor = UInt64(range.start)
         let end = UInt64(range.end)
         let shift = UInt64(range.pageShift)
@@ -95,20 +99,27 @@ final class UffdAsyncMechanism: TrackingMechanism {
                 vec: UInt64(UInt(bitPattern: vector)), vec_len: UInt64(Self.vectorLength), max_pages: 0,
                 category_inverted: 0, category_mask: UInt64(PAGE_IS_WRITTEN), category_anyof_mask: 0,
                 return_mask: UInt64(PAGE_IS_WRITTEN))
-            let filled = try systemCall("ioctl(PAGEMAP_SCAN)", subject: "\(range)") {
+            let filled = Int(try systemCall("ioctl(PAGEMAP_SCAN)", subject: "\(range)") {
                 CShims_ioctl(pagemap, CShims_PAGEMAP_SCAN, &argument)
-            }
-            for index in 0..<Int(filled) {
+            })
+            var reportedEnd = cursor
+            for index in 0..<filled {
                 let region = vector[index]
                 // Unmapped holes are skipped silently by the kernel: keep to our bounds ourselves.
-                let first = max(region.start, base)
-                let last = min(region.end, end)
+                let first = Swift.max(region.start, base)
+                let last = Swift.min(region.end, end)
                 guard first < last else { continue }
-                pages.append(PageRun(first: Int((first - base) >> shift), count: Int((last - first) >> shift)))
+                runs.append(PageRun(first: Int((first - base) >> shift), count: Int((last - first) >> shift)))
+                reportedEnd = Swift.max(reportedEnd, last)
             }
-            guard argument.walk_end > cursor else { break }
-            cursor = argument.walk_end
+            guard filled == Self.vectorLength else { break }
+            let next = Swift.max(argument.walk_end, reportedEnd)
+            guard next > cursor else { break }
+            cursor = next
         }
+        if !runs.isSorted(by: { $0.first <= $1.first }) { runs.sort { $0.first < $1.first } }
+        var pages = DirtyPages()
+        for run in runs { pages.append(run) }
         return pages
     }
 
@@ -133,4 +144,10 @@ private final class PageRegionVector: @unchecked Sendable {
     let pointer: UnsafeMutablePointer<page_region>
     init(capacity: Int) { pointer = .allocate(capacity: capacity) }
     deinit { pointer.deallocate() }
+}
+
+extension Array {
+    fileprivate func isSorted(by inOrder: (Element, Element) -> Bool) -> Bool {
+        zip(self, dropFirst()).allSatisfy { inOrder($0, $1) }
+    }
 }

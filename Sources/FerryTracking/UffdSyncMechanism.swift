@@ -92,6 +92,7 @@ final class UffdSyncMechanism: TrackingMechanism {
         if let error = handlerStatus.error.withLock({ $0 }) {
             throw SystemCallError("userfaultfd handler thread", errno: error, subject: "\(range)")
         }
+        bitmap.waitForStartedFaults()
         let dirty = bitmap.take()
         try state.withLock { state throws(SystemCallError) in
             guard !state.closed else { return }
@@ -148,7 +149,7 @@ private struct HandlerContext: Sendable {
     func run() {
         let result = CShims_uffd_wp_serve(
             uffd, stopFD, range.start, range.byteCount, UInt32(range.pageShift), bitmap.words,
-            bitmap.faultCounter)
+            bitmap.counters)
         if result != 0 {
             let code = Errno.current
             status.error.withLock { $0 = code }

@@ -52,7 +52,10 @@ public final class WriteTracker: Sendable {
     }
 
     /// Sets up tracking of `range` with `backend`, without probing first.
-    public init(range: MemoryRange, backend: TrackerBackend) throws(TrackingError) {
+    /// - Parameter mprotectSplitBudget: for the mprotect backend, how many pages per round may be
+    ///   un-protected one by one before it falls back to the whole range (nil: an eighth of
+    ///   `vm.max_map_count`; `Int.max`: only when the kernel refuses). Other backends ignore it.
+    public init(range: MemoryRange, backend: TrackerBackend, mprotectSplitBudget: Int? = nil) throws(TrackingError) {
         precondition(range.byteCount > 0, "cannot track an empty range")
         self.backend = backend
         self.range = range
@@ -60,7 +63,7 @@ public final class WriteTracker: Sendable {
             switch backend {
             case .uffdAsync: mechanism = try UffdAsyncMechanism(range: range)
             case .uffdSync: mechanism = try UffdSyncMechanism(range: range)
-            case .mprotect: mechanism = try MprotectMechanism(range: range)
+            case .mprotect: mechanism = try MprotectMechanism(range: range, splitBudget: mprotectSplitBudget)
             }
         } catch {
             if backend == .mprotect, error.call == "mprotect tracker table" {

@@ -1,0 +1,1 @@
+// Placeholder; the region module lands here.

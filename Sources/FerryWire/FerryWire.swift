@@ -1,0 +1,1 @@
+// Placeholder; the wire codec lands here.
