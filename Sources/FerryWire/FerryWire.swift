@@ -1,1 +1,0 @@
-// Placeholder; the wire codec lands here.

@@ -1,0 +1,215 @@
+/// The version of the migration protocol this build speaks; the first field of every ``Hello``.
+public let wireProtocolVersion: UInt16 = 1
+
+/// Everything the source says about itself and the region in its first frame.
+///
+/// The codec guarantees only the shape of the fields: every string is valid UTF-8 within
+/// ``Frame/maximumNameLength`` bytes. Whether the values are acceptable (same architecture, page size,
+/// a mappable address, a plain file name for the token) is the destination's decision, answered with a
+/// ``Refusal`` a person can act on.
+public struct Hello: Hashable, Sendable {
+    /// The protocol version the source speaks; a destination that does not speak it refuses with
+    /// ``Refusal/Code-swift.enum/protocolVersion``.
+    public var protocolVersion: UInt16
+    /// The build of the source, e.g. `"ferry 0.1 (git abc123)"`.
+    public var buildIdentity: String
+    /// The source's machine architecture, e.g. `"x86_64"`.
+    public var architecture: String
+    /// The source's page size in bytes; page indices in later frames count pages of this size.
+    public var pageSize: UInt32
+    /// The address the region is mapped at on the source; the destination must map it at the same address.
+    public var regionBase: UInt64
+    /// The size of the region in bytes.
+    public var regionSize: UInt64
+    /// The name of the workload that lives in the region.
+    public var workloadName: String
+    /// The version of the workload's layout inside the region.
+    public var layoutVersion: UInt32
+    /// The name of a one-time token file the source wrote on the shared mount. Only its length and
+    /// encoding are checked here: the destination must make sure it is a plain file name before opening it.
+    public var sharedMountToken: String
+    /// The token file's content, which the destination must read back and match.
+    public var sharedMountTokenValue: String
+    /// The ownership generation the source currently holds.
+    public var generation: UInt64
+
+    public init(
+        protocolVersion: UInt16 = wireProtocolVersion,
+        buildIdentity: String,
+        architecture: String,
+        pageSize: UInt32,
+        regionBase: UInt64,
+        regionSize: UInt64,
+        workloadName: String,
+        layoutVersion: UInt32,
+        sharedMountToken: String,
+        sharedMountTokenValue: String,
+        generation: UInt64
+    ) {
+        self.protocolVersion = protocolVersion
+        self.buildIdentity = buildIdentity
+        self.architecture = architecture
+        self.pageSize = pageSize
+        self.regionBase = regionBase
+        self.regionSize = regionSize
+        self.workloadName = workloadName
+        self.layoutVersion = layoutVersion
+        self.sharedMountToken = sharedMountToken
+        self.sharedMountTokenValue = sharedMountTokenValue
+        self.generation = generation
+    }
+}
+
+/// The destination's answer to ``Hello``.
+///
+/// A decoded `accepted` always carries a finite, non-negative `setupSeconds` (the encoder writes 0 for
+/// anything else).
+public enum HelloReply: Hashable, Sendable {
+    /// The region is mapped (and populated) at the same address; `setupSeconds` is how long that took.
+    case accepted(setupSeconds: Double)
+    /// The destination will not take the workload; the source keeps running it.
+    case refused(Refusal)
+}
+
+/// Why a destination refused, with a message a person can act on.
+///
+/// A decoded refusal always has a known ``Code-swift.enum`` and a valid UTF-8 reason of at most
+/// ``Frame/maximumReasonLength`` bytes (the encoder truncates a longer one at a character boundary).
+public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
+    /// The kind of refusal, stable on the wire so the source can react to it.
+    public enum Code: UInt16, Sendable {
+        case protocolVersion = 1, architecture, pageSize, memory, address, sharedMount, workload, layoutVersion,
+            busy, authentication, other
+    }
+
+    /// The kind of refusal.
+    public var code: Code
+    /// What happened and what to do.
+    public var reason: String
+
+    public init(code: Code, reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+
+    public var description: String { "destination refused (\(code)): \(reason)" }
+}
+
+/// Per-round statistics the source sends at the end of each round.
+public struct RoundSummary: Hashable, Sendable {
+    /// The round number: 0 is the full copy, then one per dirty round.
+    public var round: UInt32
+    /// Pages sent as data in this round.
+    public var pages: UInt64
+    /// Pages sent as zero ranges in this round.
+    public var zeroPages: UInt64
+    /// Bytes of page data sent in this round.
+    public var bytes: UInt64
+    /// Whether this was the stop-and-copy round.
+    public var final: Bool
+
+    public init(round: UInt32, pages: UInt64, zeroPages: UInt64, bytes: UInt64, final: Bool) {
+        self.round = round
+        self.pages = pages
+        self.zeroPages = zeroPages
+        self.bytes = bytes
+        self.final = final
+    }
+}
+
+/// One message of the migration protocol.
+///
+/// On the stream every frame is `u32 length (big-endian) | u8 type | body`, where the length counts the
+/// type byte and the body and is between 1 and ``maximumLength``. Integers are big-endian; strings and byte
+/// strings are a `u16` byte count followed by the bytes.
+///
+/// Guarantees of every frame ``FrameCodec`` or ``FrameDecoder`` returns: strings are valid UTF-8 within
+/// their limit, byte strings are within ``maximumDigestLength``, page counts are at least 1 and
+/// `firstPage + pageCount` does not overflow `UInt64`. Decoding is canonical: re-encoding a decoded frame
+/// gives back exactly the bytes it came from.
+public enum Frame: Hashable, Sendable {
+    /// The source's first frame: who it is and what region it wants to move.
+    case hello(Hello)
+    /// The destination's answer to `hello`.
+    case helloReply(HelloReply)
+    /// Announces `pageCount * pageSize` raw page bytes that follow this frame on the stream, outside any
+    /// frame, for pages `firstPage ..< firstPage + pageCount`.
+    case pageData(firstPage: UInt64, pageCount: UInt32)
+    /// Pages `firstPage ..< firstPage + pageCount` are all zero.
+    case zeroPages(firstPage: UInt64, pageCount: UInt64)
+    /// The source has sent everything of one round.
+    case roundEnd(RoundSummary)
+    /// The destination has applied the round.
+    case roundAck(round: UInt32)
+    /// The source has sent all pages; the destination computes the digest of the whole region.
+    case digestRequest
+    /// The digest of the destination's region; `value` is at most ``maximumDigestLength`` bytes.
+    case digest(algorithm: String, value: [UInt8])
+    /// The source committed the ownership record with this generation; the destination resumes.
+    case commit(generation: UInt64)
+    /// The destination runs the workload, at this step.
+    case running(step: UInt64)
+    /// Either side gives up; the source keeps running.
+    case abort(reason: String)
+    /// Challenge-response authentication; `nonce` and `mac` are at most ``maximumDigestLength`` bytes each.
+    case auth(nonce: [UInt8], mac: [UInt8])
+
+    /// The largest frame length (type byte plus body) a peer may send: 1 MiB.
+    public static let maximumLength: UInt32 = 1 << 20
+    /// The limit, in UTF-8 bytes, of names and identities: build identity, architecture, workload name,
+    /// token name and value, digest algorithm.
+    public static let maximumNameLength = 256
+    /// The limit, in UTF-8 bytes, of reasons (refusals and aborts).
+    public static let maximumReasonLength = 4096
+    /// The limit, in bytes, of a digest value, an authentication nonce, and a MAC.
+    public static let maximumDigestLength = 64
+
+    /// The type byte of this frame on the wire.
+    public var typeCode: UInt8 { kind.rawValue }
+
+    var kind: FrameType {
+        switch self {
+        case .hello: .hello
+        case .helloReply: .helloReply
+        case .pageData: .pageData
+        case .zeroPages: .zeroPages
+        case .roundEnd: .roundEnd
+        case .roundAck: .roundAck
+        case .digestRequest: .digestRequest
+        case .digest: .digest
+        case .commit: .commit
+        case .running: .running
+        case .abort: .abort
+        case .auth: .auth
+        }
+    }
+}
+
+/// The type byte of each frame. Never reuse a number: add new types at the end.
+enum FrameType: UInt8, CaseIterable {
+    case hello = 1
+    case helloReply = 2
+    case pageData = 3
+    case zeroPages = 4
+    case roundEnd = 5
+    case roundAck = 6
+    case digestRequest = 7
+    case digest = 8
+    case commit = 9
+    case running = 10
+    case abort = 11
+    case auth = 12
+
+    /// The body size of frames whose body is fixed, nil for variable-size bodies.
+    var fixedBodySize: Int? {
+        switch self {
+        case .pageData: 8 + 4
+        case .zeroPages: 8 + 8
+        case .roundEnd: 4 + 8 + 8 + 8 + 1
+        case .roundAck: 4
+        case .digestRequest: 0
+        case .commit, .running: 8
+        case .hello, .helloReply, .digest, .abort, .auth: nil
+        }
+    }
+}
