@@ -11,6 +11,12 @@ public struct PageRun: Hashable, Sendable, CustomStringConvertible {
         self.count = count
     }
 
+    /// Without the checks, for runs built from kernel reports already bounded by the caller.
+    init(unchecked first: Int, count: Int) {
+        self.first = first
+        self.count = count
+    }
+
     /// One past the last page index.
     public var end: Int { first + count }
     /// The page indices of the run.
@@ -37,6 +43,14 @@ public struct DirtyPages: Hashable, Sendable, Sequence {
         var pages = DirtyPages()
         if pageCount > 0 { pages.append(PageRun(first: 0, count: pageCount)) }
         return pages
+    }
+
+    /// Builds the set from runs in any order, merging overlapping and touching ones.
+    init(unorderedRuns runs: [PageRun]) {
+        self.init()
+        let sorted = zip(runs, runs.dropFirst()).allSatisfy { $0.first <= $1.first } ? runs : runs.sorted { $0.first < $1.first }
+        self.runs.reserveCapacity(sorted.count)
+        for run in sorted { append(run) }
     }
 
     /// Builds the set from any page indices, in any order, with repeats.

@@ -103,13 +103,14 @@ final class UffdAsyncMechanism: TrackingMechanism {
                 CShims_ioctl(pagemap, CShims_PAGEMAP_SCAN, &argument)
             })
             var reportedEnd = cursor
+            runs.reserveCapacity(runs.count + filled)
             for index in 0..<filled {
                 let region = vector[index]
                 // Unmapped holes are skipped silently by the kernel: keep to our bounds ourselves.
                 let first = Swift.max(region.start, base)
                 let last = Swift.min(region.end, end)
                 guard first < last else { continue }
-                runs.append(PageRun(first: Int((first - base) >> shift), count: Int((last - first) >> shift)))
+                runs.append(PageRun(unchecked: Int((first - base) >> shift), count: Int((last - first) >> shift)))
                 reportedEnd = Swift.max(reportedEnd, last)
             }
             guard filled == Self.vectorLength else { break }
@@ -117,10 +118,7 @@ final class UffdAsyncMechanism: TrackingMechanism {
             guard next > cursor else { break }
             cursor = next
         }
-        if !runs.isSorted(by: { $0.first <= $1.first }) { runs.sort { $0.first < $1.first } }
-        var pages = DirtyPages()
-        for run in runs { pages.append(run) }
-        return pages
+        return DirtyPages(unorderedRuns: runs)
     }
 
     func prepareForKernelWrite(_ run: PageRun) throws(SystemCallError) {}
@@ -146,8 +144,3 @@ private final class PageRegionVector: @unchecked Sendable {
     deinit { pointer.deallocate() }
 }
 
-extension Array {
-    fileprivate func isSorted(by inOrder: (Element, Element) -> Bool) -> Bool {
-        zip(self, dropFirst()).allSatisfy { inOrder($0, $1) }
-    }
-}

@@ -1,1 +1,0 @@
-// Placeholder; the region module lands here.
