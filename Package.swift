@@ -32,6 +32,8 @@ let package = Package(
         .target(name: "FerryRegion", dependencies: ["FerrySystem", "FerryTracking"], swiftSettings: strict),
         // Migration protocol frames and their codec: pure functions over bytes, no I/O.
         .target(name: "FerryWire", swiftSettings: strict),
+        // Sockets for the migration stream: frames, pages sent from and received into the region, rate limits.
+        .target(name: "FerryTransport", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
         // Plain C loops that measure each tracking mechanism: the benchmarks' baseline.
         .target(name: "CFerryBaseline", cSettings: [.define("_GNU_SOURCE")]),
         // Argument parsing and commands of the `ferry` executable.

@@ -1,0 +1,231 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import FerrySystem
+public import FerryWire
+import Synchronization
+
+/// One TCP connection carrying migration frames; it owns its socket.
+///
+/// Page bytes are written straight from the region's memory and read straight into place: no user-space
+/// copy on either side. Sends can be rate-limited (`maximumBytesPerSecond`) so migration traffic leaves
+/// business traffic its share. Every read has a timeout, so a stalled peer is an error, not a hang.
+public final class Connection: Sendable {
+    /// Who is on the other end, for messages (`10.0.0.2:41822`).
+    public let peer: String
+    private let socket: CInt
+    private let limiter: RateLimiter?
+    private let counters = Mutex<(sent: Int, received: Int)>((0, 0))
+    /// Seconds a read may wait for the next byte before the peer counts as stalled.
+    public let timeoutSeconds: Double
+
+    init(socket: CInt, peer: String, maximumBytesPerSecond: Double?, timeoutSeconds: Double) {
+        self.socket = socket
+        self.peer = peer
+        self.timeoutSeconds = timeoutSeconds
+        limiter = maximumBytesPerSecond.map { RateLimiter(bytesPerSecond: $0) }
+        var one: CInt = 1
+        setsockopt(socket, CInt(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<CInt>.size))
+        var buffer: CInt = 4 << 20
+        setsockopt(socket, SOL_SOCKET, SO_SNDBUF, &buffer, socklen_t(MemoryLayout<CInt>.size))
+        setsockopt(socket, SOL_SOCKET, SO_RCVBUF, &buffer, socklen_t(MemoryLayout<CInt>.size))
+        var timeout = timeval(tv_sec: Int(timeoutSeconds), tv_usec: Int((timeoutSeconds - timeoutSeconds.rounded(.down)) * 1e6))
+        setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(socket) }
+
+    /// Connects to `endpoint`, optionally from a given local address (so traffic uses the migration network).
+    public static func connect(
+        to endpoint: Endpoint, from localAddress: String? = nil, maximumBytesPerSecond: Double? = nil,
+        timeoutSeconds: Double = 30
+    ) throws(TransportError) -> Connection {
+        var lastError = Errno.invalidArgument
+        for (family, address) in try endpoint.resolve() {
+            let fd = Glibc.socket(family, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { lastError = .current; continue }
+            if let localAddress {
+                guard let local = try? Endpoint(host: localAddress, port: 0).resolve().first(where: { $0.family == family }) else {
+                    close(fd)
+                    throw .resolve(Endpoint(host: localAddress, port: 0), "no \(family == AF_INET6 ? "IPv6" : "IPv4") address")
+                }
+                let bound = local.address.withUnsafeBytes { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count)) }
+                guard bound == 0 else { lastError = .current; close(fd); continue }
+            }
+            let result = address.withUnsafeBytes { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count)) }
+            if result == 0 {
+                return Connection(socket: fd, peer: endpoint.description, maximumBytesPerSecond: maximumBytesPerSecond, timeoutSeconds: timeoutSeconds)
+            }
+            lastError = .current
+            close(fd)
+        }
+        throw .connect(endpoint, lastError)
+    }
+
+    /// Bytes sent and received so far, frames and pages together.
+    public var byteCounts: (sent: Int, received: Int) { counters.withLock { $0 } }
+
+    // MARK: Frames
+
+    /// Sends one frame.
+    public func send(_ frame: Frame) throws(TransportError) {
+        let bytes = FrameCodec.encode(frame)
+        try withBytes(bytes) { buffer throws(TransportError) in try sendAll(buffer, what: "sending \(FrameCodec.name(ofType: frame.typeCode))") }
+    }
+
+    /// Sends the pages `first..<first+count` of `range`: a `pageData` header, then the bytes straight from memory.
+    public func sendPages(of range: MemoryRange, first: Int, count: Int) throws(TransportError) {
+        precondition(first >= 0 && count > 0 && first + count <= range.pageCount, "pages outside the region")
+        var header: [UInt8] = []
+        header.reserveCapacity(FrameCodec.headerSize + 12)
+        FrameCodec.encode(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), into: &header)
+        let bytes = UnsafeRawBufferPointer(start: range.baseAddress + first * range.pageSize, count: count * range.pageSize)
+        try withBytes(header) { headerBytes throws(TransportError) in
+            var vectors = [
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: headerBytes.baseAddress), iov_len: headerBytes.count),
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count),
+            ]
+            try sendVectors(&vectors, what: "sending pages")
+        }
+    }
+
+    /// Receives the next frame, waiting at most the connection's timeout for each byte.
+    public func receive(while what: String) throws(TransportError) -> Frame {
+        let header = UnsafeMutableRawBufferPointer.allocate(byteCount: FrameCodec.headerSize, alignment: 8)
+        defer { header.deallocate() }
+        try receiveAll(into: header, what: what)
+        let decoded: (type: UInt8, bodyLength: Int)
+        do throws(WireError) { decoded = try FrameCodec.decodeHeader(header) } catch { throw .malformed(peer: peer, "\(error)") }
+        let body = UnsafeMutableRawBufferPointer.allocate(byteCount: decoded.bodyLength, alignment: 8)
+        defer { body.deallocate() }
+        try receiveAll(into: body, what: what)
+        do throws(WireError) {
+            return try FrameCodec.decodeBody(type: decoded.type, UnsafeRawBufferPointer(body))
+        } catch {
+            throw .malformed(peer: peer, "\(error)")
+        }
+    }
+
+    /// Reads the bytes announced by a `pageData` frame straight into `range`, after checking the pages lie
+    /// inside it.
+    public func receivePages(into range: MemoryRange, first: UInt64, count: UInt32) throws(TransportError) {
+        guard count > 0, first < UInt64(range.pageCount), UInt64(count) <= UInt64(range.pageCount) - first else {
+            throw .malformed(peer: peer, "pages \(first)..<\(first + UInt64(count)) lie outside the region of \(range.pageCount) pages")
+        }
+        let buffer = UnsafeMutableRawBufferPointer(start: range.baseAddress + Int(first) * range.pageSize, count: Int(count) * range.pageSize)
+        try receiveAll(into: buffer, what: "receiving pages")
+    }
+
+    /// Shuts the connection down in both directions (the peer sees end of stream at once).
+    public func shutdown() { _ = Glibc.shutdown(socket, CInt(SHUT_RDWR)) }
+
+    // MARK: Bytes
+
+    private func sendAll(_ buffer: UnsafeRawBufferPointer, what: String) throws(TransportError) {
+        guard let base = buffer.baseAddress else { return }
+        var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: buffer.count)]
+        try sendVectors(&vectors, what: what)
+    }
+
+    /// Writes all of `vectors`, in slices the rate limiter allows.
+    private func sendVectors(_ vectors: inout [iovec], what: String) throws(TransportError) {
+        var index = 0
+        while index < vectors.count {
+            if vectors[index].iov_len == 0 { index += 1; continue }
+            var allowed = Int.max
+            if let limiter { allowed = limiter.take(upTo: vectors[index...].reduce(0) { $0 + $1.iov_len }) }
+            // Write at most `allowed` bytes: trim a copy of the vector list.
+            var budget = allowed
+            var slice: [iovec] = []
+            for vector in vectors[index...] where budget > 0 {
+                let length = Swift.min(vector.iov_len, budget)
+                slice.append(iovec(iov_base: vector.iov_base, iov_len: length))
+                budget -= length
+            }
+            let written = slice.withUnsafeMutableBufferPointer { pointer in
+                Glibc.writev(socket, pointer.baseAddress, CInt(pointer.count))
+            }
+            if written < 0 {
+                let error = Errno.current
+                if error == .interrupted { continue }
+                if error == .wouldBlock { throw .timedOut(peer: peer, what: what, seconds: timeoutSeconds) }
+                if error.rawValue == EPIPE || error.rawValue == ECONNRESET { throw .closed(peer: peer, what: what) }
+                throw .io(peer: peer, SystemCallError("writev", errno: error, subject: peer))
+            }
+            counters.withLock { $0.sent += written }
+            var remaining = written
+            while remaining > 0 {
+                let take = Swift.min(remaining, vectors[index].iov_len)
+                vectors[index].iov_base = vectors[index].iov_base.map { $0 + take }
+                vectors[index].iov_len -= take
+                remaining -= take
+                if vectors[index].iov_len == 0 { index += 1 }
+            }
+        }
+    }
+
+    private func receiveAll(into buffer: UnsafeMutableRawBufferPointer, what: String) throws(TransportError) {
+        var offset = 0
+        while offset < buffer.count {
+            let got = recv(socket, buffer.baseAddress! + offset, buffer.count - offset, CInt(MSG_WAITALL))
+            if got > 0 {
+                offset += got
+                continue
+            }
+            if got == 0 { throw .closed(peer: peer, what: what) }
+            let error = Errno.current
+            if error == .interrupted { continue }
+            if error == .wouldBlock { throw .timedOut(peer: peer, what: what, seconds: timeoutSeconds) }
+            if error.rawValue == ECONNRESET { throw .closed(peer: peer, what: what) }
+            throw .io(peer: peer, SystemCallError("recv", errno: error, subject: peer))
+        }
+        counters.withLock { $0.received += buffer.count }
+    }
+}
+
+/// A token bucket: at most `bytesPerSecond` on average, bursts of up to 64 KiB or 10 ms of traffic.
+final class RateLimiter: Sendable {
+    let bytesPerSecond: Double
+    private let burst: Double
+    private let state: Mutex<(tokens: Double, last: ContinuousClock.Instant)>
+
+    init(bytesPerSecond: Double) {
+        self.bytesPerSecond = bytesPerSecond
+        burst = Swift.max(65536, bytesPerSecond / 100)
+        state = Mutex((burst, .now))
+    }
+
+    /// Waits until some bytes may be sent and returns how many (at most `wanted`).
+    func take(upTo wanted: Int) -> Int {
+        while true {
+            let (granted, wait) = state.withLock { state -> (Int, Double) in
+                let now = ContinuousClock.now
+                let elapsed = (now - state.last).secondsValue
+                state.last = now
+                state.tokens = Swift.min(burst, state.tokens + elapsed * bytesPerSecond)
+                if state.tokens >= 1 {
+                    let granted = Swift.min(wanted, Int(state.tokens))
+                    state.tokens -= Double(granted)
+                    return (granted, 0)
+                }
+                return (0, (1 - state.tokens) / bytesPerSecond + 0.001)
+            }
+            if granted > 0 { return granted }
+            usleep(UInt32(Swift.min(wait, 0.1) * 1e6))
+        }
+    }
+}
+
+extension Duration {
+    var secondsValue: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) + Double(attoseconds) / 1e18
+    }
+}
+
+/// Runs `body` over the bytes of `array`, keeping `body`'s typed error.
+func withBytes<R>(_ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(TransportError) -> R) throws(TransportError) -> R {
+    let result = array.withUnsafeBytes { buffer in Result { () throws(TransportError) -> R in try body(buffer) } }
+    return try result.get()
+}
