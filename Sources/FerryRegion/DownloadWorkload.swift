@@ -1,0 +1,437 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import FerrySystem
+
+/// Where the download's blocks come from.
+///
+/// Every source must deliver exactly the bytes `DownloadBlock.write(seed:index:into:)` produces for the
+/// download's seed (a server that streams them, for instance), so that `verify()` can re-derive the file.
+/// A source that reads from a socket straight into `buffer` makes the kernel write into the region: with a
+/// tracker whose `kernelWrites` is `.failsWithEFAULT`, call `WriteTracker.prepareForKernelWrite` first.
+public protocol BlockSource: Sendable {
+    /// Delivers block `index` (`DownloadBlock.size` bytes) into `buffer`, a slot of the region's receive ring.
+    func receive(block index: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(WorkloadError)
+}
+
+/// The default source: generates each block from (seed, index), as if a server had sent it.
+public struct DeterministicBlockSource: BlockSource {
+    public let seed: UInt64
+    public init(seed: UInt64) { self.seed = seed }
+
+    public func receive(block index: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(WorkloadError) {
+        DownloadBlock.write(seed: seed, index: index, into: buffer)
+    }
+}
+
+/// The download's block format. A block is `size` (4096) bytes, all fields native (little-endian):
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0x00 | 8 | magic, ASCII `FERRYBK1` |
+/// | 0x08 | 8 | block index, `UInt64` |
+/// | 0x10 | 8 | download seed, `UInt64` |
+/// | 0x18 | 4 | payload length, `UInt32` (`payloadLength` = 4056) |
+/// | 0x1C | 4 | reserved, 0 |
+/// | 0x20 | 8 | checksum, `UInt64`: FNV-1a 64 of bytes 0x00..<0x20 followed by the payload bytes |
+/// | 0x28 | 4056 | payload: 507 words of SplitMix64 seeded with `RegionRandom.mix(seed, index)` |
+public enum DownloadBlock {
+    public static let size = 4096
+    public static let magic: [UInt8] = Array("FERRYBK1".utf8)
+    public static let headerSize = 0x28
+    public static let payloadLength = size - headerSize
+    static let checksumOffset = 0x20
+
+    /// Writes block `index` of the download seeded `seed` into `buffer` (at least `size` bytes).
+    public static func write(seed: UInt64, index: UInt64, into buffer: UnsafeMutableRawBufferPointer) {
+        precondition(buffer.count >= size)
+        for (offset, byte) in magic.enumerated() { buffer[offset] = byte }
+        buffer.storeBytes(of: index, toByteOffset: 0x08, as: UInt64.self)
+        buffer.storeBytes(of: seed, toByteOffset: 0x10, as: UInt64.self)
+        buffer.storeBytes(of: UInt32(payloadLength), toByteOffset: 0x18, as: UInt32.self)
+        buffer.storeBytes(of: UInt32(0), toByteOffset: 0x1C, as: UInt32.self)
+        var random = RegionRandom(state: RegionRandom.mix(seed, index))
+        for offset in stride(from: headerSize, to: size, by: 8) {
+            buffer.storeBytes(of: random.next(), toByteOffset: offset, as: UInt64.self)
+        }
+        buffer.storeBytes(of: checksum(of: UnsafeRawBufferPointer(buffer)), toByteOffset: checksumOffset, as: UInt64.self)
+    }
+
+    /// The checksum the block's contents call for (not the stored field).
+    public static func checksum(of block: UnsafeRawBufferPointer) -> UInt64 {
+        let head = FNV1a64.hash(bytes: UnsafeRawBufferPointer(rebasing: block[0..<checksumOffset]))
+        return FNV1a64.hash(bytes: UnsafeRawBufferPointer(rebasing: block[headerSize..<size]), into: head)
+    }
+
+    /// The stored checksum field.
+    public static func storedChecksum(of block: UnsafeRawBufferPointer) -> UInt64 {
+        block.loadUnaligned(fromByteOffset: checksumOffset, as: UInt64.self)
+    }
+
+    /// The stored index field.
+    public static func storedIndex(of block: UnsafeRawBufferPointer) -> UInt64 {
+        block.loadUnaligned(fromByteOffset: 0x08, as: UInt64.self)
+    }
+
+    /// What is wrong with `block` as block `index` of download `seed`, or nil if its fields and checksum
+    /// are right (the content itself is compared separately).
+    public static func problem(in block: UnsafeRawBufferPointer, index: UInt64, seed: UInt64) -> String? {
+        guard block.count >= size else { return "it is \(block.count) bytes, not \(size)" }
+        guard Array(block[0..<8]) == magic else { return "its magic is not FERRYBK1" }
+        let found = storedIndex(of: block)
+        guard found == index else { return "it holds block \(found)" }
+        let foundSeed = block.loadUnaligned(fromByteOffset: 0x10, as: UInt64.self)
+        guard foundSeed == seed else { return "it belongs to download seed 0x\(String(foundSeed, radix: 16))" }
+        let length = block.loadUnaligned(fromByteOffset: 0x18, as: UInt32.self)
+        guard length == payloadLength else { return "its payload length is \(length), not \(payloadLength)" }
+        let stored = storedChecksum(of: block)
+        let actual = checksum(of: block)
+        guard stored == actual else {
+            return "its checksum field is 0x\(String(stored, radix: 16)) but its contents hash to 0x\(String(actual, radix: 16))"
+        }
+        return nil
+    }
+}
+
+/// The source document's example workload: blocks "arrive" from a server into a receive buffer in the
+/// region, are integrity-checked and written to a file on the shared mount.
+///
+/// **File**: `<sharedDirectory>/download-<seed as 16 hex digits>.dat` holds blocks 0 ..< n back to back,
+/// block i at offset i × 4096, each in the `DownloadBlock` format; its length is exactly n × 4096.
+///
+/// **Region**: page 0 is the header (`RegionHeader`) with the state below; the receive ring of
+/// `ringSlots` 4096-byte slots starts at page 1 (`dataOffset`); whatever follows the ring is free data area
+/// (filled as `WorkloadOptions.fill` says).
+///
+/// | state offset | field |
+/// |---|---|
+/// | +0x00 | next block index n (`UInt64`) |
+/// | +0x08 | file length recorded, n × 4096 (`UInt64`) |
+/// | +0x10 | running checksum: FNV-1a 64 over the blocks' checksums (8 bytes each, in order), `UInt64` |
+/// | +0x18 | checksum of the last block written (`UInt64`) |
+///
+/// Parameters: 0 block size, 1 ring slots, 2 ring offset, 3 ring bytes (page-rounded).
+///
+/// **Step** (dirties 2 pages with 4 KiB pages: one ring slot and the header page): receive block n into
+/// slot n mod `ringSlots`, check it, `pwrite` it at n × 4096 (idempotent if redone), then record n + 1, the
+/// file length and the running checksum, and increment the step counter last. On attach the file is cut
+/// to n × 4096, dropping anything written after the last recorded safe point.
+public final class DownloadWorkload: Workload {
+    public static let name = "download"
+    /// Receive ring slots in the region.
+    public static let ringSlots = 16
+
+    public let region: MigratableRegion
+    /// The download's seed (from the header).
+    public let seed: UInt64
+    /// The shared directory the file lives in.
+    public let sharedDirectory: String
+    /// The file the blocks are written to.
+    public let filePath: String
+
+    private let file: OwnedDescriptor
+    private let source: any BlockSource
+    private let ringOffset: Int
+    private let slots: Int
+
+    private enum State {
+        static let nextIndex = 0x00
+        static let fileLength = 0x08
+        static let runningChecksum = 0x10
+        static let lastChecksum = 0x18
+    }
+
+    /// The file name of the download seeded `seed`.
+    public static func fileName(seed: UInt64) -> String {
+        let hex = String(seed, radix: 16)
+        return "download-\(String(repeating: "0", count: 16 - hex.count))\(hex).dat"
+    }
+
+    static func ringBytes(pageSize: Int) -> Int {
+        (ringSlots * DownloadBlock.size + pageSize - 1) / pageSize * pageSize
+    }
+
+    public static func minimumRegionSize(pageSize: Int) -> Int { pageSize + ringBytes(pageSize: pageSize) }
+
+    public convenience init(creating region: MigratableRegion, options: WorkloadOptions) throws(WorkloadError) {
+        try self.init(creating: region, options: options, source: nil)
+    }
+
+    public convenience init(attaching region: MigratableRegion, sharedDirectory: String) throws(WorkloadError) {
+        try self.init(attaching: region, sharedDirectory: sharedDirectory, source: nil)
+    }
+
+    /// Creates a fresh download in `region`, truncating (or creating) its file.
+    /// - Parameter source: where blocks come from; nil for `DeterministicBlockSource(seed: options.seed)`.
+    public init(creating region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
+        let pageSize = region.range.pageSize
+        let required = Self.minimumRegionSize(pageSize: pageSize)
+        guard region.range.byteCount >= required else {
+            throw .regionTooSmall(workload: Self.name, required: required, actual: region.range.byteCount)
+        }
+        guard !options.sharedDirectory.isEmpty else { throw .invalidOptions("the shared directory is empty") }
+        self.region = region
+        seed = options.seed
+        sharedDirectory = options.sharedDirectory
+        filePath = Self.path(sharedDirectory, seed: seed)
+        ringOffset = pageSize
+        slots = Self.ringSlots
+        self.source = source ?? DeterministicBlockSource(seed: seed)
+        do {
+            file = try OwnedDescriptor(opening: filePath, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o644)
+        } catch { throw .file(error) }
+        let ringBytes = Self.ringBytes(pageSize: pageSize)
+        let header = region.header
+        header.initialize(
+            workloadName: Self.name, seed: seed, dataOffset: ringOffset, fill: options.fill,
+            parameters: [UInt64(DownloadBlock.size), UInt64(slots), UInt64(ringOffset), UInt64(ringBytes)])
+        header.setState(State.nextIndex, 0)
+        header.setState(State.fileLength, 0)
+        header.setState(State.runningChecksum, FNV1a64.offsetBasis)
+        header.setState(State.lastChecksum, 0)
+        let freeOffset = ringOffset + ringBytes
+        do {
+            try region.fill(options.fill, offset: freeOffset, count: region.range.byteCount - freeOffset, seed: seed)
+        } catch { throw .region(error) }
+    }
+
+    /// Attaches to a download whose region arrived from another host: reopens its file and cuts it to the
+    /// length the region recorded.
+    /// - Parameter source: where blocks come from; nil for `DeterministicBlockSource` with the header's seed.
+    public init(attaching region: MigratableRegion, sharedDirectory: String, source: (any BlockSource)?) throws(WorkloadError) {
+        let info = try attachHeader(region, workload: Self.name)
+        let pageSize = region.range.pageSize
+        let header = region.header
+        let ringBytes = Self.ringBytes(pageSize: pageSize)
+        guard info.parameters[0] == UInt64(DownloadBlock.size), info.parameters[1] == UInt64(Self.ringSlots),
+            info.parameters[2] == info.dataOffset, info.parameters[3] == UInt64(ringBytes),
+            info.dataOffset + info.parameters[3] <= info.regionSize
+        else { throw .corruptState("the receive ring parameters \(info.parameters[0..<4]) are impossible") }
+        let next = header.state(State.nextIndex)
+        let (expectedLength, overflow) = next.multipliedReportingOverflow(by: UInt64(DownloadBlock.size))
+        guard !overflow, expectedLength < UInt64(Int64.max), header.state(State.fileLength) == expectedLength else {
+            throw .corruptState("next block \(next) does not match the recorded file length \(header.state(State.fileLength))")
+        }
+        self.region = region
+        seed = info.seed
+        self.sharedDirectory = sharedDirectory
+        filePath = Self.path(sharedDirectory, seed: seed)
+        ringOffset = Int(info.dataOffset)
+        slots = Self.ringSlots
+        self.source = source ?? DeterministicBlockSource(seed: seed)
+        do {
+            file = try OwnedDescriptor(opening: filePath, flags: O_RDWR | (next == 0 ? O_CREAT : 0), mode: 0o644)
+        } catch {
+            if error.errno == Errno(rawValue: ENOENT) {
+                throw .sharedFileInconsistent(path: filePath, reason: "does not exist but the region has recorded \(next) blocks")
+            }
+            throw .file(error)
+        }
+        let size: Int
+        do { size = try Self.fileSize(file.rawValue, path: filePath) } catch { throw .file(error) }
+        guard UInt64(size) >= expectedLength else {
+            throw .sharedFileInconsistent(
+                path: filePath, reason: "holds \(size) bytes but the region has recorded \(expectedLength) (\(next) blocks)")
+        }
+        let fd = file.rawValue
+        let path = filePath
+        do {
+            _ = try systemCall("ftruncate", subject: path) { ftruncate(fd, off_t(expectedLength)) }
+        } catch { throw .file(error) }
+    }
+
+    private static func path(_ directory: String, seed: UInt64) -> String {
+        let trimmed = directory.hasSuffix("/") && directory.count > 1 ? String(directory.dropLast()) : directory
+        return "\(trimmed)/\(fileName(seed: seed))"
+    }
+
+    static func fileSize(_ fd: CInt, path: String) throws(SystemCallError) -> Int {
+        var status = stat()
+        _ = try systemCall("fstat", subject: path) { fstat(fd, &status) }
+        return Int(status.st_size)
+    }
+
+    /// Blocks written so far (the next block's index).
+    public var nextIndex: UInt64 { region.header.state(State.nextIndex) }
+    /// The running checksum the region records.
+    public var runningChecksum: UInt64 { region.header.state(State.runningChecksum) }
+
+    /// Receives, checks and writes the next block, then records it.
+    /// - Throws: `WorkloadError.corruptBlock` when the block fails its check (nothing is recorded),
+    ///   `.file` when the write fails.
+    public func step() throws(WorkloadError) {
+        let header = region.header
+        let bytes = region.bytes
+        let index = header.state(State.nextIndex)
+        let slotOffset = ringOffset + Int(index % UInt64(slots)) * DownloadBlock.size
+        let fd = file.rawValue
+        let path = filePath
+        let blockChecksum = try bytes.withBytes(at: slotOffset, count: DownloadBlock.size) {
+            slot throws(WorkloadError) -> UInt64 in
+            try source.receive(block: index, into: slot)
+            if let problem = DownloadBlock.problem(in: UnsafeRawBufferPointer(slot), index: index, seed: seed) {
+                throw .corruptBlock(index: index, reason: problem)
+            }
+            var written = 0
+            while written < slot.count {
+                let pointer = slot.baseAddress! + written
+                let remaining = slot.count - written
+                let offset = off_t(index) * off_t(DownloadBlock.size) + off_t(written)
+                do throws(SystemCallError) {
+                    written += try systemCall("pwrite", subject: path) { pwrite(fd, pointer, remaining, offset) }
+                } catch { throw .file(error) }
+            }
+            return DownloadBlock.storedChecksum(of: UnsafeRawBufferPointer(slot))
+        }
+        header.setState(State.fileLength, (index + 1) * UInt64(DownloadBlock.size))
+        header.setState(State.runningChecksum, FNV1a64.hash(word: blockChecksum, into: header.state(State.runningChecksum)))
+        header.setState(State.lastChecksum, blockChecksum)
+        header.setState(State.nextIndex, index + 1)
+        header.stepCount += 1
+    }
+
+    /// `fsync`s the file.
+    public func flush() throws(WorkloadError) {
+        let fd = file.rawValue
+        do { _ = try systemCall("fsync", subject: filePath) { fsync(fd) } } catch { throw .file(error) }
+    }
+
+    /// Re-derives the whole file and checks it against the region: length, every block's index, checksum
+    /// and deterministic content, and the running checksum; plus the header, the step count and the ring.
+    public func verify() -> VerificationReport {
+        var report = VerificationReport(workload: Self.name)
+        let header = region.header
+        do {
+            let info = try region.readHeader()
+            report.record("header", info.workloadName == Self.name, info.description)
+        } catch {
+            report.record("header", false, error.description)
+        }
+        let next = header.state(State.nextIndex)
+        let recordedLength = header.state(State.fileLength)
+        report.record(
+            "state", recordedLength == next * UInt64(DownloadBlock.size) && header.stepCount == next,
+            "\(next) blocks, \(recordedLength) bytes recorded, \(header.stepCount) steps")
+        verifyRing(into: &report, next: next)
+        Self.verifyFile(at: filePath, seed: seed, blockCount: next, runningChecksum: header.state(State.runningChecksum), into: &report)
+        return report
+    }
+
+    private func verifyRing(into report: inout VerificationReport, next: UInt64) {
+        let first = next > UInt64(slots) ? next - UInt64(slots) : 0
+        var problem: String?
+        for index in first..<next where problem == nil {
+            let offset = ringOffset + Int(index % UInt64(slots)) * DownloadBlock.size
+            region.bytes.withBytes(at: offset, count: DownloadBlock.size) { slot in
+                if let found = DownloadBlock.problem(in: UnsafeRawBufferPointer(slot), index: index, seed: seed) {
+                    problem = "ring slot \(index % UInt64(slots)) should hold block \(index) but \(found)"
+                }
+            }
+        }
+        report.record("receive ring", problem == nil, problem ?? "the last \(next - first) blocks are in their slots")
+    }
+
+    /// Checks a download file on its own: `blockCount` blocks of download `seed`, no more, no less, each
+    /// intact, deterministic and in place, with the given running checksum. `ferry verify` uses it.
+    public static func verifyFile(at path: String, seed: UInt64, blockCount: UInt64, runningChecksum: UInt64) -> VerificationReport {
+        var report = VerificationReport(workload: name)
+        verifyFile(at: path, seed: seed, blockCount: blockCount, runningChecksum: runningChecksum, into: &report)
+        return report
+    }
+
+    static func verifyFile(
+        at path: String, seed: UInt64, blockCount: UInt64, runningChecksum: UInt64, into report: inout VerificationReport
+    ) {
+        let file: OwnedDescriptor
+        do { file = try OwnedDescriptor(opening: path, flags: O_RDONLY) } catch {
+            report.record("file", false, error.description)
+            return
+        }
+        let size: Int
+        do { size = try fileSize(file.rawValue, path: path) } catch {
+            report.record("file", false, error.description)
+            return
+        }
+        let blockSize = DownloadBlock.size
+        let expectedSize = blockCount * UInt64(blockSize)
+        report.record(
+            "file length", UInt64(size) == expectedSize,
+            UInt64(size) == expectedSize
+                ? "\(size) bytes = \(blockCount) blocks"
+                : "\(path) holds \(size) bytes (\(Double(size) / Double(blockSize)) blocks), the region records \(blockCount) blocks = \(expectedSize) bytes")
+
+        // Every whole block in the file, in order; stop at the first bad one.
+        let blocksInFile = size / blockSize
+        let chunkBlocks = 256
+        var buffer = [UInt8](repeating: 0, count: chunkBlocks * blockSize)
+        var expected = [UInt8](repeating: 0, count: blockSize)
+        var running = FNV1a64.offsetBasis
+        var firstProblem: String?
+        var index = 0
+        let fd = file.rawValue
+        while index < blocksInFile && firstProblem == nil {
+            let count = min(chunkBlocks, blocksInFile - index)
+            let offset = off_t(index) * off_t(blockSize)
+            let read = buffer.withUnsafeMutableBytes { raw -> Result<Int, SystemCallError> in
+                var done = 0
+                while done < count * blockSize {
+                    let pointer = raw.baseAddress! + done
+                    let remaining = count * blockSize - done
+                    let position = offset + off_t(done)
+                    do throws(SystemCallError) {
+                        let n = try systemCall("pread", subject: path) { pread(fd, pointer, remaining, position) }
+                        if n == 0 { break }
+                        done += n
+                    } catch { return .failure(error) }
+                }
+                return .success(done)
+            }
+            guard case let .success(got) = read, got == count * blockSize else {
+                if case let .failure(error) = read { firstProblem = error.description } else { firstProblem = "\(path) shrank while being read" }
+                break
+            }
+            buffer.withUnsafeBytes { chunk in
+                expected.withUnsafeMutableBytes { model in
+                    for position in 0..<count where firstProblem == nil {
+                        let i = UInt64(index + position)
+                        let block = UnsafeRawBufferPointer(rebasing: chunk[position * blockSize..<(position + 1) * blockSize])
+                        let at = "block \(i) at offset \(i * UInt64(blockSize))"
+                        if let problem = DownloadBlock.problem(in: block, index: i, seed: seed) {
+                            var explanation = ""
+                            if Array(block[0..<8]) == DownloadBlock.magic {
+                                let found = DownloadBlock.storedIndex(of: block)
+                                if found < i {
+                                    explanation = " (block \(found) is duplicated)"
+                                } else if found > i {
+                                    explanation = found == i + 1 ? " (block \(i) is missing)" : " (blocks \(i)..<\(found) are missing)"
+                                }
+                            }
+                            firstProblem = "\(at): \(problem)\(explanation)"
+                            return
+                        }
+                        DownloadBlock.write(seed: seed, index: i, into: model)
+                        if let difference = block.indices.first(where: { block[$0] != model[$0] }) {
+                            firstProblem = "\(at): byte \(difference) differs from the deterministic block"
+                            return
+                        }
+                        running = FNV1a64.hash(word: DownloadBlock.checksum(of: block), into: running)
+                    }
+                }
+            }
+            index += count
+        }
+        if firstProblem == nil && blocksInFile != Int(clamping: blockCount) {
+            firstProblem = blocksInFile > Int(clamping: blockCount)
+                ? "the file holds \(blocksInFile) whole blocks, \(UInt64(blocksInFile) - blockCount) more than recorded"
+                : "the file holds \(blocksInFile) whole blocks, \(blockCount - UInt64(blocksInFile)) fewer than recorded"
+        }
+        report.record("blocks", firstProblem == nil, firstProblem ?? "\(blocksInFile) blocks in order, each intact and deterministic")
+        report.record(
+            "running checksum", firstProblem == nil && running == runningChecksum,
+            running == runningChecksum
+                ? "0x\(String(running, radix: 16))"
+                : "recomputed 0x\(String(running, radix: 16)) from the file, the region records 0x\(String(runningChecksum, radix: 16))")
+    }
+}

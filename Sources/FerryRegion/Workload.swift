@@ -1,0 +1,232 @@
+public import FerrySystem
+
+/// How a workload fills the part of its data area it does not otherwise initialise, at creation.
+public enum RegionFill: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+    /// Leave the pages untouched: not even faulted in (so they travel as zero pages).
+    case none
+    /// Fault the pages in, all zeros (memory is committed, contents compress to nothing).
+    case zero
+    /// Fill with seeded pseudo-random bytes (nothing to compress: the worst case for transfer).
+    case random
+
+    var code: UInt32 {
+        switch self {
+        case .none: 0
+        case .zero: 1
+        case .random: 2
+        }
+    }
+
+    init?(code: UInt32) {
+        switch code {
+        case 0: self = .none
+        case 1: self = .zero
+        case 2: self = .random
+        default: return nil
+        }
+    }
+
+    public var description: String { rawValue }
+}
+
+/// Settings for creating a workload. Nothing here depends on the dirty rate: that is the pacing of
+/// `step()`, which belongs to whoever runs the workload.
+public struct WorkloadOptions: Hashable, Sendable {
+    /// The directory on the shared mount where the workload keeps its files.
+    public var sharedDirectory: String
+    /// How to fill the data area the workload does not initialise itself.
+    public var fill: RegionFill
+    /// The hotset's working set, in pages (nil: every data page). Other workloads ignore it.
+    public var workingSetPages: Int?
+    /// Determines all of the workload's deterministic content.
+    public var seed: UInt64
+
+    public init(sharedDirectory: String, fill: RegionFill = .none, workingSetPages: Int? = nil, seed: UInt64 = 1) {
+        self.sharedDirectory = sharedDirectory
+        self.fill = fill
+        self.workingSetPages = workingSetPages
+        self.seed = seed
+    }
+}
+
+/// Why a workload could not be created, attached, stepped or flushed. Each case says what to do.
+public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The region itself is unusable (bad header, …).
+    case region(RegionError)
+    /// The region holds a different workload than the one asked for.
+    case wrongWorkload(expected: String, found: String)
+    /// The region names a workload this build does not know.
+    case unknownWorkload(String)
+    /// The region is too small for the workload.
+    case regionTooSmall(workload: String, required: Int, actual: Int)
+    /// An option is out of range.
+    case invalidOptions(String)
+    /// A file operation failed.
+    case file(SystemCallError)
+    /// The workload's file on the shared mount is missing or shorter than the region says it should be.
+    case sharedFileInconsistent(path: String, reason: String)
+    /// A received block failed its integrity check.
+    case corruptBlock(index: UInt64, reason: String)
+    /// The workload's state in the region is impossible (the region is damaged).
+    case corruptState(String)
+
+    public var description: String {
+        switch self {
+        case let .region(error):
+            return error.description
+        case let .wrongWorkload(expected, found):
+            return "the region holds the \"\(found)\" workload, not \"\(expected)\"; attach it as \(found)"
+        case let .unknownWorkload(name):
+            let known = WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")
+            return "the region holds an unknown workload \"\(name)\" (this build knows \(known)); "
+                + "run the same ferry build on both hosts"
+        case let .regionTooSmall(workload, required, actual):
+            return "the \(workload) workload needs a region of at least \(ByteCount(required)), "
+                + "not \(ByteCount(actual)); give a larger --size"
+        case let .invalidOptions(reason):
+            return "invalid workload options: \(reason)"
+        case let .file(error):
+            return "\(error); check that the shared directory is mounted, writable and not full"
+        case let .sharedFileInconsistent(path, reason):
+            return "the shared file \(path) \(reason); check that both hosts mount the same shared directory "
+                + "and that the source flushed before handing over"
+        case let .corruptBlock(index, reason):
+            return "block \(index) arrived corrupt: \(reason); the block source is broken"
+        case let .corruptState(reason):
+            return "the workload's state in the region is damaged: \(reason); run `ferry verify` for details"
+        }
+    }
+}
+
+/// One check of a verification, e.g. `ledger` → passed.
+public struct VerificationCheck: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    public let passed: Bool
+    /// What was found: the figures when it passed, the first thing wrong when it did not.
+    public let detail: String
+
+    public var description: String { "\(passed ? "ok  " : "FAIL") \(name): \(detail)" }
+}
+
+/// The outcome of `Workload.verify()`: every invariant checked, each with what was found.
+public struct VerificationReport: Hashable, Sendable, CustomStringConvertible {
+    /// The workload verified.
+    public let workload: String
+    /// The checks, in the order they ran.
+    public private(set) var checks: [VerificationCheck] = []
+
+    public init(workload: String) { self.workload = workload }
+
+    /// Whether every check passed.
+    public var passed: Bool { checks.allSatisfy(\.passed) }
+    /// The checks by name.
+    public var checksByName: [String: VerificationCheck] {
+        Dictionary(checks.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+    /// The checks that failed.
+    public var failures: [VerificationCheck] { checks.filter { !$0.passed } }
+
+    /// One line: `hotset: all 6 checks passed` or `hotset: 2 of 6 checks FAILED: ledger: …; pages: …`.
+    public var summary: String {
+        if passed { return "\(workload): all \(checks.count) checks passed" }
+        let failed = failures.map { "\($0.name): \($0.detail)" }.joined(separator: "; ")
+        return "\(workload): \(failures.count) of \(checks.count) checks FAILED: \(failed)"
+    }
+
+    public var description: String {
+        ([summary] + checks.map { "  \($0)" }).joined(separator: "\n")
+    }
+
+    mutating func record(_ name: String, _ passed: Bool, _ detail: String) {
+        checks.append(VerificationCheck(name: name, passed: passed, detail: detail))
+    }
+}
+
+/// A program whose whole state lives in a `MigratableRegion`, run as a sequence of steps.
+///
+/// Between two steps is a **safe point**: the workload may be paused there, its files flushed, its region
+/// copied to another host and the workload attached and continued there. Implementations keep every
+/// mutable value in the region (the object caches only values derived from it and immutable settings), and
+/// store pointers inside the region as absolute addresses. One thread at a time calls `step()`.
+public protocol Workload: AnyObject, Sendable {
+    /// The name stored in the region header, e.g. `download`.
+    static var name: String { get }
+
+    /// The smallest region the workload fits in, in bytes.
+    static func minimumRegionSize(pageSize: Int) -> Int
+
+    /// Creates the workload fresh in `region`: writes the header and its initial state.
+    /// - Throws: `WorkloadError.regionTooSmall`, `.invalidOptions`, `.file`, `.region`.
+    init(creating region: MigratableRegion, options: WorkloadOptions) throws(WorkloadError)
+
+    /// Attaches to a region whose contents were received from another host (or kept from before),
+    /// validating its header, and reopens the workload's files under `sharedDirectory`.
+    /// - Throws: `WorkloadError.region`, `.wrongWorkload`, `.corruptState`, `.sharedFileInconsistent`, `.file`.
+    init(attaching region: MigratableRegion, sharedDirectory: String) throws(WorkloadError)
+
+    /// The region the workload lives in.
+    var region: MigratableRegion { get }
+
+    /// Steps completed, as the region header records them.
+    var stepCount: UInt64 { get }
+
+    /// Does one unit of work. All state changes land in the region; the step counter is incremented last.
+    func step() throws(WorkloadError)
+
+    /// Makes the workload's files durable (`fsync`). Call it at a safe point before pausing or migrating.
+    func flush() throws(WorkloadError)
+
+    /// Checks every invariant of the workload's state and files, naming what is wrong.
+    func verify() -> VerificationReport
+}
+
+extension Workload {
+    public var stepCount: UInt64 { region.header.stepCount }
+
+    /// Runs `count` steps (a convenience for tests and tools; real runs pace steps themselves).
+    public func steps(_ count: Int) throws(WorkloadError) {
+        for _ in 0..<count { try step() }
+    }
+}
+
+/// The workloads this build ships, by the name stored in the region header.
+public enum WorkloadKind: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+    case download
+    case hotset
+
+    /// The implementing type.
+    public var type: any Workload.Type {
+        switch self {
+        case .download: DownloadWorkload.self
+        case .hotset: HotsetWorkload.self
+        }
+    }
+
+    /// Creates this workload fresh in `region`.
+    public func create(in region: MigratableRegion, options: WorkloadOptions) throws(WorkloadError) -> any Workload {
+        try type.init(creating: region, options: options)
+    }
+
+    /// Attaches to whatever workload `region`'s header names.
+    /// - Throws: `WorkloadError.region` for a bad header, `.unknownWorkload` for a name this build does not
+    ///   know, or what the workload's `init(attaching:sharedDirectory:)` throws.
+    public static func attach(to region: MigratableRegion, sharedDirectory: String) throws(WorkloadError) -> any Workload {
+        let info: RegionHeaderInfo
+        do { info = try region.readHeader() } catch { throw .region(error) }
+        guard let kind = WorkloadKind(rawValue: info.workloadName) else { throw .unknownWorkload(info.workloadName) }
+        return try kind.type.init(attaching: region, sharedDirectory: sharedDirectory)
+    }
+
+    /// The smallest region this workload fits in.
+    public func minimumRegionSize(pageSize: Int = Kernel.pageSize) -> Int { type.minimumRegionSize(pageSize: pageSize) }
+
+    public var description: String { rawValue }
+}
+
+/// Reads and checks the header of `region` for workload `name`.
+func attachHeader(_ region: MigratableRegion, workload name: String) throws(WorkloadError) -> RegionHeaderInfo {
+    let info: RegionHeaderInfo
+    do { info = try region.readHeader() } catch { throw .region(error) }
+    guard info.workloadName == name else { throw .wrongWorkload(expected: name, found: info.workloadName) }
+    return info
+}
