@@ -34,12 +34,18 @@ let package = Package(
         .target(name: "FerryWire", swiftSettings: strict),
         // Sockets for the migration stream: frames, pages sent from and received into the region, rate limits.
         .target(name: "FerryTransport", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
+        // The migration itself: source and destination engines, stop policy, digest, ownership handoff, report.
+        .target(
+            name: "FerryMigration",
+            dependencies: ["FerrySystem", "FerryTracking", "FerryRegion", "FerryWire", "FerryTransport"],
+            swiftSettings: strict
+        ),
         // Plain C loops that measure each tracking mechanism: the benchmarks' baseline.
         .target(name: "CFerryBaseline", cSettings: [.define("_GNU_SOURCE")]),
         // Argument parsing and commands of the `ferry` executable.
         .target(
             name: "FerryCLI",
-            dependencies: ["FerryTracking", "FerrySystem", "CFerryBaseline"],
+            dependencies: ["FerryMigration", "FerryTracking", "FerrySystem", "FerryRegion", "FerryTransport", "CFerryBaseline"],
             swiftSettings: strict
         ),
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),

@@ -1,0 +1,255 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerrySystem
+public import FerryTracking
+public import FerryTransport
+import FerryRegion
+import FerryWire
+
+/// How a migration runs: where to, and when to stop iterating.
+public struct MigrationOptions: Sendable {
+    public var destination: Endpoint
+    /// Local address to connect from, so the stream uses the migration network.
+    public var bindAddress: String?
+    /// Stop iterating once the predicted pause is at most this long.
+    public var downtimeTarget: Double = 0.05
+    public var maximumRounds = 30
+    /// Give up iterating after sending this many times the region.
+    public var maximumSentRatio = 10.0
+    public var maximumBytesPerSecond: Double?
+    public var tracker: TrackerChoice = .auto
+    public var timeoutSeconds = 30.0
+    public var buildIdentity = "ferry 0.1"
+
+    public init(destination: Endpoint) { self.destination = destination }
+}
+
+/// The source side of a migration: streams the region of a running workload to a destination, pauses it
+/// for the last round, checks the destination's copy, and hands ownership over.
+///
+/// Guarantee: if `migrate` throws, the workload runs on this host exactly as before (it was resumed, the
+/// ownership record still names this process). If it returns `.completed`, the destination owns and runs
+/// the workload and this host's loop is stopped for good.
+public final class MigrationSource: Sendable {
+    public let host: WorkloadHost
+    public let sharedDirectory: String
+    public let generation: UInt64
+
+    public init(host: WorkloadHost, sharedDirectory: String, generation: UInt64) {
+        self.host = host
+        self.sharedDirectory = sharedDirectory
+        self.generation = generation
+    }
+
+    /// Pages per `pageData` frame at most (1 MiB with 4 KiB pages).
+    static let pagesPerFrame = 256
+
+    public func migrate(_ options: MigrationOptions, progress: @Sendable (MigrationReport.Round) -> Void) -> MigrationReport {
+        let start = ContinuousClock.now
+        let region = host.workload.region
+        let range = region.range
+        var report = MigrationReport(
+            outcome: .failed, reason: nil, tracker: "\(options.tracker)", workload: type(of: host.workload).name,
+            region_bytes: range.byteCount, destination: options.destination.description, total_seconds: 0,
+            downtime_ms: nil, setup_seconds: nil, bytes_sent: 0, verified: false, rounds: [])
+        var paused = false
+        var committed = false
+        var connection: Connection?
+        var tracker: WriteTracker?
+        var tokenPath: String?
+        defer {
+            tracker?.stop()
+            if let tokenPath { unlink(tokenPath) }
+            report.total_seconds = (ContinuousClock.now - start).secondsValue
+            report.bytes_sent = connection?.byteCounts.sent ?? 0
+            if !committed && paused { host.resume() }
+        }
+        do {
+            let chosen = try options.tracker.resolve().backend
+            report.tracker = chosen.rawValue
+            let activeTracker = try WriteTracker(range: range, backend: chosen)
+            tracker = activeTracker
+            let link = try Connection.connect(
+                to: options.destination, from: options.bindAddress, maximumBytesPerSecond: options.maximumBytesPerSecond,
+                timeoutSeconds: options.timeoutSeconds)
+            connection = link
+
+            // 1. Hello and the destination's resource check, with a one-time token on the shared mount.
+            let token = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
+            let tokenName = ".ferry-token-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            tokenPath = sharedDirectory + "/" + tokenName
+            guard FileManager.default.createFile(atPath: tokenPath!, contents: Data(token.utf8)) else {
+                throw MigrationError.sharedMount("cannot write a token file in \(sharedDirectory); is it mounted and writable?")
+            }
+            let info = try region.readHeader()
+            try link.send(.hello(Hello(
+                protocolVersion: wireProtocolVersion, buildIdentity: options.buildIdentity, architecture: Kernel.architecture,
+                pageSize: UInt32(range.pageSize), regionBase: UInt64(range.start), regionSize: UInt64(range.byteCount),
+                workloadName: info.workloadName, layoutVersion: info.layoutVersion, sharedMountToken: tokenName,
+                sharedMountTokenValue: token, generation: generation)))
+            switch try link.receive(while: "waiting for the resource check") {
+            case .helloReply(.accepted(let setup)): report.setup_seconds = setup
+            case .helloReply(.refused(let refusal)): throw MigrationError.refused(refusal)
+            case .abort(let reason): throw MigrationError.aborted("the destination: \(reason)")
+            case let other: throw MigrationError.protocolViolation("expected the reply to hello, got \(other)")
+            }
+
+            // 2. Full copy, with tracking armed first so nothing written meanwhile is missed.
+            try activeTracker.arm()
+            let resident = try ResidentPages.runs(of: range)
+            var roundStart = ContinuousClock.now
+            var sent = try sendRound(number: 0, pages: resident, allPages: range.pageCount, link: link, range: range, final: false)
+            var roundSeconds = (ContinuousClock.now - roundStart).secondsValue
+            var bandwidth = Double(sent.bytes) / Swift.max(roundSeconds, 1e-6)
+            var record = MigrationReport.Round(
+                round: 0, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: roundSeconds,
+                dirty_pages: range.pageCount, bandwidth_mbps: bandwidth / 1e6, dirty_rate: 0, predicted_downtime_ms: 0, final: false)
+            report.rounds.append(record)
+            progress(record)
+
+            // 3. Dirty rounds until the rest fits in the downtime target.
+            var round = 1
+            var totalSent = sent.bytes
+            while true {
+                roundStart = ContinuousClock.now
+                let dirty = try activeTracker.collect()
+                let dirtyRate = Double(dirty.pageCount) / Swift.max(roundSeconds, 1e-6)
+                let predicted = Double(dirty.pageCount * range.pageSize) / Swift.max(bandwidth, 1)
+                let exhausted = round >= options.maximumRounds
+                    || Double(totalSent) >= options.maximumSentRatio * Double(range.byteCount)
+                if predicted <= options.downtimeTarget || exhausted {
+                    // 5. Stop-and-copy: pause at a safe point (files flushed), collect what is left, send it all.
+                    let pauseStart = ContinuousClock.now
+                    guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
+                    paused = true
+                    var final = try activeTracker.collect()
+                    for run in dirty.runs { final.append(run) }
+                    let merged = DirtyPages(pages: Array(final))
+                    sent = try sendRound(number: round, pages: merged, allPages: nil, link: link, range: range, final: true)
+                    let finalSeconds = (ContinuousClock.now - pauseStart).secondsValue
+                    record = MigrationReport.Round(
+                        round: round, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: finalSeconds,
+                        dirty_pages: merged.pageCount, bandwidth_mbps: Double(sent.bytes) / Swift.max(finalSeconds, 1e-6) / 1e6,
+                        dirty_rate: dirtyRate, predicted_downtime_ms: predicted * 1000, final: true)
+                    report.rounds.append(record)
+                    progress(record)
+
+                    // Verify: the destination's digest of its whole region against ours of the paused region.
+                    try link.send(.digestRequest)
+                    let ours = RegionDigest.compute(range)
+                    report.source_digest = String(ours, radix: 16)
+                    let theirs: UInt64
+                    switch try link.receive(while: "waiting for the destination's digest") {
+                    case .digest(_, let value) where value.count == 8:
+                        theirs = value.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) }
+                    case let other: throw MigrationError.protocolViolation("expected a digest, got \(other)")
+                    }
+                    report.destination_digest = String(theirs, radix: 16)
+                    guard theirs == ours else {
+                        try? link.send(.abort(reason: "digest mismatch"))
+                        throw MigrationError.digestMismatch(source: ours, destination: theirs)
+                    }
+                    report.verified = true
+
+                    // 6. Handoff: the atomic record is the commit point.
+                    guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
+                        throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
+                    }
+                    let next = OwnershipRecord(generation: generation + 1, owner: "destination \(link.peer)", workload: current.workload)
+                    try next.write(in: sharedDirectory)
+                    committed = true
+                    host.stop()
+                    report.generation = next.generation
+                    try link.send(.commit(generation: next.generation))
+                    switch try link.receive(while: "waiting for the destination to run the workload") {
+                    case .running(let step): report.step_at_handoff = step
+                    case let other: throw MigrationError.protocolViolation("expected running, got \(other)")
+                    }
+                    report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
+                    report.outcome = .completed
+                    return report
+                }
+                sent = try sendRound(number: round, pages: dirty, allPages: nil, link: link, range: range, final: false)
+                totalSent += sent.bytes
+                roundSeconds = (ContinuousClock.now - roundStart).secondsValue
+                if sent.bytes > 64 * range.pageSize { bandwidth = Double(sent.bytes) / Swift.max(roundSeconds, 1e-6) }
+                record = MigrationReport.Round(
+                    round: round, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: roundSeconds,
+                    dirty_pages: dirty.pageCount, bandwidth_mbps: bandwidth / 1e6, dirty_rate: dirtyRate,
+                    predicted_downtime_ms: predicted * 1000, final: false)
+                report.rounds.append(record)
+                progress(record)
+                round += 1
+            }
+        } catch {
+            report.reason = Self.describe(error)
+            if committed {
+                // The destination owns the workload now; only its acknowledgement was lost.
+                report.outcome = .completed
+                return report
+            }
+            try? connection?.send(.abort(reason: report.reason ?? "source failed"))
+            report.outcome = error is MigrationError && { if case .refused = error as! MigrationError { return true } else { return false } }() ? .aborted : .failed
+            return report
+        }
+    }
+
+    static func describe(_ error: any Error) -> String {
+        switch error {
+        case let error as TransportError: "\(error)"
+        case let error as TrackingError: "write tracking: \(error)"
+        case let error as RegionError: "\(error)"
+        default: "\(error)"
+        }
+    }
+
+    /// Sends `pages` as one round: runs of non-zero pages as page data, zero pages as zero ranges; in
+    /// round 0 (`allPages` set) every page not in `pages` is a zero range without being read.
+    private func sendRound(number: Int, pages: DirtyPages, allPages: Int?, link: Connection, range: MemoryRange, final: Bool) throws -> (pages: Int, zeroPages: Int, bytes: Int) {
+        let before = link.byteCounts.sent
+        var dataPages = 0
+        var zeroPages = 0
+        var cursor = 0
+        func sendZero(_ first: Int, _ count: Int) throws {
+            guard count > 0 else { return }
+            try link.send(.zeroPages(firstPage: UInt64(first), pageCount: UInt64(count)))
+            zeroPages += count
+        }
+        for run in pages.runs {
+            if allPages != nil { try sendZero(cursor, run.first - cursor) }
+            cursor = run.end
+            var page = run.first
+            while page < run.end {
+                // Group consecutive pages of the same kind (zero or not), at most a frame's worth.
+                let isZero = Self.isZero(range, page: page)
+                var end = page + 1
+                while end < run.end && end - page < Self.pagesPerFrame && Self.isZero(range, page: end) == isZero { end += 1 }
+                if isZero {
+                    try sendZero(page, end - page)
+                } else {
+                    try link.sendPages(of: range, first: page, count: end - page)
+                    dataPages += end - page
+                }
+                page = end
+            }
+        }
+        if let allPages { try sendZero(cursor, allPages - cursor) }
+        let summary = RoundSummary(round: UInt32(number), pages: UInt64(dataPages), zeroPages: UInt64(zeroPages), bytes: UInt64(dataPages * range.pageSize), final: final)
+        try link.send(.roundEnd(summary))
+        switch try link.receive(while: "waiting for round \(number) to be applied") {
+        case .roundAck(let acknowledged) where acknowledged == UInt32(number): break
+        case .abort(let reason): throw MigrationError.aborted("the destination: \(reason)")
+        case let other: throw MigrationError.protocolViolation("expected the acknowledgement of round \(number), got \(other)")
+        }
+        return (dataPages, zeroPages, link.byteCounts.sent - before)
+    }
+
+    /// Whether a page is all zeros: its first word is zero and every byte equals the one 8 bytes before it
+    /// (one vectorised memcmp, no zero buffer needed).
+    static func isZero(_ range: MemoryRange, page: Int) -> Bool {
+        let start = range.baseAddress + page * range.pageSize
+        return start.load(as: UInt64.self) == 0 && memcmp(start, start + 8, range.pageSize - 8) == 0
+    }
+}

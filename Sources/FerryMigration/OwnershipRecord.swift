@@ -1,0 +1,74 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerrySystem
+
+/// The single point where a workload changes hosts: a small file on the shared mount, replaced atomically
+/// (write a temporary file, fsync, rename over the record, fsync the directory).
+///
+/// A process runs the workload only while the record names it with the generation it holds. The source
+/// writes generation g+1 naming the destination exactly once, after the destination proved it holds an
+/// identical region; from that rename on, the destination owns the workload and the source must not
+/// resume. Before it, any failure leaves the source the owner.
+public struct OwnershipRecord: Codable, Hashable, Sendable {
+    public static let fileName = "ferry-owner.json"
+
+    public var generation: UInt64
+    /// Who owns it: `host:pid` of the owning process.
+    public var owner: String
+    public var workload: String
+    /// Seconds since 1970 of the change.
+    public var changedAt: Double
+
+    public init(generation: UInt64, owner: String, workload: String) {
+        self.generation = generation
+        self.owner = owner
+        self.workload = workload
+        changedAt = Date().timeIntervalSince1970
+    }
+
+    /// Reads the record in `directory`, nil if there is none.
+    public static func read(in directory: String) throws -> OwnershipRecord? {
+        let path = directory + "/" + fileName
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        do {
+            return try JSONDecoder().decode(OwnershipRecord.self, from: data)
+        } catch {
+            throw MigrationError.sharedMount("the ownership record \(path) is unreadable (\(error)); remove it only if no host runs the workload")
+        }
+    }
+
+    /// Writes this record into `directory` atomically and durably.
+    public func write(in directory: String) throws {
+        let path = directory + "/" + Self.fileName
+        let temporary = path + ".tmp-\(getpid())"
+        let data = try JSONEncoder().encode(self)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw MigrationError.sharedMount("cannot create \(temporary): \(Errno.current)") }
+        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd)
+        close(fd)
+        guard written == data.count, synced == 0 else {
+            unlink(temporary)
+            throw MigrationError.sharedMount("cannot write \(temporary): \(Errno.current)")
+        }
+        guard rename(temporary, path) == 0 else {
+            let error = Errno.current
+            unlink(temporary)
+            throw MigrationError.sharedMount("cannot rename the ownership record into place at \(path): \(error)")
+        }
+        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if directoryFD >= 0 {
+            fsync(directoryFD)
+            close(directoryFD)
+        }
+    }
+
+    /// This process's identity in records: `hostname:pid`.
+    public static var thisProcess: String {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, 255)
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + ":\(getpid())"
+    }
+}
