@@ -5,7 +5,8 @@ import Glibc
 /// The `ferry` executable: dispatches to a subcommand, prints help and usage errors, sets the exit status.
 public enum FerryCommand {
     static let commands: [any Command.Type] = [
-        BenchTrackingCommand.self,
+        RunCommand.self, ReceiveCommand.self, MigrateCommand.self, StatusCommand.self, VerifyCommand.self,
+        StopCommand.self, DemoCommand.self, BenchTrackingCommand.self,
     ]
 
     static var overview: String {

@@ -1,0 +1,214 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerryMigration
+import FerryRegion
+import FerrySystem
+import FerryTransport
+
+/// Options shared by the commands that host a workload.
+private let hostingOptions = [
+    OptionSpec("shared-dir", "DIR", "The shared mount both hosts see: the workload's files and the ownership record.", default: "required"),
+    OptionSpec("control", "SOCKET", "Unix socket to control this process through.", default: "required"),
+    OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties about one page); 0 = flat out.", default: "1000"),
+]
+
+private func controlPath(_ arguments: ParsedArguments) throws(UsageError) -> String { try arguments.required("control") }
+
+private func sharedDirectory(_ arguments: ParsedArguments) throws -> String {
+    let path = try arguments.required("shared-dir")
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
+        throw CommandFailure(status: .usage, message: "--shared-dir \(path) is not a directory; create it (on the shared mount) first")
+    }
+    return path
+}
+
+/// `ferry run`: start a workload in a region at a fixed address and keep it running until it migrates away.
+struct RunCommand: Command {
+    static let path = ["run"]
+    static let summary = "Start a workload in a migratable region and serve its control socket."
+    static let discussion = "The process runs until the workload migrates away ('ferry migrate') or is stopped."
+    static let options = [
+        OptionSpec("workload", "NAME", "download or hotset.", default: "hotset"),
+        OptionSpec("region-size", "SIZE", "Size of the region.", default: "256MiB"),
+        OptionSpec("base", "ADDRESS", "Fixed address of the region (hex).", default: "0x7e0000000000"),
+        OptionSpec("fill", "MODE", "What the region holds before the loop starts: none, zero, random.", default: "none"),
+        OptionSpec("seed", "N", "Seed of the workload's deterministic data.", default: "1"),
+    ] + hostingOptions
+
+    static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
+        let directory = try sharedDirectory(arguments)
+        let control = try controlPath(arguments)
+        guard let kind = WorkloadKind(rawValue: arguments.string("workload", default: "hotset")) else {
+            throw UsageError("--workload: expected download or hotset")
+        }
+        guard let fill = RegionFill(rawValue: arguments.string("fill", default: "none")) else {
+            throw UsageError("--fill: expected none, zero or random")
+        }
+        let baseText = arguments.string("base", default: "0x7e0000000000")
+        guard let base = UInt(baseText.hasPrefix("0x") ? String(baseText.dropFirst(2)) : baseText, radix: 16) else {
+            throw UsageError("--base \(baseText): expected a hexadecimal address such as 0x7e0000000000")
+        }
+        let size = try arguments.bytes("region-size", default: 256 << 20)
+        let seed = UInt64(try arguments.integer("seed", default: 1, range: 0...Int.max))
+        let rate = try arguments.count("dirty-rate", default: 1000)
+        if let record = try OwnershipRecord.read(in: directory) {
+            throw CommandFailure(status: .failure, message: "\(directory) already has an ownership record (generation \(record.generation), owner \(record.owner)): a workload lives there; use another shared directory, or remove \(OwnershipRecord.fileName) if no host runs it")
+        }
+        let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size))
+        let workload = try kind.create(in: region, options: WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed))
+        try OwnershipRecord(generation: 1, owner: OwnershipRecord.thisProcess, workload: kind.rawValue).write(in: directory)
+        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate)
+        process.adopt(WorkloadHost(workload: workload, stepsPerSecond: rate), generation: 1)
+        try process.serveControl(at: control)
+        printLine("ferry run: \(kind) in \(region.layout), \(Int(rate)) steps/s, control \(control), pid \(getpid())")
+        process.finished.wait()
+        unlink(control)
+        printLine("ferry run: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
+        return .success
+    }
+}
+
+/// `ferry receive`: wait for a migration, then run the workload here.
+struct ReceiveCommand: Command {
+    static let path = ["receive"]
+    static let summary = "Wait for a migration on the migration network, then run the workload here."
+    static let options = [
+        OptionSpec("listen", "ADDR:PORT", "Address to accept the migration stream on.", default: "required"),
+        OptionSpec("once", nil, "Exit (status 1) if the first migration attempt fails, instead of waiting for the next."),
+    ] + hostingOptions
+
+    static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
+        let directory = try sharedDirectory(arguments)
+        let control = try controlPath(arguments)
+        let listenText = try arguments.required("listen")
+        guard let endpoint = Endpoint(listenText) else { throw UsageError("--listen \(listenText): expected ADDR:PORT") }
+        let rate = try arguments.count("dirty-rate", default: 1000)
+        let listener = try Listener(on: endpoint)
+        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate)
+        try process.serveControl(at: control)
+        printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
+        while true {
+            let connection = try listener.accept()
+            do {
+                let received = try MigrationDestination.receive(on: connection, sharedDirectory: directory, stepsPerSecond: rate) { printLine("ferry receive: \($0)") }
+                process.adopt(received.host, generation: received.generation)
+                break
+            } catch {
+                printError("ferry receive: migration from \(connection.peer) failed: \(error)")
+                if arguments.has("once") { unlink(control); return .failure }
+            }
+        }
+        process.finished.wait()
+        unlink(control)
+        printLine("ferry receive: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
+        return .success
+    }
+}
+
+/// `ferry migrate`: tell a running workload to move.
+struct MigrateCommand: Command {
+    static let path = ["migrate"]
+    static let summary = "Live-migrate the workload of a running ferry process to a destination."
+    static let options = [
+        OptionSpec("control", "SOCKET", "Control socket of the source process.", default: "required"),
+        OptionSpec("to", "ADDR:PORT", "Where 'ferry receive' listens.", default: "required"),
+        OptionSpec("bind", "ADDR", "Local address to send from (keeps the stream on the migration network)."),
+        OptionSpec("downtime-target", "DURATION", "Stop iterating when the predicted pause is this short.", default: "50ms"),
+        OptionSpec("max-rounds", "N", "At most this many dirty rounds.", default: "30"),
+        OptionSpec("max-bandwidth", "RATE", "Cap the stream, e.g. 100mbit or 200MB/s."),
+        OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
+        OptionSpec("report", "FILE", "Write the JSON report to FILE."),
+    ]
+
+    static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
+        let control = try arguments.required("control")
+        let to = try arguments.required("to")
+        guard Endpoint(to) != nil else { throw UsageError("--to \(to): expected ADDR:PORT") }
+        var request: ControlChannel.Message = [
+            "command": "migrate", "to": to,
+            "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
+            "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
+            "tracker": arguments.string("tracker", default: "auto"),
+        ]
+        if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
+        if let bind = arguments.string("bind") { request["bind"] = bind }
+        printLine("round      pages   zero pages        bytes   seconds      MB/s   dirty pages/s   predicted downtime")
+        let result = try ControlChannel.request(request, at: control) { progress in
+            func number(_ key: String) -> Double { progress[key] as? Double ?? Double(progress[key] as? Int ?? 0) }
+            var line = "\(progress["round"] as? Int ?? 0)\((progress["final"] as? Bool ?? false) ? " (final)" : "")".padding(to: 10)
+            line += String(format: "%6.0f %12.0f %12.0f %9.3f %9.1f %15.0f %17.1f ms", number("pages"), number("zero_pages"), number("bytes"),
+                           number("seconds"), number("bandwidth_mbps"), number("dirty_rate"), number("predicted_downtime_ms"))
+            printLine(line)
+        }
+        let report = result["report"] as? [String: Any] ?? [:]
+        if let path = arguments.string("report"), let data = try? JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys]) {
+            try data.write(to: URL(fileURLWithPath: path))
+        }
+        let outcome = report["outcome"] as? String ?? "failed"
+        if outcome == "completed" {
+            let downtime = report["downtime_ms"] as? Double ?? 0
+            let total = report["total_seconds"] as? Double ?? 0
+            printLine(String(format: "completed: downtime %.1f ms, total %.2f s, %@ sent, verified %@", downtime, total,
+                             ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "no"))
+            return .success
+        }
+        printError("ferry migrate: \(outcome): \(result["error"] as? String ?? "unknown error"); the workload keeps running on the source")
+        return ExitStatus(rawValue: Int32(result["status"] as? Int ?? 1)) ?? .failure
+    }
+}
+
+/// `ferry status`: what a ferry process is doing.
+struct StatusCommand: Command {
+    static let path = ["status"]
+    static let summary = "Show what a ferry process runs (role, workload, step, generation)."
+    static let options = [
+        OptionSpec("control", "SOCKET", "Control socket of the process.", default: "required"),
+        OptionSpec("json", nil, "Print the status as JSON."),
+    ]
+
+    static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
+        let result = try ControlChannel.request(["command": "status"], at: try arguments.required("control")) { _ in }
+        if arguments.has("json") {
+            var clean = result
+            clean.removeValue(forKey: "event")
+            let data = try JSONSerialization.data(withJSONObject: clean, options: [.prettyPrinted, .sortedKeys])
+            printLine(String(decoding: data, as: UTF8.self))
+        } else {
+            let keys = ["role", "workload", "step", "generation", "region_base", "region_bytes", "steps_per_second", "pid", "last_migration", "error"]
+            for key in keys { if let value = result[key] { printLine("\(key.padding(to: 18))\(value)") } }
+        }
+        return .success
+    }
+}
+
+/// `ferry verify`: prove the workload's invariants.
+struct VerifyCommand: Command {
+    static let path = ["verify"]
+    static let summary = "Pause the workload at a safe point, prove its invariants, let it go on."
+    static let options = [OptionSpec("control", "SOCKET", "Control socket of the process running the workload.", default: "required")]
+
+    static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
+        let result = try ControlChannel.request(["command": "verify"], at: try arguments.required("control")) { _ in }
+        if let report = result["report"] as? String { printLine(report) }
+        if let error = result["error"] as? String { printError("ferry verify: \(error)") }
+        let ok = result["ok"] as? Bool ?? false
+        if result["owner_generation_matches"] as? Bool == false { printError("ferry verify: the ownership record does not name this process's generation") }
+        printLine(ok ? "verify: all invariants hold" : "verify: FAILED")
+        return ok ? .success : .failure
+    }
+}
+
+/// `ferry stop`: end a ferry process's workload and the process.
+struct StopCommand: Command {
+    static let path = ["stop"]
+    static let summary = "Stop the workload of a ferry process (files flushed) and let the process exit."
+    static let options = [OptionSpec("control", "SOCKET", "Control socket of the process.", default: "required")]
+
+    static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
+        _ = try ControlChannel.request(["command": "stop"], at: try arguments.required("control")) { _ in }
+        return .success
+    }
+}

@@ -1,0 +1,131 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerryMigration
+import FerryRegion
+import FerrySystem
+import FerryTracking
+import FerryTransport
+import Synchronization
+
+/// The long-lived process behind `ferry run` and `ferry receive`: it owns the running workload (if any)
+/// and answers the control socket (`status`, `verify`, `migrate`, `stop`).
+final class WorkloadProcess: Sendable {
+    enum Role: String { case waiting, running, migrating, migratedAway = "migrated-away", stopped }
+
+    struct State {
+        var role = Role.waiting
+        var host: WorkloadHost?
+        var generation: UInt64 = 0
+        var lastMigration: String?
+    }
+
+    let sharedDirectory: String
+    let stepsPerSecond: Double
+    let state = Mutex(State())
+    /// Signalled when the process should exit (migrated away or stopped).
+    let finished = DispatchSemaphore(value: 0)
+
+    init(sharedDirectory: String, stepsPerSecond: Double) {
+        self.sharedDirectory = sharedDirectory
+        self.stepsPerSecond = stepsPerSecond
+    }
+
+    func adopt(_ host: WorkloadHost, generation: UInt64) {
+        state.withLock {
+            $0.host = host
+            $0.generation = generation
+            $0.role = .running
+        }
+    }
+
+    func serveControl(at path: String) throws {
+        try ControlChannel.serve(at: path) { [self] request, reply in
+            let command = request["command"] as? String ?? ""
+            switch command {
+            case "status": reply(status())
+            case "verify": reply(verify())
+            case "migrate": reply(migrate(request, progress: reply))
+            case "stop":
+                let host = state.withLock { state -> WorkloadHost? in
+                    state.role = .stopped
+                    return state.host
+                }
+                host?.stop()
+                reply(["event": "result", "ok": true])
+                finished.signal()
+            default: reply(["event": "result", "ok": false, "error": "unknown control command '\(command)'"])
+            }
+        }
+    }
+
+    func status() -> ControlChannel.Message {
+        let (role, host, generation, last) = state.withLock { ($0.role, $0.host, $0.generation, $0.lastMigration) }
+        var message: ControlChannel.Message = ["event": "result", "ok": true, "role": role.rawValue, "pid": Int(getpid()), "generation": Int(generation)]
+        if let host {
+            message["workload"] = type(of: host.workload).name
+            message["step"] = Int(host.stepCount)
+            message["region_base"] = "0x" + String(host.workload.region.range.start, radix: 16)
+            message["region_bytes"] = host.workload.region.range.byteCount
+            message["steps_per_second"] = stepsPerSecond
+            message["throttle"] = host.throttle
+            if let error = host.lastError { message["error"] = error }
+        }
+        if let last { message["last_migration"] = last }
+        return message
+    }
+
+    func verify() -> ControlChannel.Message {
+        guard let host = state.withLock({ $0.role == .running ? $0.host : nil }) else {
+            return ["event": "result", "ok": false, "error": "no workload runs in this process (\(state.withLock { $0.role.rawValue }))"]
+        }
+        guard host.pause() else { return ["event": "result", "ok": false, "error": "the workload loop has stopped: \(host.lastError ?? "unknown")"] }
+        defer { host.resume() }
+        let report = host.workload.verify()
+        var ownerOK = false
+        if let record = try? OwnershipRecord.read(in: sharedDirectory) { ownerOK = record.generation == state.withLock { $0.generation } }
+        return [
+            "event": "result", "ok": report.passed && ownerOK, "step": Int(host.stepCount), "summary": report.summary,
+            "report": report.description, "owner_generation_matches": ownerOK,
+        ]
+    }
+
+    func migrate(_ request: ControlChannel.Message, progress: @escaping @Sendable (ControlChannel.Message) -> Void) -> ControlChannel.Message {
+        guard let to = request["to"] as? String, let endpoint = Endpoint(to) else {
+            return ["event": "result", "ok": false, "status": Int(ExitStatus.usage.rawValue), "error": "'to' must be HOST:PORT"]
+        }
+        let claimed = state.withLock { state -> (WorkloadHost, UInt64)? in
+            guard state.role == .running, let host = state.host else { return nil }
+            state.role = .migrating
+            return (host, state.generation)
+        }
+        guard let (host, generation) = claimed else {
+            return ["event": "result", "ok": false, "status": Int(ExitStatus.failure.rawValue), "error": "no workload runs here to migrate (\(state.withLock { $0.role.rawValue }))"]
+        }
+        var options = MigrationOptions(destination: endpoint)
+        if let value = request["downtime_target"] as? Double { options.downtimeTarget = value }
+        if let value = request["max_rounds"] as? Int { options.maximumRounds = value }
+        if let value = request["max_bandwidth"] as? Double { options.maximumBytesPerSecond = value }
+        if let value = request["bind"] as? String { options.bindAddress = value }
+        if let value = request["tracker"] as? String, let choice = TrackerChoice(value) { options.tracker = choice }
+        let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
+        let report = source.migrate(options) { round in
+            progress([
+                "event": "progress", "round": round.round, "pages": round.pages, "zero_pages": round.zero_pages,
+                "bytes": round.bytes, "seconds": round.seconds, "bandwidth_mbps": round.bandwidth_mbps,
+                "dirty_rate": round.dirty_rate, "predicted_downtime_ms": round.predicted_downtime_ms, "final": round.final,
+            ])
+        }
+        let completed = report.outcome == .completed
+        state.withLock {
+            $0.role = completed ? .migratedAway : .running
+            if completed { $0.host = nil }
+            $0.lastMigration = "\(report.outcome.rawValue)\(report.reason.map { ": \($0)" } ?? "")"
+        }
+        let encoded = ((try? JSONSerialization.jsonObject(with: JSONEncoder().encode(report))) as? [String: any Sendable]) ?? [:]
+        let status: ExitStatus = completed ? .success : (report.outcome == .aborted ? .refused : .failure)
+        if completed { finished.signal() }
+        return ["event": "result", "ok": completed, "status": Int(status.rawValue), "report": encoded, "error": report.reason ?? ""]
+    }
+}

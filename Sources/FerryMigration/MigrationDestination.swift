@@ -1,0 +1,119 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerryRegion
+public import FerryTransport
+import FerrySystem
+import FerryWire
+
+/// The destination side: checks a source's hello, rebuilds the region at the same address from the
+/// stream, proves it matches, and takes the workload over at the ownership commit.
+public enum MigrationDestination {
+    /// What a successful receive hands over: the workload, running.
+    public struct Received: Sendable {
+        public let host: WorkloadHost
+        public let generation: UInt64
+        public let source: String
+    }
+
+    /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
+    /// refusal or failure, after which nothing of the attempt remains mapped here.
+    public static func receive(
+        on connection: Connection, sharedDirectory: String, stepsPerSecond: Double, log: @Sendable (String) -> Void
+    ) throws -> Received {
+        let hello: Hello
+        switch try connection.receive(while: "waiting for hello") {
+        case .hello(let value): hello = value
+        case let other: throw MigrationError.protocolViolation("expected hello, got \(other)")
+        }
+        let region: MigratableRegion
+        do {
+            region = try check(hello, sharedDirectory: sharedDirectory)
+        } catch let refusal as Refusal {
+            log("refused \(connection.peer): \(refusal.reason)")
+            try? connection.send(.helloReply(.refused(refusal)))
+            throw MigrationError.refused(refusal)
+        }
+        try connection.send(.helloReply(.accepted(setupSeconds: region.populateSeconds ?? 0)))
+        log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), set up in \(String(format: "%.3f", region.populateSeconds ?? 0)) s")
+
+        let range = region.range
+        while true {
+            switch try connection.receive(while: "receiving the region") {
+            case .pageData(let first, let count):
+                try connection.receivePages(into: range, first: first, count: count)
+            case .zeroPages(let first, let count):
+                guard count > 0, first < UInt64(range.pageCount), count <= UInt64(range.pageCount) - first else {
+                    throw MigrationError.protocolViolation("zero pages \(first)+\(count) lie outside the region")
+                }
+                memset(range.baseAddress + Int(first) * range.pageSize, 0, Int(count) * range.pageSize)
+            case .roundEnd(let summary):
+                try connection.send(.roundAck(round: summary.round))
+            case .digestRequest:
+                let digest = RegionDigest.compute(range)
+                try connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: digest)))
+            case .commit(let generation):
+                guard let record = try OwnershipRecord.read(in: sharedDirectory), record.generation == generation else {
+                    throw MigrationError.sharedMount("the source announced generation \(generation) but the ownership record in \(sharedDirectory) does not hold it")
+                }
+                let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory)
+                let host = WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond)
+                try? connection.send(.running(step: workload.stepCount))
+                log("running \(hello.workloadName) at step \(workload.stepCount), generation \(generation)")
+                return Received(host: host, generation: generation, source: connection.peer)
+            case .abort(let reason):
+                throw MigrationError.aborted("the source: \(reason)")
+            case let other:
+                throw MigrationError.protocolViolation("unexpected \(other) while receiving the region")
+            }
+        }
+    }
+
+    /// The resource check of DESIGN §3.3 step 1. Maps (and populates) the region on success.
+    static func check(_ hello: Hello, sharedDirectory: String) throws -> MigratableRegion {
+        guard hello.protocolVersion == wireProtocolVersion else {
+            throw Refusal(code: .protocolVersion, reason: "protocol version \(hello.protocolVersion) is not \(wireProtocolVersion); run the same ferry build on both hosts")
+        }
+        guard hello.architecture == Kernel.architecture else {
+            throw Refusal(code: .architecture, reason: "the source is \(hello.architecture), this host is \(Kernel.architecture); memory cannot move between architectures")
+        }
+        guard Int(hello.pageSize) == Kernel.pageSize else {
+            throw Refusal(code: .pageSize, reason: "page size \(hello.pageSize) differs from this host's \(Kernel.pageSize)")
+        }
+        guard WorkloadKind(rawValue: hello.workloadName) != nil else {
+            throw Refusal(code: .workload, reason: "this build does not know the workload '\(hello.workloadName)'; install the same ferry version")
+        }
+        guard hello.layoutVersion == RegionHeader.currentLayoutVersion else {
+            throw Refusal(code: .layoutVersion, reason: "region layout version \(hello.layoutVersion) is not this build's \(RegionHeader.currentLayoutVersion); install the same ferry version on both hosts")
+        }
+        let tokenPath = sharedDirectory + "/" + hello.sharedMountToken
+        guard !hello.sharedMountToken.contains("/"),
+              let token = FileManager.default.contents(atPath: tokenPath),
+              String(decoding: token, as: UTF8.self) == hello.sharedMountTokenValue else {
+            throw Refusal(code: .sharedMount, reason: "the source's token \(hello.sharedMountToken) is not in \(sharedDirectory) here: both hosts must mount the same shared directory (pass the same mount to --shared-dir)")
+        }
+        let available = availableMemory()
+        if let available, available < Int(hello.regionSize) + (64 << 20) {
+            throw Refusal(code: .memory, reason: "the region needs \(ByteCount(Int(hello.regionSize))) but only \(ByteCount(available)) is available here; free memory or pick a larger host")
+        }
+        let layout = RegionLayout(base: UInt(hello.regionBase), byteCount: Int(hello.regionSize))
+        do {
+            return try MigratableRegion.reserve(layout: layout, populate: true)
+        } catch .addressInUse {
+            throw Refusal(code: .address, reason: "the address range \(layout) is already in use in the receiving process; start the workload with another --base, or restart 'ferry receive'")
+        } catch {
+            throw Refusal(code: .memory, reason: "cannot map the region \(layout): \(error)")
+        }
+    }
+
+    /// MemAvailable from /proc/meminfo, in bytes.
+    static func availableMemory() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kib = Int(fields[1]) { return kib * 1024 }
+        }
+        return nil
+    }
+}
