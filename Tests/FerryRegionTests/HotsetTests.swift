@@ -157,3 +157,27 @@ private let aggregateOffset = stateOffset + 0x18
         }
     }
 }
+
+@Suite struct StepFootprintTests {
+    /// Pages whose bytes differ between two snapshots.
+    private func changedPages(_ before: [UInt8], _ after: [UInt8]) -> Int {
+        let page = Kernel.pageSize
+        return stride(from: 0, to: before.count, by: page).filter { before[$0..<$0 + page] != after[$0..<$0 + page] }.count
+    }
+
+    @Test(arguments: WorkloadKind.allCases)
+    func eachStepWritesAFixedSmallNumberOfPages(kind: WorkloadKind) throws {
+        try #require(Kernel.pageSize == 4096)
+        try withTemporaryDirectory { directory in
+            let region = try MigratableRegion.create(layout: testLayout(slot: kind == .hotset ? 40 : 41, pages: 40))
+            let workload = try kind.create(in: region, options: WorkloadOptions(sharedDirectory: directory))
+            var maximum = 0
+            for _ in 0..<20 {
+                let before = snapshot(region)
+                try workload.step()
+                maximum = max(maximum, changedPages(before, snapshot(region)))
+            }
+            #expect(maximum == (kind == .hotset ? 3 : 2))
+        }
+    }
+}
