@@ -102,8 +102,9 @@ public enum DownloadBlock {
 /// block i at offset i × 4096, each in the `DownloadBlock` format; its length is exactly n × 4096.
 ///
 /// **Region**: page 0 is the header (`RegionHeader`) with the state below; the receive ring of
-/// `ringSlots` 4096-byte slots starts at page 1 (`dataOffset`); whatever follows the ring is free data area
-/// (filled as `WorkloadOptions.fill` says).
+/// `ringSlots` 4096-byte slots starts at page 1 (`dataOffset`); whatever follows the ring is free data area.
+/// `WorkloadOptions.fill` applies to the whole data area, ring included (slots are overwritten as blocks
+/// arrive).
 ///
 /// | state offset | field |
 /// |---|---|
@@ -191,9 +192,9 @@ public final class DownloadWorkload: Workload {
         header.setState(State.fileLength, 0)
         header.setState(State.runningChecksum, FNV1a64.offsetBasis)
         header.setState(State.lastChecksum, 0)
-        let freeOffset = ringOffset + ringBytes
+        // The ring's slots are overwritten as blocks arrive; until then they are filled like the rest.
         do {
-            try region.fill(options.fill, offset: freeOffset, count: region.range.byteCount - freeOffset, seed: seed)
+            try region.fill(options.fill, offset: ringOffset, count: region.range.byteCount - ringOffset, seed: seed)
         } catch { throw .region(error) }
     }
 

@@ -81,7 +81,7 @@ public struct RegionHeader {
     }
 
     /// Steps completed so far.
-    public var stepCount: UInt64 {
+    public internal(set) var stepCount: UInt64 {
         get { bytes.load(at: Offset.stepCount) }
         nonmutating set { bytes.store(newValue, at: Offset.stepCount) }
     }
