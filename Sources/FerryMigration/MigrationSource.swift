@@ -62,9 +62,13 @@ public final class MigrationSource: Sendable {
         defer {
             tracker?.stop()
             if let tokenPath { unlink(tokenPath) }
+            if !committed && paused { host.resume() }
+        }
+        func finished(_ report: MigrationReport) -> MigrationReport {
+            var report = report
             report.total_seconds = (ContinuousClock.now - start).secondsValue
             report.bytes_sent = connection?.byteCounts.sent ?? 0
-            if !committed && paused { host.resume() }
+            return report
         }
         do {
             let chosen = try options.tracker.resolve().backend
@@ -124,9 +128,8 @@ public final class MigrationSource: Sendable {
                     let pauseStart = ContinuousClock.now
                     guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
                     paused = true
-                    var final = try activeTracker.collect()
-                    for run in dirty.runs { final.append(run) }
-                    let merged = DirtyPages(pages: Array(final))
+                    let final = try activeTracker.collect()
+                    let merged = DirtyPages(unorderedRuns: dirty.runs + final.runs)
                     sent = try sendRound(number: round, pages: merged, allPages: nil, link: link, range: range, final: true)
                     let finalSeconds = (ContinuousClock.now - pauseStart).secondsValue
                     record = MigrationReport.Round(
@@ -169,7 +172,7 @@ public final class MigrationSource: Sendable {
                     }
                     report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
                     report.outcome = .completed
-                    return report
+                    return finished(report)
                 }
                 sent = try sendRound(number: round, pages: dirty, allPages: nil, link: link, range: range, final: false)
                 totalSent += sent.bytes
@@ -188,11 +191,11 @@ public final class MigrationSource: Sendable {
             if committed {
                 // The destination owns the workload now; only its acknowledgement was lost.
                 report.outcome = .completed
-                return report
+                return finished(report)
             }
             try? connection?.send(.abort(reason: report.reason ?? "source failed"))
             report.outcome = error is MigrationError && { if case .refused = error as! MigrationError { return true } else { return false } }() ? .aborted : .failed
-            return report
+            return finished(report)
         }
     }
 

@@ -46,7 +46,7 @@ public struct DirtyPages: Hashable, Sendable, Sequence {
     }
 
     /// Builds the set from runs in any order, merging overlapping and touching ones.
-    init(unorderedRuns runs: [PageRun]) {
+    public init(unorderedRuns runs: [PageRun]) {
         self.init()
         let sorted = zip(runs, runs.dropFirst()).allSatisfy { $0.first <= $1.first } ? runs : runs.sorted { $0.first < $1.first }
         self.runs.reserveCapacity(sorted.count)
