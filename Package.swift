@@ -51,7 +51,7 @@ let package = Package(
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
 
         // Helpers shared by the test targets: writer threads, temporary directories, running `ferry`.
-        .target(name: "FerryTestSupport", dependencies: ["FerrySystem"], path: "Tests/FerryTestSupport",
+        .target(name: "FerryTestSupport", dependencies: ["FerrySystem", "FerryWire"], path: "Tests/FerryTestSupport",
                 swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
         .testTarget(
@@ -61,7 +61,7 @@ let package = Package(
         ),
         .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], swiftSettings: strict),
-        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "FerryWire"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -90,21 +90,37 @@ struct ReceiveCommand: Command {
         let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate)
         try process.serveControl(at: control)
         printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
-        while true {
-            let connection = try listener.accept()
-            do {
-                let received = try MigrationDestination.receive(on: connection, sharedDirectory: directory, stepsPerSecond: rate) { printLine("ferry receive: \($0)") }
-                process.adopt(received.host, generation: received.generation)
-                break
-            } catch {
-                printError("ferry receive: migration from \(connection.peer) failed: \(error)")
-                if arguments.has("once") { unlink(control); return .failure }
+        let once = arguments.has("once")
+        // Accept on a thread of its own, so 'ferry stop' ends the process even while it waits.
+        let acceptor = Thread {
+            while true {
+                do {
+                    let connection = try listener.accept()
+                    do {
+                        let received = try MigrationDestination.receive(on: connection, sharedDirectory: directory, stepsPerSecond: rate) { printLine("ferry receive: \($0)") }
+                        process.adopt(received.host, generation: received.generation)
+                        return
+                    } catch {
+                        printError("ferry receive: migration from \(connection.peer) failed: \(error)")
+                        if once {
+                            process.exitStatus.withLock { $0 = .failure }
+                            process.finished.signal()
+                            return
+                        }
+                    }
+                } catch {
+                    printError("ferry receive: \(error)")
+                    process.exitStatus.withLock { $0 = .failure }
+                    process.finished.signal()
+                    return
+                }
             }
         }
+        acceptor.start()
         process.finished.wait()
         unlink(control)
         printLine("ferry receive: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
-        return .success
+        return process.exitStatus.withLock { $0 }
     }
 }
 

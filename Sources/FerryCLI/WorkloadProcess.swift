@@ -24,8 +24,10 @@ final class WorkloadProcess: Sendable {
     let sharedDirectory: String
     let stepsPerSecond: Double
     let state = Mutex(State())
-    /// Signalled when the process should exit (migrated away or stopped).
+    /// Signalled when the process should exit (migrated away, stopped, or a `--once` receive failed).
     let finished = DispatchSemaphore(value: 0)
+    /// The exit status once `finished` is signalled.
+    let exitStatus = Mutex(ExitStatus.success)
 
     init(sharedDirectory: String, stepsPerSecond: Double) {
         self.sharedDirectory = sharedDirectory
@@ -46,7 +48,11 @@ final class WorkloadProcess: Sendable {
             switch command {
             case "status": reply(status())
             case "verify": reply(verify())
-            case "migrate": reply(migrate(request, progress: reply))
+            case "migrate":
+                let result = migrate(request, progress: reply)
+                reply(result)
+                // Only after the reply: the process exits once `finished` is signalled.
+                if result["ok"] as? Bool == true { finished.signal() }
             case "stop":
                 let host = state.withLock { state -> WorkloadHost? in
                     state.role = .stopped
@@ -125,7 +131,6 @@ final class WorkloadProcess: Sendable {
         }
         let encoded = ((try? JSONSerialization.jsonObject(with: JSONEncoder().encode(report))) as? [String: any Sendable]) ?? [:]
         let status: ExitStatus = completed ? .success : (report.outcome == .aborted ? .refused : .failure)
-        if completed { finished.signal() }
         return ["event": "result", "ok": completed, "status": Int(status.rawValue), "report": encoded, "error": report.reason ?? ""]
     }
 }

@@ -63,6 +63,7 @@ private final class WriterContext: Sendable {
                 base[Int(value % UInt64(words))] = value
             }
             count += 64
+            usleep(20)  // a workload's pace, not a memory-bandwidth test: leaves the collector CPU time
         }
         owner.add(count)
     }

@@ -1,0 +1,104 @@
+import FerryTestSupport
+import FerryWire
+import Foundation
+import Testing
+
+/// Live migrations between real `ferry` processes over loopback TCP.
+@Suite(.serialized) struct MigrationEndToEndTests {
+    @Test(arguments: ["hotset", "download"])
+    func demoMigratesAndVerifiesAWorkloadThatKeepsWriting(workload: String) throws {
+        let report = "/tmp/ferry-demo-report-\(getpid())-\(workload).json"
+        defer { unlink(report) }
+        let run = try runFerry(["demo", "--workload", workload, "--region-size", "64MiB", "--dirty-rate", "2000",
+                                "--warmup", "0.5s", "--report", report])
+        #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
+        let data = try #require(FileManager.default.contents(atPath: report))
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(object["outcome"] as? String == "completed")
+        #expect(object["verified"] as? Bool == true)
+        #expect(object["destination_verify"] as? Bool == true)
+        #expect((object["downtime_ms"] as? Double ?? 0) > 0)
+        let rounds = try #require(object["rounds"] as? [[String: Any]])
+        #expect(rounds.first?["round"] as? Int == 0)
+        #expect(rounds.last?["final"] as? Bool == true)
+    }
+
+    @Test func pingPongFourHopsLosesNothingAndKeepsTheAddress() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        var current = try lab.start(["run", "--workload", "hotset", "--region-size", "32MiB", "--fill", "random", "--dirty-rate", "3000",
+                                     "--shared-dir", lab.shared, "--control", lab.socket("a0")], log: "a0")
+        var control = lab.socket("a0")
+        try lab.waitForSocket(control)
+        for hop in 1...4 {
+            let port = 7400 + Int(getpid() % 500) + hop
+            let name = "hop\(hop)"
+            let next = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name),
+                                      "--dirty-rate", "3000", "--once"], log: name)
+            try lab.waitForSocket(lab.socket(name))
+            usleep(300_000)
+            let migrate = try runFerry(["migrate", "--control", control, "--to", "127.0.0.1:\(port)"])
+            #expect(migrate.status == 0, "hop \(hop): \(migrate.standardOutput) \(migrate.standardError)")
+            current.waitUntilExit()
+            #expect(current.terminationStatus == 0, "the source of hop \(hop) must exit cleanly after handing over")
+            control = lab.socket(name)
+            current = next
+            let verify = try runFerry(["verify", "--control", control])
+            #expect(verify.status == 0, "hop \(hop): \(verify.standardOutput) \(verify.standardError)")
+            // Mapped at the source's address in the new process.
+            let maps = try String(contentsOfFile: "/proc/\(next.processIdentifier)/maps", encoding: .utf8)
+            #expect(maps.contains("7e0000000000-7e0002000000"), "hop \(hop): the region is not at 0x7e0000000000")
+        }
+        _ = try runFerry(["stop", "--control", control])
+        current.waitUntilExit()
+    }
+
+    @Test func destinationRefusesAnotherSharedDirectoryAndTheSourceKeepsRunning() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let otherShared = lab.directory + "/other"
+        try FileManager.default.createDirectory(atPath: otherShared, withIntermediateDirectories: true)
+        let port = 7950 + Int(getpid() % 40)
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a")], log: "a")
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", otherShared,
+                                         "--control", lab.socket("b")], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 2, "a refusal exits 2: \(migrate.standardError)")
+        #expect(migrate.standardError.contains("same shared directory"))
+        let status = try runFerry(["status", "--control", lab.socket("a"), "--json"])
+        #expect(status.standardOutput.contains("\"role\" : \"running\""))
+        #expect(try runFerry(["verify", "--control", lab.socket("a")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("a")])
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        source.waitUntilExit()
+        destination.waitUntilExit()
+    }
+
+    @Test func destinationRefusesAWrongLayoutVersionAndAnUnusableAddress() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7990 + Int(getpid() % 9)
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b")], log: "b")
+        try lab.waitForSocket(lab.socket("b"))
+        try "secret".write(toFile: lab.shared + "/token", atomically: true, encoding: .utf8)
+        func hello(layoutVersion: UInt32, base: UInt64) -> Hello {
+            Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: base, regionSize: 1 << 20,
+                  workloadName: "hotset", layoutVersion: layoutVersion, sharedMountToken: "token", sharedMountTokenValue: "secret", generation: 1)
+        }
+        let wrongVersion = try RawPeer.exchange(port: port, hello: hello(layoutVersion: 99, base: 0x7e00_0000_0000))
+        guard case .helloReply(.refused(let refusal)) = wrongVersion else { Issue.record("expected a refusal, got \(wrongVersion)"); return }
+        #expect(refusal.code == .layoutVersion)
+        #expect(refusal.reason.contains("same ferry version"))
+        // Address 0 can never be mapped (vm.mmap_min_addr): refused with the address cause, not a crash.
+        let badAddress = try RawPeer.exchange(port: port, hello: hello(layoutVersion: 1, base: 0))
+        guard case .helloReply(.refused(let second)) = badAddress else { Issue.record("expected a refusal, got \(badAddress)"); return }
+        #expect([.address, .memory].contains(second.code), "\(second)")
+        #expect(destination.isRunning, "the receiver waits for the next migration after a refusal")
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        destination.terminate()
+    }
+}

@@ -1,0 +1,74 @@
+public import Foundation
+public import FerryWire
+
+/// A temporary directory with a shared folder, control sockets and logs for processes a test starts.
+public final class Lab {
+    public let directory: String
+    public var shared: String { directory + "/shared" }
+    private var processes: [Process] = []
+
+    public init() throws {
+        directory = "/tmp/ferry-lab-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory + "/shared", withIntermediateDirectories: true)
+    }
+
+    public func socket(_ name: String) -> String { directory + "/\(name).sock" }
+
+    /// Starts `ferry` with `arguments`, its output going to `<directory>/<log>.log`.
+    public func start(_ arguments: [String], log: String) throws -> Process {
+        let process = Process()
+        process.executableURL = ferryExecutableURL()
+        process.arguments = arguments
+        let path = directory + "/\(log).log"
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes.append(process)
+        return process
+    }
+
+    /// Waits until a control socket exists (the process is ready), at most 30 s.
+    public func waitForSocket(_ path: String) throws {
+        for _ in 0..<600 {
+            if FileManager.default.fileExists(atPath: path) { return }
+            usleep(50_000)
+        }
+        throw LabError.notReady(path)
+    }
+
+    /// Kills whatever still runs and removes the directory.
+    public func tearDown() {
+        for process in processes where process.isRunning { process.terminate(); process.waitUntilExit() }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+public enum LabError: Error { case notReady(String), closed }
+
+/// A hand-driven source: sends one hello to a `ferry receive` and returns its answer.
+public enum RawPeer {
+    public static func exchange(port: Int, hello: Hello) throws -> Frame {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            connect(fd, UnsafeRawPointer($0).assumingMemoryBound(to: sockaddr.self), socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
+        guard connected == 0 else { throw LabError.notReady("127.0.0.1:\(port)") }
+        let bytes = FrameCodec.encode(.hello(hello))
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        var decoder = FrameDecoder()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            if let frame = try decoder.next() { return frame }
+            let got = read(fd, &buffer, buffer.count)
+            guard got > 0 else { throw LabError.closed }
+            decoder.append(buffer[..<got])
+        }
+    }
+}
