@@ -141,7 +141,7 @@ public final class MigrationSource: Sendable {
 
                     // Verify: the destination's digest of its whole region against ours of the paused region.
                     try link.send(.digestRequest)
-                    let ours = RegionDigest.compute(range)
+                    let ours = Self.withInjectedUntrackedWrite(range) { RegionDigest.compute(range) }
                     report.source_digest = String(ours, radix: 16)
                     let theirs: UInt64
                     switch try link.receive(while: "waiting for the destination's digest") {
@@ -197,6 +197,18 @@ public final class MigrationSource: Sendable {
             report.outcome = error is MigrationError && { if case .refused = error as! MigrationError { return true } else { return false } }() ? .aborted : .failed
             return finished(report)
         }
+    }
+
+    /// Test-only hook (environment `FERRY_TEST_UNTRACKED_WRITE=1`): changes one byte of the paused region
+    /// behind the tracker's back while `body` runs, then restores it, as a write no tracker sees would
+    /// (DMA, a second mapping). The digest check must catch it and abort the handoff.
+    static func withInjectedUntrackedWrite<T>(_ range: MemoryRange, _ body: () -> T) -> T {
+        guard ProcessInfo.processInfo.environment["FERRY_TEST_UNTRACKED_WRITE"] == "1" else { return body() }
+        let address = range.baseAddress + range.byteCount - 1
+        let saved = address.load(as: UInt8.self)
+        address.storeBytes(of: saved ^ 0x5A, as: UInt8.self)
+        defer { address.storeBytes(of: saved, as: UInt8.self) }
+        return body()
     }
 
     static func describe(_ error: any Error) -> String {

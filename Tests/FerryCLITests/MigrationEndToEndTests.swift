@@ -77,6 +77,29 @@ import Testing
         destination.waitUntilExit()
     }
 
+    @Test func theDigestCatchesAnUntrackedWriteAndTheSourceKeepsRunning() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7900 + Int(getpid() % 40)
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a")], log: "a", environment: ["FERRY_TEST_UNTRACKED_WRITE": "1"])
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b")], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 1, "\(migrate.standardOutput) \(migrate.standardError)")
+        #expect(migrate.standardError.contains("differs from the source"))
+        let status = try runFerry(["status", "--control", lab.socket("a"), "--json"])
+        #expect(status.standardOutput.contains("\"role\" : \"running\""))
+        #expect(status.standardOutput.contains("\"generation\" : 1"))
+        #expect(try runFerry(["verify", "--control", lab.socket("a")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("a")])
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        source.waitUntilExit()
+        destination.waitUntilExit()
+    }
+
     @Test func destinationRefusesAWrongLayoutVersionAndAnUnusableAddress() throws {
         let lab = try Lab()
         defer { lab.tearDown() }

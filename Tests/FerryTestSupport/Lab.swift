@@ -15,10 +15,11 @@ public final class Lab {
     public func socket(_ name: String) -> String { directory + "/\(name).sock" }
 
     /// Starts `ferry` with `arguments`, its output going to `<directory>/<log>.log`.
-    public func start(_ arguments: [String], log: String) throws -> Process {
+    public func start(_ arguments: [String], log: String, environment: [String: String] = [:]) throws -> Process {
         let process = Process()
         process.executableURL = ferryExecutableURL()
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let path = directory + "/\(log).log"
         _ = FileManager.default.createFile(atPath: path, contents: nil)
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
