@@ -60,7 +60,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryTestSupport"], swiftSettings: strict),
-        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire"], swiftSettings: strict),
+        .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], swiftSettings: strict),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "FerryWire"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

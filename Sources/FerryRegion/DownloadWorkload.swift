@@ -302,14 +302,8 @@ public final class DownloadWorkload: Workload {
     /// Re-derives the whole file and checks it against the region: length, every block's index, checksum
     /// and deterministic content, and the running checksum; plus the header, the step count and the ring.
     public func verify() -> VerificationReport {
-        var report = VerificationReport(workload: Self.name)
+        var report = headerVerification()
         let header = region.header
-        do {
-            let info = try region.readHeader()
-            report.record("header", info.workloadName == Self.name, info.description)
-        } catch {
-            report.record("header", false, error.description)
-        }
         let next = header.state(State.nextIndex)
         let recordedLength = header.state(State.fileLength)
         report.record(

@@ -238,14 +238,8 @@ public final class HotsetWorkload: Workload {
     /// Checks every page against its version, the ledger against the versions and the step count, and
     /// walks the list from its head.
     public func verify() -> VerificationReport {
-        var report = VerificationReport(workload: Self.name)
+        var report = headerVerification()
         let header = region.header
-        do {
-            let info = try region.readHeader()
-            report.record("header", info.workloadName == Self.name, info.description)
-        } catch {
-            report.record("header", false, error.description)
-        }
 
         var sum: UInt64 = 0
         var badPages: [(Int, String)] = []

@@ -1,4 +1,4 @@
-import FerrySystem
+public import FerrySystem
 
 /// Bounds-checked loads and stores into a mapped region: the one place that turns the region's
 /// addresses into raw pointers.
@@ -76,20 +76,12 @@ public enum FNV1a64 {
     }
 }
 
-/// SplitMix64: the small, seedable generator behind every "deterministic content" in this module.
-/// Its whole state is one `UInt64`, so a workload can keep it in the region.
-public struct RegionRandom: RandomNumberGenerator, Sendable {
-    public var state: UInt64
-    public init(state: UInt64) { self.state = state }
+/// The generator behind every "deterministic content" in this module (SplitMix64, from FerrySystem).
+public typealias RegionRandom = SplitMix64
 
-    @inline(__always)
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SplitMix64 {
+    /// A generator continuing from `state` (as stored in a region).
+    public init(state: UInt64) { self.init(seed: state) }
 
     /// A well-mixed seed derived from several values (e.g. creation seed, page, version).
     public static func mix(_ values: UInt64...) -> UInt64 {

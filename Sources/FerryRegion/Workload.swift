@@ -223,6 +223,20 @@ public enum WorkloadKind: String, CaseIterable, Hashable, Sendable, CustomString
     public var description: String { rawValue }
 }
 
+extension Workload {
+    /// A verification report whose first check is the region header naming this workload.
+    func headerVerification() -> VerificationReport {
+        var report = VerificationReport(workload: Self.name)
+        do {
+            let info = try region.readHeader()
+            report.record("header", info.workloadName == Self.name, info.description)
+        } catch {
+            report.record("header", false, error.description)
+        }
+        return report
+    }
+}
+
 /// Reads and checks the header of `region` for workload `name`.
 func attachHeader(_ region: MigratableRegion, workload name: String) throws(WorkloadError) -> RegionHeaderInfo {
     let info: RegionHeaderInfo

@@ -69,19 +69,6 @@ private final class WriterContext: Sendable {
     }
 }
 
-/// A small, fast, seedable generator (SplitMix64), so tests are reproducible.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Turns off the Swift runtime's crash backtracer for child processes started from now on (exit tests
 /// that crash on purpose): symbolicating a deliberate crash is slow and can outlive the test.
 public func disableBacktracesInChildProcesses() {

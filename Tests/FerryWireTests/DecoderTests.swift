@@ -1,3 +1,4 @@
+import FerrySystem
 import FerryWire
 import Testing
 
