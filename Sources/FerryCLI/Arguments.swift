@@ -104,6 +104,12 @@ struct ParsedArguments {
         return value
     }
 
+    /// A pace in steps per second: a count, or `max` for as fast as possible (infinity).
+    func stepRate(_ name: String, default defaultValue: Double) throws(UsageError) -> Double {
+        if values[name] == "max" { return .infinity }
+        return try count(name, default: defaultValue)
+    }
+
     func count(_ name: String, default defaultValue: Double) throws(UsageError) -> Double {
         guard let text = values[name] else { return defaultValue }
         guard let value = Units.count(text) else {

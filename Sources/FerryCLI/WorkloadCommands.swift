@@ -11,7 +11,7 @@ import FerryTransport
 private let hostingOptions = [
     OptionSpec("shared-dir", "DIR", "The shared mount both hosts see: the workload's files and the ownership record.", default: "required"),
     OptionSpec("control", "SOCKET", "Unix socket to control this process through.", default: "required"),
-    OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties about one page); 0 = flat out.", default: "1000"),
+    OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties 2-3 pages); 0 = idle, max = flat out.", default: "1000"),
 ]
 
 private func controlPath(_ arguments: ParsedArguments) throws(UsageError) -> String { try arguments.required("control") }
@@ -53,7 +53,7 @@ struct RunCommand: Command {
         }
         let size = try arguments.bytes("region-size", default: 256 << 20)
         let seed = UInt64(try arguments.integer("seed", default: 1, range: 0...Int.max))
-        let rate = try arguments.count("dirty-rate", default: 1000)
+        let rate = try arguments.stepRate("dirty-rate", default: 1000)
         if let record = try OwnershipRecord.read(in: directory) {
             throw CommandFailure(status: .failure, message: "\(directory) already has an ownership record (generation \(record.generation), owner \(record.owner)): a workload lives there; use another shared directory, or remove \(OwnershipRecord.fileName) if no host runs it")
         }
@@ -85,7 +85,7 @@ struct ReceiveCommand: Command {
         let control = try controlPath(arguments)
         let listenText = try arguments.required("listen")
         guard let endpoint = Endpoint(listenText) else { throw UsageError("--listen \(listenText): expected ADDR:PORT") }
-        let rate = try arguments.count("dirty-rate", default: 1000)
+        let rate = try arguments.stepRate("dirty-rate", default: 1000)
         let listener = try Listener(on: endpoint)
         let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate)
         try process.serveControl(at: control)
@@ -151,14 +151,8 @@ struct MigrateCommand: Command {
         ]
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
         if let bind = arguments.string("bind") { request["bind"] = bind }
-        printLine("round      pages   zero pages        bytes   seconds      MB/s   dirty pages/s   predicted downtime")
-        let result = try ControlChannel.request(request, at: control) { progress in
-            func number(_ key: String) -> Double { progress[key] as? Double ?? Double(progress[key] as? Int ?? 0) }
-            var line = "\(progress["round"] as? Int ?? 0)\((progress["final"] as? Bool ?? false) ? " (final)" : "")".padding(to: 10)
-            line += String(format: "%6.0f %12.0f %12.0f %9.3f %9.1f %15.0f %17.1f ms", number("pages"), number("zero_pages"), number("bytes"),
-                           number("seconds"), number("bandwidth_mbps"), number("dirty_rate"), number("predicted_downtime_ms"))
-            printLine(line)
-        }
+        printLine(progressHeader)
+        let result = try ControlChannel.request(request, at: control) { printLine(progressLine($0)) }
         let report = result["report"] as? [String: Any] ?? [:]
         if let path = arguments.string("report"), let data = try? JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys]) {
             try data.write(to: URL(fileURLWithPath: path))

@@ -74,7 +74,7 @@ final class WorkloadProcess: Sendable {
             message["step"] = Int(host.stepCount)
             message["region_base"] = "0x" + String(host.workload.region.range.start, radix: 16)
             message["region_bytes"] = host.workload.region.range.byteCount
-            message["steps_per_second"] = stepsPerSecond
+            message["steps_per_second"] = stepsPerSecond.isFinite ? stepsPerSecond as any Sendable : "max"
             message["throttle"] = host.throttle
             if let error = host.lastError { message["error"] = error }
         }

@@ -39,6 +39,8 @@ public enum MigrationDestination {
         log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), set up in \(String(format: "%.3f", region.populateSeconds ?? 0)) s")
 
         let range = region.range
+        // Until the full copy ends, every page is fresh (zero) and arrives exactly once: zero ranges need no writing.
+        var fullCopyDone = false
         while true {
             switch try connection.receive(while: "receiving the region") {
             case .pageData(let first, let count):
@@ -47,8 +49,9 @@ public enum MigrationDestination {
                 guard count > 0, first < UInt64(range.pageCount), count <= UInt64(range.pageCount) - first else {
                     throw MigrationError.protocolViolation("zero pages \(first)+\(count) lie outside the region")
                 }
-                memset(range.baseAddress + Int(first) * range.pageSize, 0, Int(count) * range.pageSize)
+                if fullCopyDone { memset(range.baseAddress + Int(first) * range.pageSize, 0, Int(count) * range.pageSize) }
             case .roundEnd(let summary):
+                fullCopyDone = true
                 try connection.send(.roundAck(round: summary.round))
             case .digestRequest:
                 let digest = RegionDigest.compute(range)

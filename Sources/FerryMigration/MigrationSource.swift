@@ -43,8 +43,8 @@ public final class MigrationSource: Sendable {
         self.generation = generation
     }
 
-    /// Pages per `pageData` frame at most (1 MiB with 4 KiB pages).
-    static let pagesPerFrame = 256
+    /// Pages per `pageData` frame at most (4 MiB with 4 KiB pages).
+    static let pagesPerFrame = 1024
 
     public func migrate(_ options: MigrationOptions, progress: @Sendable (MigrationReport.Round) -> Void) -> MigrationReport {
         let start = ContinuousClock.now

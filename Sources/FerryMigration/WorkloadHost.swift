@@ -11,7 +11,8 @@ import Synchronization
 /// workload's files, and no step runs until `resume()`. `stop()` ends the loop for good.
 public final class WorkloadHost: Sendable {
     public let workload: any Workload
-    /// Steps per second the loop aims for (each step dirties about one page); 0 means as fast as it can.
+    /// Steps per second the loop aims for (each step dirties a few pages); 0 means idle (no steps at all,
+    /// the region stays as it is), `.infinity` as fast as it can.
     public let stepsPerSecond: Double
 
     private enum Phase { case running, pauseRequested, paused, stopRequested, stopped }
@@ -99,7 +100,11 @@ public final class WorkloadHost: Sendable {
             }
             changed.unlock()
 
-            if stepsPerSecond > 0 {
+            if stepsPerSecond == 0 {
+                usleep(1000)  // idle: only safe points
+                continue
+            }
+            if stepsPerSecond.isFinite {
                 let now = clock.now
                 if next > now {
                     // Sleep in slices of at most a millisecond, so a pause request is seen promptly.
@@ -117,7 +122,7 @@ public final class WorkloadHost: Sendable {
                 changed.unlock()
                 return
             }
-            if stepsPerSecond > 0 {
+            if stepsPerSecond.isFinite {
                 next = next.advanced(by: .seconds(1 / (stepsPerSecond * state.withLock { $0.throttle })))
             }
         }

@@ -117,6 +117,16 @@ public final class Connection: Sendable {
         try receiveAll(into: buffer, what: "receiving pages")
     }
 
+    /// Sends raw bytes with no framing (benchmarks' plain-TCP baseline).
+    public func sendBytes(_ buffer: UnsafeRawBufferPointer) throws(TransportError) {
+        try sendAll(buffer, what: "sending bytes")
+    }
+
+    /// Receives exactly `buffer.count` raw bytes with no framing.
+    public func receiveBytes(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) {
+        try receiveAll(into: buffer, what: "receiving bytes")
+    }
+
     /// Shuts the connection down in both directions (the peer sees end of stream at once).
     public func shutdown() { _ = Glibc.shutdown(socket, CInt(SHUT_RDWR)) }
 

@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerryTransport
+
+/// A source (`ferry run`) and a destination (`ferry receive --once`) as two real processes on this
+/// machine, sharing a temporary directory: what `ferry demo` and `ferry bench` migrate between.
+final class LocalPair {
+    let directory: String
+    var shared: String { directory + "/shared" }
+    var sourceControl: String { directory + "/source.sock" }
+    var destinationControl: String { directory + "/destination.sock" }
+    let port: UInt16
+    let source: Process
+    let destination: Process
+
+    /// Starts both processes and waits until their control sockets answer.
+    /// - Parameters: the `ferry run` settings (workload, size, fill, pace in steps per second or `max`).
+    init(workload: String, regionSize: String, fill: String, dirtyRate: String) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("ferry-pair-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: directory + "/shared", withIntermediateDirectories: true)
+        port = try Listener(on: Endpoint(host: "127.0.0.1", port: 0)).endpoint.port
+        let executable = Self.executable
+        destination = try Self.spawn(executable, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", directory + "/shared",
+                                                  "--control", directory + "/destination.sock", "--dirty-rate", dirtyRate, "--once"],
+                                     log: directory + "/destination.log")
+        source = try Self.spawn(executable, ["run", "--workload", workload, "--region-size", regionSize, "--fill", fill,
+                                             "--shared-dir", directory + "/shared", "--control", directory + "/source.sock",
+                                             "--dirty-rate", dirtyRate], log: directory + "/source.log")
+        for path in [sourceControl, destinationControl] where !waitForSocket(path) {
+            let logs = ["source", "destination"].map { name in
+                "\(name): " + ((try? String(contentsOfFile: directory + "/\(name).log", encoding: .utf8)) ?? "")
+            }.joined(separator: "\n")
+            tearDown()
+            throw CommandFailure(status: .failure, message: "a ferry process did not start:\n\(logs)")
+        }
+    }
+
+    deinit { tearDown() }
+
+    /// This very binary, to start the two processes with.
+    static var executable: String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    }
+
+    /// Asks the source to migrate to the destination; `progress` sees each round. Returns the control result.
+    func migrate(_ settings: ControlChannel.Message, progress: (ControlChannel.Message) -> Void) throws -> ControlChannel.Message {
+        var request = settings
+        request["command"] = "migrate"
+        request["to"] = "127.0.0.1:\(port)"
+        return try ControlChannel.request(request, at: sourceControl, onReply: progress)
+    }
+
+    /// Stops whatever still runs (politely first), waits for both processes, removes the directory.
+    func tearDown() {
+        for control in [sourceControl, destinationControl] where FileManager.default.fileExists(atPath: control) {
+            _ = try? ControlChannel.request(["command": "stop"], at: control) { _ in }
+        }
+        for process in [source, destination] {
+            let deadline = ContinuousClock.now + .seconds(10)
+            while process.isRunning && ContinuousClock.now < deadline { usleep(20_000) }
+            if process.isRunning { process.terminate(); process.waitUntilExit() }
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private static func spawn(_ executable: String, _ arguments: [String], log: String) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        return process
+    }
+
+    private func waitForSocket(_ path: String) -> Bool {
+        for _ in 0..<1200 {
+            if FileManager.default.fileExists(atPath: path) { return true }
+            if !source.isRunning || !destination.isRunning { return false }
+            usleep(50_000)
+        }
+        return false
+    }
+}
+
+/// One line of migration progress, as `ferry migrate` and `ferry demo` print it.
+func progressLine(_ progress: ControlChannel.Message) -> String {
+    func number(_ key: String) -> Double { progress[key] as? Double ?? Double(progress[key] as? Int ?? 0) }
+    let label = "\(progress["round"] as? Int ?? 0)\((progress["final"] as? Bool ?? false) ? " (final)" : "")"
+    return label.padding(to: 10) + String(
+        format: "%6.0f %12.0f %12.0f %9.3f %9.1f %15.0f %17.1f ms", number("pages"), number("zero_pages"), number("bytes"),
+        number("seconds"), number("bandwidth_mbps"), number("dirty_rate"), number("predicted_downtime_ms"))
+}
+
+let progressHeader = "round      pages   zero pages        bytes   seconds      MB/s   dirty pages/s   predicted downtime"
