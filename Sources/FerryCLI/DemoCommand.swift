@@ -22,6 +22,7 @@ struct DemoCommand: Command {
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
         OptionSpec("downtime-target", "DURATION", "Predicted pause at which iterating stops.", default: "50ms"),
         OptionSpec("warmup", "DURATION", "How long the workload runs before the migration.", default: "1s"),
+        OptionSpec("verify", "MODE", "strict or audit (see 'ferry migrate --help').", default: "strict"),
         OptionSpec("report", "FILE", "Write the migration report as JSON to FILE."),
     ]
 
@@ -41,11 +42,11 @@ struct DemoCommand: Command {
 
         printLine(progressHeader)
         let result = try pair.migrate([
-            "tracker": arguments.string("tracker", default: "auto"), "max_rounds": 30,
+            "tracker": arguments.string("tracker", default: "auto"), "max_rounds": 30, "verify": arguments.string("verify", default: "strict"),
             "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
         ]) { printLine(progressLine($0)) }
         let report = result["report"] as? [String: Any] ?? [:]
-        let completed = report["outcome"] as? String == "completed"
+        let completed = report["outcome"] as? String == "completed" && report["verified"] as? Bool == true
         var verified = false
         if completed {
             let verify = try ControlChannel.request(["command": "verify"], at: destinationControl) { _ in }

@@ -136,18 +136,21 @@ struct MigrateCommand: Command {
         OptionSpec("max-rounds", "N", "At most this many dirty rounds.", default: "30"),
         OptionSpec("max-bandwidth", "RATE", "Cap the stream, e.g. 100mbit or 200MB/s."),
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
+        OptionSpec("verify", "MODE", "strict: compare digests before the handoff (in the downtime); audit: after it, while the destination already runs.", default: "strict"),
         OptionSpec("report", "FILE", "Write the JSON report to FILE."),
     ]
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
         let control = try arguments.required("control")
+        let verify = arguments.string("verify", default: "strict")
+        guard VerificationMode(rawValue: verify) != nil else { throw UsageError("--verify \(verify): expected strict or audit") }
         let to = try arguments.required("to")
         guard Endpoint(to) != nil else { throw UsageError("--to \(to): expected ADDR:PORT") }
         var request: ControlChannel.Message = [
             "command": "migrate", "to": to,
             "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
-            "tracker": arguments.string("tracker", default: "auto"),
+            "tracker": arguments.string("tracker", default: "auto"), "verify": verify,
         ]
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
         if let bind = arguments.string("bind") { request["bind"] = bind }
@@ -161,8 +164,17 @@ struct MigrateCommand: Command {
         if outcome == "completed" {
             let downtime = report["downtime_ms"] as? Double ?? 0
             let total = report["total_seconds"] as? Double ?? 0
-            printLine(String(format: "completed: downtime %.1f ms, total %.2f s, %@ sent, verified %@", downtime, total,
-                             ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "no"))
+            printLine(String(format: "completed: downtime %.1f ms, total %.2f s, %@ sent, verified %@ (%@)", downtime, total,
+                             ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "NO",
+                             verify))
+            if let parts = report["downtime_parts"] as? [String: Any] {
+                let names = ["pause_ms", "final_collect_ms", "final_send_ms", "verify_ms", "handoff_ms", "resume_ack_ms"]
+                printLine("downtime parts: " + names.map { String(format: "%@ %.2f", String($0.dropLast(3)), parts[$0] as? Double ?? 0) }.joined(separator: ", ") + " ms")
+            }
+            if report["verified"] as? Bool != true {
+                printError("ferry migrate: \(report["reason"] as? String ?? "the audit digest did not match")")
+                return .failure
+            }
             return .success
         }
         printError("ferry migrate: \(outcome): \(result["error"] as? String ?? "unknown error"); the workload keeps running on the source")

@@ -115,6 +115,7 @@ final class WorkloadProcess: Sendable {
         if let value = request["max_bandwidth"] as? Double { options.maximumBytesPerSecond = value }
         if let value = request["bind"] as? String { options.bindAddress = value }
         if let value = request["tracker"] as? String, let choice = TrackerChoice(value) { options.tracker = choice }
+        if let value = request["verify"] as? String, let mode = VerificationMode(rawValue: value) { options.verification = mode }
         let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
         let report = source.migrate(options) { round in
             progress([

@@ -5,6 +5,7 @@ import Foundation
 import FerryRegion
 public import FerryTransport
 import FerrySystem
+import FerryTracking
 import FerryWire
 
 /// The destination side: checks a source's hello, rebuilds the region at the same address from the
@@ -41,28 +42,51 @@ public enum MigrationDestination {
         let range = region.range
         // Until the full copy ends, every page is fresh (zero) and arrives exactly once: zero ranges need no writing.
         var fullCopyDone = false
+        // audit: per-page hashes kept as pages land, so the digest is ready the moment the workload resumes.
+        // strict: only which pages hold data is kept; the digest is computed when asked (pages that never
+        // received data are zero here and are not read).
+        let audit = hello.auditVerification
+        var incremental = audit ? IncrementalDigest(pageCount: range.pageCount, pageSize: range.pageSize) : nil
+        var hasData = [Bool](repeating: false, count: audit ? 0 : range.pageCount)
         while true {
             switch try connection.receive(while: "receiving the region") {
             case .pageData(let first, let count):
                 try connection.receivePages(into: range, first: first, count: count)
+                if audit {
+                    incremental!.update(range, first: Int(first), count: Int(count))
+                } else {
+                    for page in Int(first)..<Int(first + UInt64(count)) { hasData[page] = true }
+                }
             case .zeroPages(let first, let count):
                 guard count > 0, first < UInt64(range.pageCount), count <= UInt64(range.pageCount) - first else {
                     throw MigrationError.protocolViolation("zero pages \(first)+\(count) lie outside the region")
                 }
                 if fullCopyDone { memset(range.baseAddress + Int(first) * range.pageSize, 0, Int(count) * range.pageSize) }
+                if audit {
+                    incremental!.zero(first: Int(first), count: Int(count))
+                } else {
+                    for page in Int(first)..<Int(first + count) { hasData[page] = false }
+                }
             case .roundEnd(let summary):
                 fullCopyDone = true
                 try connection.send(.roundAck(round: summary.round))
             case .digestRequest:
-                let digest = RegionDigest.compute(range)
+                var pages = DirtyPages()
+                for (page, data) in hasData.enumerated() where data { pages.append(page: page) }
+                let digest = incremental?.digest ?? RegionDigest.compute(range, resident: pages)
                 try connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: digest)))
             case .commit(let generation):
                 guard let record = try OwnershipRecord.read(in: sharedDirectory), record.generation == generation else {
                     throw MigrationError.sharedMount("the source announced generation \(generation) but the ownership record in \(sharedDirectory) does not hold it")
                 }
                 let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory)
+                let step = workload.stepCount
+                let auditDigest = incremental?.digest
                 let host = WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond)
-                try? connection.send(.running(step: workload.stepCount))
+                try? connection.send(.running(step: step))
+                if let auditDigest {
+                    try? connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: auditDigest)))
+                }
                 log("running \(hello.workloadName) at step \(workload.stepCount), generation \(generation)")
                 return Received(host: host, generation: generation, source: connection.peer)
             case .abort(let reason):

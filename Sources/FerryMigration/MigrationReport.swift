@@ -31,10 +31,30 @@ public struct MigrationReport: Codable, Sendable {
     public var downtime_ms: Double?
     public var setup_seconds: Double?
     public var bytes_sent: Int
+    /// `strict` (digests compared before the handoff) or `audit` (after it).
+    public var verify: String
     public var verified: Bool
     public var source_digest: String?
     public var destination_digest: String?
     public var generation: UInt64?
     public var step_at_handoff: UInt64?
     public var rounds: [Round]
+    /// Where the downtime went, in milliseconds.
+    public var downtime_parts: DowntimeParts?
+
+    /// The parts of the pause, in the order they happen.
+    public struct DowntimeParts: Codable, Sendable {
+        /// From the pause request to the safe point, files flushed.
+        public var pause_ms = 0.0
+        public var final_collect_ms = 0.0
+        /// Sending the last pages until the destination acknowledged applying them.
+        public var final_send_ms = 0.0
+        /// Both digests (strict mode only).
+        public var verify_ms = 0.0
+        /// Writing the ownership record (fsync, rename, fsync).
+        public var handoff_ms = 0.0
+        /// From the commit frame to the destination's "running".
+        public var resume_ack_ms = 0.0
+        public init() {}
+    }
 }

@@ -22,8 +22,20 @@ public struct MigrationOptions: Sendable {
     public var tracker: TrackerChoice = .auto
     public var timeoutSeconds = 30.0
     public var buildIdentity = "ferry 0.1"
+    /// When the destination's copy is proven identical: before the handoff, or after it.
+    public var verification = VerificationMode.strict
 
     public init(destination: Endpoint) { self.destination = destination }
+}
+
+/// When a migration compares the destination's region with the paused source's.
+public enum VerificationMode: String, Sendable, CaseIterable {
+    /// Before the handoff: the digests must match or the workload stays on the source. Safest; the
+    /// source's digest pass (and the destination's, for pages it holds) counts in the downtime. The default.
+    case strict
+    /// After the handoff: the destination resumes at once and the paused source's digest is compared with
+    /// the one the destination kept as pages arrived; a mismatch is reported loudly but the move stands.
+    case audit
 }
 
 /// The source side of a migration: streams the region of a running workload to a destination, pauses it
@@ -53,7 +65,7 @@ public final class MigrationSource: Sendable {
         var report = MigrationReport(
             outcome: .failed, reason: nil, tracker: "\(options.tracker)", workload: type(of: host.workload).name,
             region_bytes: range.byteCount, destination: options.destination.description, total_seconds: 0,
-            downtime_ms: nil, setup_seconds: nil, bytes_sent: 0, verified: false, rounds: [])
+            downtime_ms: nil, setup_seconds: nil, bytes_sent: 0, verify: options.verification.rawValue, verified: false, rounds: [])
         var paused = false
         var committed = false
         var connection: Connection?
@@ -92,7 +104,7 @@ public final class MigrationSource: Sendable {
                 protocolVersion: wireProtocolVersion, buildIdentity: options.buildIdentity, architecture: Kernel.architecture,
                 pageSize: UInt32(range.pageSize), regionBase: UInt64(range.start), regionSize: UInt64(range.byteCount),
                 workloadName: info.workloadName, layoutVersion: info.layoutVersion, sharedMountToken: tokenName,
-                sharedMountTokenValue: token, generation: generation)))
+                sharedMountTokenValue: token, generation: generation, auditVerification: options.verification == .audit)))
             switch try link.receive(while: "waiting for the resource check") {
             case .helloReply(.accepted(let setup)): report.setup_seconds = setup
             case .helloReply(.refused(let refusal)): throw MigrationError.refused(refusal)
@@ -124,13 +136,31 @@ public final class MigrationSource: Sendable {
                 let exhausted = round >= options.maximumRounds
                     || Double(totalSent) >= options.maximumSentRatio * Double(range.byteCount)
                 if predicted <= options.downtimeTarget || exhausted {
+                    // The next ownership record is written and synced now; the handoff only renames it.
+                    guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
+                        throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
+                    }
+                    let next = OwnershipRecord(generation: generation + 1, owner: "destination \(link.peer)", workload: current.workload)
+                    let prepared = try next.prepare(in: sharedDirectory)
+                    defer { if !committed { prepared.discard() } }
+
                     // 5. Stop-and-copy: pause at a safe point (files flushed), collect what is left, send it all.
-                    let pauseStart = ContinuousClock.now
+                    var parts = MigrationReport.DowntimeParts()
+                    var mark = ContinuousClock.now
+                    let pauseStart = mark
+                    func lap() -> Double {
+                        let now = ContinuousClock.now
+                        defer { mark = now }
+                        return (now - mark).secondsValue * 1000
+                    }
                     guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
                     paused = true
+                    parts.pause_ms = lap()
                     let final = try activeTracker.collect()
                     let merged = DirtyPages(unorderedRuns: dirty.runs + final.runs)
+                    parts.final_collect_ms = lap()
                     sent = try sendRound(number: round, pages: merged, allPages: nil, link: link, range: range, final: true)
+                    parts.final_send_ms = lap()
                     let finalSeconds = (ContinuousClock.now - pauseStart).secondsValue
                     record = MigrationReport.Round(
                         round: round, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: finalSeconds,
@@ -139,30 +169,43 @@ public final class MigrationSource: Sendable {
                     report.rounds.append(record)
                     progress(record)
 
-                    // Verify: the destination's digest of its whole region against ours of the paused region.
-                    try link.send(.digestRequest)
-                    let ours = Self.withInjectedUntrackedWrite(range) { RegionDigest.compute(range) }
-                    report.source_digest = String(ours, radix: 16)
-                    let theirs: UInt64
-                    switch try link.receive(while: "waiting for the destination's digest") {
-                    case .digest(_, let value) where value.count == 8:
-                        theirs = value.withUnsafeBytes { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) }
-                    case let other: throw MigrationError.protocolViolation("expected a digest, got \(other)")
+                    // Our digest is of the paused region: what it holds now, read from memory (pages that hold
+                    // no memory count as zero), never what we sent, so an untracked write shows.
+                    func sourceDigest() throws -> UInt64 {
+                        let resident = try ResidentPages.runs(of: range)
+                        let digest = Self.withInjectedUntrackedWrite(range) { RegionDigest.compute(range, resident: resident) }
+                        report.source_digest = String(digest, radix: 16)
+                        return digest
                     }
-                    report.destination_digest = String(theirs, radix: 16)
-                    guard theirs == ours else {
-                        try? link.send(.abort(reason: "digest mismatch"))
-                        throw MigrationError.digestMismatch(source: ours, destination: theirs)
+                    func destinationDigest(while what: String) throws -> UInt64 {
+                        switch try link.receive(while: what) {
+                        case .digest(_, let value) where RegionDigest.value(of: value) != nil:
+                            let digest = RegionDigest.value(of: value)!
+                            report.destination_digest = String(digest, radix: 16)
+                            return digest
+                        case let other: throw MigrationError.protocolViolation("expected a digest, got \(other)")
+                        }
                     }
-                    report.verified = true
+                    if options.verification == .strict {
+                        // Verify before the handoff: the destination's digest against ours, computed meanwhile.
+                        try link.send(.digestRequest)
+                        let ours = try sourceDigest()
+                        let theirs = try destinationDigest(while: "waiting for the destination's digest")
+                        guard theirs == ours else {
+                            try? link.send(.abort(reason: "digest mismatch"))
+                            throw MigrationError.digestMismatch(source: ours, destination: theirs)
+                        }
+                        report.verified = true
+                        parts.verify_ms = lap()
+                    }
 
-                    // 6. Handoff: the atomic record is the commit point.
-                    guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
-                        throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
+                    // 6. Handoff: the atomic rename of the record is the commit point.
+                    guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
+                        throw MigrationError.sharedMount("the ownership record changed during the migration; another host may own the workload")
                     }
-                    let next = OwnershipRecord(generation: generation + 1, owner: "destination \(link.peer)", workload: current.workload)
-                    try next.write(in: sharedDirectory)
+                    try prepared.commit()
                     committed = true
+                    parts.handoff_ms = lap()
                     host.stop()
                     report.generation = next.generation
                     try link.send(.commit(generation: next.generation))
@@ -170,8 +213,20 @@ public final class MigrationSource: Sendable {
                     case .running(let step): report.step_at_handoff = step
                     case let other: throw MigrationError.protocolViolation("expected running, got \(other)")
                     }
+                    parts.resume_ack_ms = lap()
                     report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
+                    report.downtime_parts = parts
                     report.outcome = .completed
+                    if options.verification == .audit {
+                        // Audit after the fact: the destination runs already; its digest is of the region as it
+                        // resumed, ours of the region as we stopped. They must match; if not, say so loudly.
+                        let theirs = try destinationDigest(while: "waiting for the destination's audit digest")
+                        let ours = try sourceDigest()
+                        report.verified = theirs == ours
+                        if theirs != ours {
+                            report.reason = "AUDIT FAILED: the destination resumed with a region that differs from the paused source (digest \(String(theirs, radix: 16)) ≠ \(String(ours, radix: 16))); a write was not tracked. Run 'ferry verify' on the destination now."
+                        }
+                    }
                     return finished(report)
                 }
                 sent = try sendRound(number: round, pages: dirty, allPages: nil, link: link, range: range, final: false)

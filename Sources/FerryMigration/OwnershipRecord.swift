@@ -41,6 +41,12 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
 
     /// Writes this record into `directory` atomically and durably.
     public func write(in directory: String) throws {
+        try prepare(in: directory).commit()
+    }
+
+    /// Writes the record to a temporary file beside the real one and makes it durable, without replacing
+    /// anything yet: the slow part of a handoff, done before the workload pauses.
+    public func prepare(in directory: String) throws -> PreparedOwnershipRecord {
         let path = directory + "/" + Self.fileName
         let temporary = path + ".tmp-\(getpid())"
         let data = try JSONEncoder().encode(self)
@@ -53,6 +59,25 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
             unlink(temporary)
             throw MigrationError.sharedMount("cannot write \(temporary): \(Errno.current)")
         }
+        return PreparedOwnershipRecord(directory: directory, temporary: temporary, path: path)
+    }
+
+    /// This process's identity in records: `hostname:pid`.
+    public static var thisProcess: String {
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, 255)
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + ":\(getpid())"
+    }
+}
+
+/// An ownership record written and synced beside the real one, waiting to be renamed into place.
+public struct PreparedOwnershipRecord: Sendable {
+    let directory: String
+    let temporary: String
+    let path: String
+
+    /// The commit point: renames the record over the current one (atomic), then syncs the directory.
+    public func commit() throws {
         guard rename(temporary, path) == 0 else {
             let error = Errno.current
             unlink(temporary)
@@ -65,10 +90,6 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
         }
     }
 
-    /// This process's identity in records: `hostname:pid`.
-    public static var thisProcess: String {
-        var name = [CChar](repeating: 0, count: 256)
-        gethostname(&name, 255)
-        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + ":\(getpid())"
-    }
+    /// Removes the prepared file when the handoff does not happen.
+    public func discard() { unlink(temporary) }
 }

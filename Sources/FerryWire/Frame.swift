@@ -32,6 +32,9 @@ public struct Hello: Hashable, Sendable {
     public var sharedMountTokenValue: String
     /// The ownership generation the source currently holds.
     public var generation: UInt64
+    /// Whether the destination resumes before the digests are compared (`audit`): it must then keep
+    /// per-page hashes as pages arrive. `false` is `strict`: digests are compared before the handoff.
+    public var auditVerification: Bool
 
     public init(
         protocolVersion: UInt16 = wireProtocolVersion,
@@ -44,7 +47,8 @@ public struct Hello: Hashable, Sendable {
         layoutVersion: UInt32,
         sharedMountToken: String,
         sharedMountTokenValue: String,
-        generation: UInt64
+        generation: UInt64,
+        auditVerification: Bool = false
     ) {
         self.protocolVersion = protocolVersion
         self.buildIdentity = buildIdentity
@@ -57,6 +61,7 @@ public struct Hello: Hashable, Sendable {
         self.sharedMountToken = sharedMountToken
         self.sharedMountTokenValue = sharedMountTokenValue
         self.generation = generation
+        self.auditVerification = auditVerification
     }
 }
 

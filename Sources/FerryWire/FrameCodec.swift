@@ -38,6 +38,7 @@ public enum FrameCodec {
             writer.write(hello.sharedMountToken, limit: Frame.maximumNameLength)
             writer.write(hello.sharedMountTokenValue, limit: Frame.maximumNameLength)
             writer.write(hello.generation)
+            writer.write(UInt8(hello.auditVerification ? 1 : 0))
         case .helloReply(.accepted(let setupSeconds)):
             writer.write(UInt8(0))
             writer.write((setupSeconds.isFinite && setupSeconds >= 0 ? setupSeconds : 0).bitPattern)
@@ -224,7 +225,8 @@ public enum FrameCodec {
                 layoutVersion: try reader.read(UInt32.self),
                 sharedMountToken: try reader.readString(field: "hello.sharedMountToken", limit: name),
                 sharedMountTokenValue: try reader.readString(field: "hello.sharedMountTokenValue", limit: name),
-                generation: try reader.read(UInt64.self)
+                generation: try reader.read(UInt64.self),
+                auditVerification: try reader.readBool(field: "hello.auditVerification")
             )
             try reader.finish()
             return hello
