@@ -45,6 +45,12 @@ public struct DirtyPages: Hashable, Sendable, Sequence {
         return pages
     }
 
+    /// Takes runs already sorted, non-overlapping and non-touching, with their page total (unchecked).
+    init(trustedRuns runs: [PageRun], pageCount: Int) {
+        self.runs = runs
+        self.pageCount = pageCount
+    }
+
     /// Builds the set from runs in any order, merging overlapping and touching ones.
     public init(unorderedRuns runs: [PageRun]) {
         self.init()
@@ -74,6 +80,27 @@ public struct DirtyPages: Hashable, Sendable, Sequence {
             pageCount += run.count
         }
     }
+
+    /// Adds a run if it starts at or after the last run's start (merging when they touch); returns false,
+    /// adding nothing, if it does not. The hot path of collecting: no traps, no extra copies.
+    @inline(__always)
+    mutating func appendIfAscending(first: Int, count: Int) -> Bool {
+        if let last = runs.last {
+            if first < last.first { return false }
+            if first <= last.end {
+                let end = Swift.max(last.end, first + count)
+                pageCount += end - last.end
+                runs[runs.count - 1].count = end - last.first
+                return true
+            }
+        }
+        runs.append(PageRun(unchecked: first, count: count))
+        pageCount += count
+        return true
+    }
+
+    /// Reserves room for `count` more runs.
+    mutating func reserveCapacity(_ count: Int) { runs.reserveCapacity(count) }
 
     /// Adds one page at or after the last page added.
     public mutating func append(page: Int) { append(PageRun(first: page, count: 1)) }

@@ -12,7 +12,7 @@ import Synchronization
 final class UffdAsyncMechanism: TrackingMechanism {
     static let features = UInt64(UFFD_FEATURE_WP_ASYNC) | UInt64(UFFD_FEATURE_WP_UNPOPULATED)
     /// Output vector entries per PAGEMAP_SCAN call; the scan continues from `walk_end` when it fills.
-    static let vectorLength = 8192
+    static let vectorLength = 4096
 
     let range: MemoryRange
     let kernelWrites = KernelWriteBehavior.tracked
@@ -25,6 +25,8 @@ final class UffdAsyncMechanism: TrackingMechanism {
     private let state = Mutex(State())
     /// PAGEMAP_SCAN's output vector, used under `state`'s lock only.
     private let vector: PageRegionVector
+    /// Where a scan builds its runs before they become a `DirtyPages` (kept between collects).
+    private let runBuffer = RunBuffer()
 
     static func probe() throws(SystemCallError) {
         try withScratchPages { range throws(SystemCallError) in
@@ -86,7 +88,10 @@ final class UffdAsyncMechanism: TrackingMechanism {
     /// call starts after whichever is further; a vector that did not fill means the walk reached the end.
     private func scan() throws(SystemCallError) -> DirtyPages {
         let vector = vector.pointer
-        var runs: [PageRun] = []
+        let runs = runBuffer
+        var count = 0  // runs in `runs`, sorted and merged
+        var pageCount = 0
+        var outOfOrder: [PageRun] = []  // only if the kernel ever reports backwards
         var cursor = UInt64(range.start)
         let end = UInt64(range.end)
         let shift = UInt64(range.pageShift)
@@ -102,23 +107,42 @@ final class UffdAsyncMechanism: TrackingMechanism {
             let filled = Int(try systemCall("ioctl(PAGEMAP_SCAN)", subject: "\(range)") {
                 CShims_ioctl(pagemap, CShims_PAGEMAP_SCAN, &argument)
             })
+            if count + filled > runs.capacity { runs.grow(to: Swift.max(runs.capacity * 2, count + filled)) }
+            let buffer = runs.pointer
             var reportedEnd = cursor
-            runs.reserveCapacity(runs.count + filled)
             for index in 0..<filled {
                 let region = vector[index]
                 // Unmapped holes are skipped silently by the kernel: keep to our bounds ourselves.
                 let first = Swift.max(region.start, base)
                 let last = Swift.min(region.end, end)
                 guard first < last else { continue }
-                runs.append(PageRun(unchecked: Int((first - base) >> shift), count: Int((last - first) >> shift)))
                 reportedEnd = Swift.max(reportedEnd, last)
+                let page = Int((first - base) &>> shift)
+                let pages = Int((last - first) &>> shift)
+                if count > 0 {
+                    let previous = buffer[count &- 1]
+                    if page < previous.first {
+                        outOfOrder.append(PageRun(unchecked: page, count: pages))
+                        continue
+                    }
+                    if page <= previous.first &+ previous.count {
+                        let runEnd = Swift.max(previous.first &+ previous.count, page &+ pages)
+                        pageCount &+= runEnd &- (previous.first &+ previous.count)
+                        buffer[count &- 1].count = runEnd &- previous.first
+                        continue
+                    }
+                }
+                buffer[count] = PageRun(unchecked: page, count: pages)
+                count &+= 1
+                pageCount &+= pages
             }
             guard filled == Self.vectorLength else { break }
             let next = Swift.max(argument.walk_end, reportedEnd)
             guard next > cursor else { break }
             cursor = next
         }
-        return DirtyPages(unorderedRuns: runs)
+        let sorted = DirtyPages(trustedRuns: Array(UnsafeBufferPointer(start: runs.pointer, count: count)), pageCount: pageCount)
+        return outOfOrder.isEmpty ? sorted : DirtyPages(unorderedRuns: sorted.runs + outOfOrder)
     }
 
     func prepareForKernelWrite(_ run: PageRun) throws(SystemCallError) {}
@@ -144,3 +168,19 @@ private final class PageRegionVector: @unchecked Sendable {
     deinit { pointer.deallocate() }
 }
 
+
+/// A growable buffer of runs. `@unchecked Sendable`: only used under its owner's lock.
+private final class RunBuffer: @unchecked Sendable {
+    private(set) var pointer = UnsafeMutablePointer<PageRun>.allocate(capacity: 1024)
+    private(set) var capacity = 1024
+
+    func grow(to newCapacity: Int) {
+        let bigger = UnsafeMutablePointer<PageRun>.allocate(capacity: newCapacity)
+        bigger.moveInitialize(from: pointer, count: capacity)
+        pointer.deallocate()
+        pointer = bigger
+        capacity = newCapacity
+    }
+
+    deinit { pointer.deallocate() }
+}
