@@ -77,6 +77,56 @@ import Testing
         destination.waitUntilExit()
     }
 
+    @Test func auditModeResumesAtOnceAndStillComparesTheDigests() throws {
+        let report = "/tmp/ferry-audit-report-\(getpid()).json"
+        defer { unlink(report) }
+        let run = try runFerry(["demo", "--region-size", "64MiB", "--dirty-rate", "2000", "--warmup", "0.3s", "--verify", "audit",
+                                "--downtime-target", "5ms", "--report", report])
+        #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
+        let data = try #require(FileManager.default.contents(atPath: report))
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(object["verify"] as? String == "audit")
+        #expect(object["verified"] as? Bool == true)
+        #expect(object["source_digest"] as? String == object["destination_digest"] as? String)
+        let parts = try #require(object["downtime_parts"] as? [String: Double])
+        #expect(parts["verify_ms"] == 0, "audit verifies after the handoff, outside the downtime")
+        #expect((parts["final_send_ms"] ?? 0) > 0 && (parts["resume_ack_ms"] ?? 0) > 0)
+    }
+
+    @Test func anAuditMismatchIsReportedLoudly() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7860 + Int(getpid() % 40)
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a")], log: "a", environment: ["FERRY_TEST_UNTRACKED_WRITE": "1"])
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b"), "--once"], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--verify", "audit"])
+        #expect(migrate.status == 1, "\(migrate.standardOutput) \(migrate.standardError)")
+        #expect(migrate.standardError.contains("AUDIT FAILED"))
+        // The move stands (the destination owns generation 2); the source has exited.
+        source.waitUntilExit()
+        let status = try runFerry(["status", "--control", lab.socket("b"), "--json"])
+        #expect(status.standardOutput.contains("\"generation\" : 2"))
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        destination.waitUntilExit()
+    }
+
+    @Test func benchTransferComparesFerryWithRawTCP() throws {
+        let path = "/tmp/ferry-bench-transfer-\(getpid()).json"
+        defer { unlink(path) }
+        let run = try runFerry(["bench", "transfer", "--region-size", "32MiB", "--runs", "1", "--json", path])
+        #expect(run.status == 0, "\(run.standardError)")
+        let data = try #require(FileManager.default.contents(atPath: path))
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        for key in ["ferry_gbps", "raw_tcp_gbps", "ratio", "untouched_seconds", "zero_seconds"] {
+            #expect((object[key] as? Double ?? 0) > 0, "\(key)")
+        }
+        #expect(object["region_bytes"] as? Int == 32 << 20)
+    }
+
     @Test func theDigestCatchesAnUntrackedWriteAndTheSourceKeepsRunning() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
