@@ -63,7 +63,7 @@ struct RunCommand: Command {
         let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate)
         process.adopt(WorkloadHost(workload: workload, stepsPerSecond: rate), generation: 1)
         try process.serveControl(at: control)
-        printLine("ferry run: \(kind) in \(region.layout), \(Int(rate)) steps/s, control \(control), pid \(getpid())")
+        printLine("ferry run: \(kind) in \(region.layout), \(rate.isFinite ? "\(Int(rate))" : "max") steps/s, control \(control), pid \(getpid())")
         process.finished.wait()
         unlink(control)
         printLine("ferry run: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")

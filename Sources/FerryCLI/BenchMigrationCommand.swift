@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerrySystem
+
+/// `ferry bench migration`: a sweep of dirty rates, with total time, downtime and rounds for each, and charts.
+struct BenchMigrationCommand: Command {
+    static let path = ["bench", "migration"]
+    static let summary = "Sweep the hotset workload's dirty rate and chart total time, downtime and rounds."
+    static let discussion = """
+        For each rate, a fresh pair of ferry processes migrates a hotset workload (region filled with random
+        bytes) that has run for the warm-up time. Reports total time, downtime and its parts, rounds, and
+        bytes sent per region byte; --svg draws downtime and total time against the dirty rate, and the
+        pages left to send per round for the busiest rate that converged (the source document's figure 3.1-13).
+        """
+    static let options = [
+        OptionSpec("region-size", "SIZE", "Region to migrate.", default: "1GiB"),
+        OptionSpec("dirty-rates", "LIST", "Comma-separated steps per second (each dirties a page of the working set); max = flat out.", default: "0,1000,5000,20000,100000,max"),
+        OptionSpec("verify", "MODE", "strict or audit.", default: "audit"),
+        OptionSpec("downtime-target", "DURATION", "Predicted pause at which iterating stops.", default: "2ms"),
+        OptionSpec("warmup", "DURATION", "How long the workload runs before each migration.", default: "1s"),
+        OptionSpec("json", "FILE", "Write the results as JSON to FILE (- for standard output)."),
+        OptionSpec("svg", "FILE", "Draw the charts into FILE (an SVG image)."),
+    ]
+
+    struct Point: Encodable {
+        let dirty_rate: Double?
+        let dirty_rate_label: String
+        let verify: String
+        let total_seconds: Double
+        let downtime_ms: Double
+        let downtime_parts: [String: Double]
+        let rounds: Int
+        let sent_ratio: Double
+        let remaining_pages: [Int]
+        let verified: Bool
+    }
+
+    struct Report: Encodable {
+        let region_bytes: Int
+        let points: [Point]
+    }
+
+    static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
+        let size = try arguments.bytes("region-size", default: 1 << 30)
+        let verify = arguments.string("verify", default: "audit")
+        guard ["strict", "audit"].contains(verify) else { throw UsageError("--verify \(verify): expected strict or audit") }
+        let rates = arguments.string("dirty-rates", default: "0,1000,5000,20000,100000,max").split(separator: ",").map(String.init)
+        for rate in rates where rate != "max" && Units.count(rate) == nil {
+            throw UsageError("--dirty-rates: '\(rate)' is not a rate (write numbers like 5000 or 5k, or max)")
+        }
+        let target = try arguments.seconds("downtime-target", default: 0.002)
+        let warmup = try arguments.seconds("warmup", default: 1)
+        #if DEBUG
+        printError("note: this is a debug build; measure with 'swift run -c release ferry bench migration'")
+        #endif
+        printLine("Migration sweep: hotset in \(ByteCount(size)), verify \(verify), downtime target \(target * 1000) ms")
+        printLine("dirty rate   total s   downtime ms   rounds   sent/region   verified")
+        var points: [Point] = []
+        for rate in rates {
+            let pair = try LocalPair(workload: "hotset", regionSize: "\(size)", fill: "random", dirtyRate: rate)
+            usleep(UInt32(warmup * 1e6))
+            let result = try pair.migrate(["verify": verify, "downtime_target": target, "max_rounds": 30]) { _ in }
+            pair.tearDown()
+            guard let report = result["report"] as? [String: Any], report["outcome"] as? String == "completed",
+                  let rounds = report["rounds"] as? [[String: Any]] else {
+                printLine("\(rate.padding(to: 12))failed: \(result["error"] ?? "unknown")")
+                continue
+            }
+            func number(_ object: [String: Any], _ key: String) -> Double { object[key] as? Double ?? Double(object[key] as? Int ?? 0) }
+            let point = Point(
+                dirty_rate: rate == "max" ? nil : Units.count(rate), dirty_rate_label: rate, verify: verify,
+                total_seconds: number(report, "total_seconds") - number(report, "setup_seconds"),
+                downtime_ms: number(report, "downtime_ms"),
+                downtime_parts: (report["downtime_parts"] as? [String: Double]) ?? [:],
+                rounds: rounds.count, sent_ratio: number(report, "bytes_sent") / Double(size),
+                remaining_pages: rounds.map { Int(number($0, "dirty_pages")) }, verified: report["verified"] as? Bool ?? false)
+            points.append(point)
+            printLine(rate.padding(to: 12) + String(format: "%7.2f   %11.2f   %6d   %11.2f   %@", point.total_seconds, point.downtime_ms,
+                                                    point.rounds, point.sent_ratio, point.verified ? "yes" : "NO"))
+        }
+        let report = Report(region_bytes: size, points: points)
+        if let path = arguments.string("json") { try JSONReport.write(report, to: path) }
+        if let path = arguments.string("svg") {
+            try Data(Chart.sweep(points: points, regionBytes: size).utf8).write(to: URL(fileURLWithPath: path))
+            printLine("charts written to \(path)")
+        }
+        return points.count == rates.count && points.allSatisfy(\.verified) ? .success : .failure
+    }
+}
+
+/// Small SVG line charts, written by hand (no dependencies).
+enum Chart {
+    struct Series {
+        let name: String
+        let color: String
+        let points: [(x: Double, y: Double)]
+    }
+
+    /// One panel: axes with ticks, a line per series, a legend.
+    static func panel(title: String, xLabel: String, yLabel: String, xTicks: [(Double, String)], series: [Series],
+                      origin: (x: Double, y: Double), size: (width: Double, height: Double)) -> String {
+        let all = series.flatMap(\.points)
+        let xMax = max(all.map(\.x).max() ?? 1, xTicks.map(\.0).max() ?? 1)
+        let yMax = niceCeiling(all.map(\.y).max() ?? 1)
+        let left = origin.x + 60, bottom = origin.y + size.height - 40, width = size.width - 80, height = size.height - 70
+        func px(_ x: Double) -> Double { left + x / max(xMax, 1e-9) * width }
+        func py(_ y: Double) -> Double { bottom - y / max(yMax, 1e-9) * height }
+        var svg = "<text x=\"\(left)\" y=\"\(origin.y + 18)\" font-size=\"14\" font-weight=\"bold\">\(title)</text>\n"
+        svg += "<line x1=\"\(left)\" y1=\"\(bottom)\" x2=\"\(left + width)\" y2=\"\(bottom)\" stroke=\"black\"/>\n"
+        svg += "<line x1=\"\(left)\" y1=\"\(bottom)\" x2=\"\(left)\" y2=\"\(bottom - height)\" stroke=\"black\"/>\n"
+        for (x, label) in xTicks {
+            svg += "<line x1=\"\(px(x))\" y1=\"\(bottom)\" x2=\"\(px(x))\" y2=\"\(bottom + 4)\" stroke=\"black\"/>"
+            svg += "<text x=\"\(px(x))\" y=\"\(bottom + 16)\" font-size=\"10\" text-anchor=\"middle\">\(label)</text>\n"
+        }
+        for step in 0...4 {
+            let y = yMax * Double(step) / 4
+            svg += "<line x1=\"\(left - 4)\" y1=\"\(py(y))\" x2=\"\(left + width)\" y2=\"\(py(y))\" stroke=\"#ddd\"/>"
+            svg += "<text x=\"\(left - 6)\" y=\"\(py(y) + 4)\" font-size=\"10\" text-anchor=\"end\">\(format(y))</text>\n"
+        }
+        svg += "<text x=\"\(left + width / 2)\" y=\"\(bottom + 32)\" font-size=\"11\" text-anchor=\"middle\">\(xLabel)</text>\n"
+        svg += "<text x=\"\(origin.x + 14)\" y=\"\(bottom - height / 2)\" font-size=\"11\" text-anchor=\"middle\" transform=\"rotate(-90 \(origin.x + 14) \(bottom - height / 2))\">\(yLabel)</text>\n"
+        for (index, line) in series.enumerated() {
+            let path = line.points.map { "\(px($0.x)),\(py($0.y))" }.joined(separator: " ")
+            svg += "<polyline fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"2\" points=\"\(path)\"/>\n"
+            for point in line.points { svg += "<circle cx=\"\(px(point.x))\" cy=\"\(py(point.y))\" r=\"3\" fill=\"\(line.color)\"/>" }
+            svg += "\n<text x=\"\(left + width - 150)\" y=\"\(origin.y + 36 + Double(index) * 14)\" font-size=\"11\" fill=\"\(line.color)\">\(line.name)</text>\n"
+        }
+        return svg
+    }
+
+    /// The sweep's two panels side by side (downtime and total time against the rate; pages left per round).
+    static func sweep(points: [BenchMigrationCommand.Point], regionBytes: Int) -> String {
+        // Rates on an even axis by position, labelled with their values (they span orders of magnitude).
+        let ticks = points.enumerated().map { (Double($0.offset), $0.element.dirty_rate_label) }
+        let downtime = Series(name: "downtime (ms)", color: "#d62728", points: points.enumerated().map { (Double($0.offset), $0.element.downtime_ms) })
+        let total = Series(name: "total time (ms)", color: "#1f77b4", points: points.enumerated().map { (Double($0.offset), $0.element.total_seconds * 1000) })
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1000\" height=\"360\" font-family=\"sans-serif\">\n<rect width=\"1000\" height=\"360\" fill=\"white\"/>\n"
+        svg += panel(title: "Migration of \(ByteCount(regionBytes)): time against dirty rate", xLabel: "dirty rate (steps/s)", yLabel: "milliseconds",
+                     xTicks: ticks, series: [total, downtime], origin: (0, 0), size: (500, 360))
+        if let busiest = points.last(where: { $0.rounds > 2 }) ?? points.last {
+            let pages = Series(name: "pages to send (rate \(busiest.dirty_rate_label))", color: "#2ca02c",
+                               points: busiest.remaining_pages.enumerated().map { (Double($0.offset), Double($0.element)) })
+            let roundTicks = busiest.remaining_pages.indices.map { (Double($0), $0 == 0 ? "full" : "\($0)") }
+            svg += panel(title: "Pages to send per round (figure 3.1-13)", xLabel: "round", yLabel: "pages", xTicks: roundTicks,
+                         series: [pages], origin: (500, 0), size: (500, 360))
+        }
+        return svg + "</svg>\n"
+    }
+
+    static func niceCeiling(_ value: Double) -> Double {
+        guard value > 0 else { return 1 }
+        let magnitude = pow(10, floor(log10(value)))
+        for factor in [1.0, 2, 2.5, 5, 10] where factor * magnitude >= value { return factor * magnitude }
+        return 10 * magnitude
+    }
+
+    static func format(_ value: Double) -> String {
+        value >= 1000 ? String(format: "%.0fk", value / 1000) : (value == value.rounded() ? String(format: "%.0f", value) : String(format: "%.1f", value))
+    }
+}
