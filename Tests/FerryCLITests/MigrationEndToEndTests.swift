@@ -114,6 +114,26 @@ import Testing
         destination.waitUntilExit()
     }
 
+    @Test func benchMigrationSweepsRatesAndDrawsTheCharts() throws {
+        let json = "/tmp/ferry-bench-migration-\(getpid()).json"
+        let svg = "/tmp/ferry-bench-migration-\(getpid()).svg"
+        defer { unlink(json); unlink(svg) }
+        let run = try runFerry(["bench", "migration", "--region-size", "16MiB", "--dirty-rates", "0,3000", "--warmup", "0.3s",
+                                "--json", json, "--svg", svg])
+        #expect(run.status == 0, "\(run.standardOutput) \(run.standardError)")
+        let data = try #require(FileManager.default.contents(atPath: json))
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let points = try #require(object["points"] as? [[String: Any]])
+        #expect(points.map { $0["dirty_rate"] as? Double } == [0, 3000])
+        for point in points {
+            #expect(point["verify"] as? String == "audit")
+            #expect((point["downtime_ms"] as? Double ?? 0) > 0)
+            #expect((point["sent_ratio"] as? Double ?? 0) >= 1)
+        }
+        let chart = try String(contentsOfFile: svg, encoding: .utf8)
+        #expect(chart.hasPrefix("<svg") && chart.contains("polyline") && chart.contains("figure 3.1-13"))
+    }
+
     @Test func benchTransferComparesFerryWithRawTCP() throws {
         let path = "/tmp/ferry-bench-transfer-\(getpid()).json"
         defer { unlink(path) }
