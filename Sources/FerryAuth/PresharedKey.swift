@@ -33,7 +33,8 @@ public struct PresharedKey: Sendable {
     /// - Throws: `KeyError`: `missing`, `notRegularFile`, `tooPermissive` (group or others have any
     ///   access), `tooShort`, `tooLong`, or `io` for any other failed call; each says what to do.
     public init(loadingFrom path: String) throws(KeyError) {
-        let descriptor = try Self.open(path, flags: O_RDONLY)
+        // O_NONBLOCK: a FIFO at the path opens at once (and is then refused) instead of blocking.
+        let descriptor = try Self.open(path, flags: O_RDONLY | O_NONBLOCK)
         // Checked on the open descriptor, so the file read is the file checked.
         var status = stat()
         do {

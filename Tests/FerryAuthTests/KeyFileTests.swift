@@ -53,6 +53,9 @@ import Testing
         try withTemporaryDirectory { directory in
             #expect(throws: KeyError.missing(path: directory + "/none")) { try PresharedKey(loadingFrom: directory + "/none") }
             #expect(throws: KeyError.notRegularFile(path: directory)) { try PresharedKey(loadingFrom: directory) }
+            let fifo = directory + "/fifo"
+            #expect(mkfifo(fifo, 0o600) == 0)
+            #expect(throws: KeyError.notRegularFile(path: fifo)) { try PresharedKey(loadingFrom: fifo) }
         }
     }
 
