@@ -46,7 +46,7 @@ let package = Package(
         // The migration itself: source and destination engines, stop policy, digest, ownership handoff, report.
         .target(
             name: "FerryMigration",
-            dependencies: ["FerrySystem", "FerryTracking", "FerryRegion", "FerryWire", "FerryTransport"],
+            dependencies: ["FerrySystem", "FerryTracking", "FerryRegion", "FerryWire", "FerryTransport", "FerryAuth"],
             swiftSettings: strict
         ),
         // Plain C loops that measure each tracking mechanism: the benchmarks' baseline.
@@ -54,7 +54,9 @@ let package = Package(
         // Argument parsing and commands of the `ferry` executable.
         .target(
             name: "FerryCLI",
-            dependencies: ["FerryMigration", "FerryTracking", "FerrySystem", "FerryRegion", "FerryTransport", "CFerryBaseline"],
+            dependencies: [
+                "FerryMigration", "FerryAuth", "FerryTracking", "FerrySystem", "FerryRegion", "FerryTransport", "CFerryBaseline",
+            ],
             swiftSettings: strict
         ),
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
