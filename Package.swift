@@ -16,13 +16,16 @@ let package = Package(
     products: [
         .executable(name: "ferry", targets: ["ferry"]),
         .library(name: "FerryTracking", targets: ["FerryTracking"]),
+        // For the fuzz harness in demo/fuzz, a package of its own.
+        .library(name: "FerryWire", targets: ["FerryWire"]),
     ],
     targets: [
-        // Syscalls Swift cannot call, the fault handlers, newer uapi definitions.
+        // Syscalls Swift cannot call, the fault handlers, newer uapi definitions, HMAC through libcrypto.
         .target(
             name: "CShims",
             path: "CShims",
-            cSettings: [.define("_GNU_SOURCE")]
+            cSettings: [.define("_GNU_SOURCE")],
+            linkerSettings: [.linkedLibrary("crypto")]
         ),
         // Errno, syscall helpers, owned file descriptors and mappings, kernel facts.
         .target(name: "FerrySystem", dependencies: ["CShims"], swiftSettings: strict),
@@ -34,10 +37,16 @@ let package = Package(
         .target(name: "FerryWire", swiftSettings: strict),
         // Sockets for the migration stream: frames, pages sent from and received into the region, rate limits.
         .target(name: "FerryTransport", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
+        // Peer authentication: the pre-shared key file and the HMAC-SHA-256 challenge-response.
+        .target(
+            name: "FerryAuth",
+            dependencies: ["CShims", "FerrySystem", "FerryWire", "FerryTransport"],
+            swiftSettings: strict
+        ),
         // The migration itself: source and destination engines, stop policy, digest, ownership handoff, report.
         .target(
             name: "FerryMigration",
-            dependencies: ["FerrySystem", "FerryTracking", "FerryRegion", "FerryWire", "FerryTransport"],
+            dependencies: ["FerrySystem", "FerryTracking", "FerryRegion", "FerryWire", "FerryTransport", "FerryAuth"],
             swiftSettings: strict
         ),
         // Plain C loops that measure each tracking mechanism: the benchmarks' baseline.
@@ -45,7 +54,9 @@ let package = Package(
         // Argument parsing and commands of the `ferry` executable.
         .target(
             name: "FerryCLI",
-            dependencies: ["FerryMigration", "FerryTracking", "FerrySystem", "FerryRegion", "FerryTransport", "CFerryBaseline"],
+            dependencies: [
+                "FerryMigration", "FerryAuth", "FerryTracking", "FerrySystem", "FerryRegion", "FerryTransport", "CFerryBaseline",
+            ],
             swiftSettings: strict
         ),
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
@@ -61,6 +72,11 @@ let package = Package(
         ),
         .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], swiftSettings: strict),
+        .testTarget(
+            name: "FerryAuthTests",
+            dependencies: ["FerryAuth", "FerryTransport", "FerryWire", "FerrySystem", "FerryTestSupport"],
+            swiftSettings: strict
+        ),
         .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "FerryWire"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

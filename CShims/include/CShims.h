@@ -2,6 +2,8 @@
 //
 // - wrappers for variadic calls (`syscall`, `ioctl`) and for ioctl numbers built by function-like macros;
 // - uapi definitions newer than the system headers (they are from Linux 6.1, the kernel is newer);
+// - HMAC-SHA-256, constant-time comparison and random bytes from the system libcrypto (OpenSSL 3), for
+//   the peer authentication of FerryAuth (the OpenSSL headers stay in crypto.c, out of this header);
 // - the two fault handlers of the write trackers (the SIGSEGV handler of the mprotect backend and the
 //   handler loop of the synchronous userfaultfd backend), which must be C: async-signal-safe and lock-free.
 //
@@ -148,5 +150,19 @@ uint64_t CShims_segv_fault_count(int slot);
 /// the bitmap.
 int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
                          uint64_t *bitmap, uint64_t *counters);
+
+// MARK: - Authentication (libcrypto, in crypto.c)
+
+/// HMAC-SHA-256 of `data` under `key`, written to `out`: OpenSSL's one-shot `HMAC(EVP_sha256(), ...)`.
+/// Returns 0 on success, -1 on failure (a key longer than INT_MAX bytes, or libcrypto failed).
+int CShims_hmac_sha256(const void *key, size_t key_len, const void *data, size_t data_len, uint8_t out[32]);
+
+/// Compares `n` bytes of `a` and `b` in time that does not depend on their content: `CRYPTO_memcmp`.
+/// Returns 1 when they are equal, 0 when they differ.
+int CShims_constant_time_equal(const void *a, const void *b, size_t n);
+
+/// Fills `buf` with `n` bytes from the cryptographically secure generator: `RAND_bytes`.
+/// Returns 0 on success, -1 on failure (`n` over INT_MAX, or the generator could not be seeded).
+int CShims_random_bytes(void *buf, size_t n);
 
 #endif  // CSHIMS_H

@@ -153,15 +153,20 @@ public final class Connection: Sendable {
                 slice.append(iovec(iov_base: vector.iov_base, iov_len: length))
                 budget -= length
             }
+            // sendmsg with MSG_NOSIGNAL, not writev: a peer that has gone away is an EPIPE error here,
+            // not a SIGPIPE that kills the process.
             let written = slice.withUnsafeMutableBufferPointer { pointer in
-                Glibc.writev(socket, pointer.baseAddress, CInt(pointer.count))
+                var message = msghdr()
+                message.msg_iov = pointer.baseAddress
+                message.msg_iovlen = pointer.count
+                return Glibc.sendmsg(socket, &message, CInt(MSG_NOSIGNAL))
             }
             if written < 0 {
                 let error = Errno.current
                 if error == .interrupted { continue }
                 if error == .wouldBlock { throw .timedOut(peer: peer, what: what, seconds: timeoutSeconds) }
                 if error.rawValue == EPIPE || error.rawValue == ECONNRESET { throw .closed(peer: peer, what: what) }
-                throw .io(peer: peer, SystemCallError("writev", errno: error, subject: peer))
+                throw .io(peer: peer, SystemCallError("sendmsg", errno: error, subject: peer))
             }
             counters.withLock { $0.sent += written }
             var remaining = written
