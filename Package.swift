@@ -62,7 +62,7 @@ let package = Package(
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
 
         // Helpers shared by the test targets: writer threads, temporary directories, running `ferry`.
-        .target(name: "FerryTestSupport", dependencies: ["FerrySystem", "FerryWire"], path: "Tests/FerryTestSupport",
+        .target(name: "FerryTestSupport", dependencies: ["FerrySystem", "FerryWire", "FerryAuth", "FerryTransport"], path: "Tests/FerryTestSupport",
                 swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
         .testTarget(

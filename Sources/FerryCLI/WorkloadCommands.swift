@@ -2,17 +2,24 @@
 import Glibc
 #endif
 import Foundation
+import FerryAuth
 import FerryMigration
 import FerryRegion
 import FerrySystem
 import FerryTransport
+import FerryWire
 
 /// Options shared by the commands that host a workload.
 private let hostingOptions = [
     OptionSpec("shared-dir", "DIR", "The shared mount both hosts see: the workload's files and the ownership record.", default: "required"),
     OptionSpec("control", "SOCKET", "Unix socket to control this process through.", default: "required"),
+    OptionSpec("key", "FILE", "Pre-shared key (mode 0600) both hosts must hold; 'ferry run' creates it when absent.", default: "DIR/ferry.key on the shared mount"),
     OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties 2-3 pages); 0 = idle, max = flat out.", default: "1000"),
 ]
+
+private func keyPath(_ arguments: ParsedArguments, sharedDirectory: String) -> String {
+    arguments.string("key") ?? sharedDirectory + "/ferry.key"
+}
 
 private func controlPath(_ arguments: ParsedArguments) throws(UsageError) -> String { try arguments.required("control") }
 
@@ -57,10 +64,12 @@ struct RunCommand: Command {
         if let record = try OwnershipRecord.read(in: directory) {
             throw CommandFailure(status: .failure, message: "\(directory) already has an ownership record (generation \(record.generation), owner \(record.owner)): a workload lives there; use another shared directory, or remove \(OwnershipRecord.fileName) if no host runs it")
         }
+        let key = keyPath(arguments, sharedDirectory: directory)
+        _ = try PresharedKey.createIfAbsent(at: key)
         let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size))
         let workload = try kind.create(in: region, options: WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed))
         try OwnershipRecord(generation: 1, owner: OwnershipRecord.thisProcess, workload: kind.rawValue).write(in: directory)
-        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate)
+        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate, keyPath: key)
         process.adopt(WorkloadHost(workload: workload, stepsPerSecond: rate), generation: 1)
         try process.serveControl(at: control)
         printLine("ferry run: \(kind) in \(region.layout), \(rate.isFinite ? "\(Int(rate))" : "max") steps/s, control \(control), pid \(getpid())")
@@ -87,7 +96,8 @@ struct ReceiveCommand: Command {
         guard let endpoint = Endpoint(listenText) else { throw UsageError("--listen \(listenText): expected ADDR:PORT") }
         let rate = try arguments.stepRate("dirty-rate", default: 1000)
         let listener = try Listener(on: endpoint)
-        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate)
+        let key = keyPath(arguments, sharedDirectory: directory)
+        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate, keyPath: key)
         try process.serveControl(at: control)
         printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
         let once = arguments.has("once")
@@ -97,7 +107,18 @@ struct ReceiveCommand: Command {
                 do {
                     let connection = try listener.accept()
                     do {
-                        let received = try MigrationDestination.receive(on: connection, sharedDirectory: directory, stepsPerSecond: rate) { printLine("ferry receive: \($0)") }
+                        // Loaded per attempt: the key may appear on the shared mount after we started.
+                        let presharedKey: PresharedKey
+                        do {
+                            presharedKey = try PresharedKey(loadingFrom: key)
+                        } catch {
+                            try? connection.send(.helloReply(.refused(Refusal(
+                                code: .authentication, reason: "the destination has no usable key: \(error)"))))
+                            throw error
+                        }
+                        let received = try MigrationDestination.receive(
+                            on: connection, sharedDirectory: directory, key: presharedKey, stepsPerSecond: rate
+                        ) { printLine("ferry receive: \($0)") }
                         process.adopt(received.host, generation: received.generation)
                         return
                     } catch {

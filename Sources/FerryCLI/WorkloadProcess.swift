@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import FerryAuth
 import FerryMigration
 import FerryRegion
 import FerrySystem
@@ -23,15 +24,18 @@ final class WorkloadProcess: Sendable {
 
     let sharedDirectory: String
     let stepsPerSecond: Double
+    /// Where the pre-shared key lives (default: `ferry.key` on the shared mount).
+    let keyPath: String
     let state = Mutex(State())
     /// Signalled when the process should exit (migrated away, stopped, or a `--once` receive failed).
     let finished = DispatchSemaphore(value: 0)
     /// The exit status once `finished` is signalled.
     let exitStatus = Mutex(ExitStatus.success)
 
-    init(sharedDirectory: String, stepsPerSecond: Double) {
+    init(sharedDirectory: String, stepsPerSecond: Double, keyPath: String) {
         self.sharedDirectory = sharedDirectory
         self.stepsPerSecond = stepsPerSecond
+        self.keyPath = keyPath
     }
 
     func adopt(_ host: WorkloadHost, generation: UInt64) {
@@ -109,7 +113,14 @@ final class WorkloadProcess: Sendable {
         guard let (host, generation) = claimed else {
             return ["event": "result", "ok": false, "status": Int(ExitStatus.failure.rawValue), "error": "no workload runs here to migrate (\(state.withLock { $0.role.rawValue }))"]
         }
-        var options = MigrationOptions(destination: endpoint)
+        let key: PresharedKey
+        do throws(KeyError) {
+            key = try PresharedKey(loadingFrom: keyPath)
+        } catch {
+            state.withLock { $0.role = .running }
+            return ["event": "result", "ok": false, "status": Int(ExitStatus.failure.rawValue), "error": "\(error)"]
+        }
+        var options = MigrationOptions(destination: endpoint, key: key)
         if let value = request["downtime_target"] as? Double { options.downtimeTarget = value }
         if let value = request["max_rounds"] as? Int { options.maximumRounds = value }
         if let value = request["max_bandwidth"] as? Double { options.maximumBytesPerSecond = value }

@@ -7,6 +7,7 @@ public import FerryTransport
 import FerrySystem
 import FerryTracking
 import FerryWire
+public import FerryAuth
 
 /// The destination side: checks a source's hello, rebuilds the region at the same address from the
 /// stream, proves it matches, and takes the workload over at the ownership commit.
@@ -21,8 +22,16 @@ public enum MigrationDestination {
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
     /// refusal or failure, after which nothing of the attempt remains mapped here.
     public static func receive(
-        on connection: Connection, sharedDirectory: String, stepsPerSecond: Double, log: @Sendable (String) -> Void
+        on connection: Connection, sharedDirectory: String, key: PresharedKey, stepsPerSecond: Double,
+        log: @Sendable (String) -> Void
     ) throws -> Received {
+        // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
+        do throws(AuthError) {
+            try PeerAuthentication.challengeSource(on: connection, key: key)
+        } catch {
+            log("\(error)")
+            throw MigrationError.authentication(error)
+        }
         let hello: Hello
         switch try connection.receive(while: "waiting for hello") {
         case .hello(let value): hello = value

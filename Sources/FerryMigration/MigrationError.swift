@@ -2,11 +2,13 @@ public import FerryTransport
 public import FerryWire
 public import FerryTracking
 public import FerryRegion
+public import FerryAuth
 
 /// Why a migration did not complete. Before the ownership commit every one of these leaves the workload
 /// running on the source, unchanged.
 public enum MigrationError: Error, CustomStringConvertible, Sendable {
     case refused(Refusal)
+    case authentication(AuthError)
     case transport(TransportError)
     case tracking(TrackingError)
     case region(RegionError)
@@ -20,6 +22,7 @@ public enum MigrationError: Error, CustomStringConvertible, Sendable {
     public var description: String {
         switch self {
         case .refused(let refusal): "\(refusal)"
+        case .authentication(let error): "\(error)"
         case .transport(let error): "\(error)"
         case .tracking(let error): "write tracking failed: \(error)"
         case .region(let error): "\(error)"

@@ -7,10 +7,13 @@ public import FerryTracking
 public import FerryTransport
 import FerryRegion
 import FerryWire
+public import FerryAuth
 
 /// How a migration runs: where to, and when to stop iterating.
 public struct MigrationOptions: Sendable {
     public var destination: Endpoint
+    /// The pre-shared key the destination challenges us for before it accepts any state.
+    public var key: PresharedKey
     /// Local address to connect from, so the stream uses the migration network.
     public var bindAddress: String?
     /// Stop iterating once the predicted pause is at most this long.
@@ -25,7 +28,10 @@ public struct MigrationOptions: Sendable {
     /// When the destination's copy is proven identical: before the handoff, or after it.
     public var verification = VerificationMode.strict
 
-    public init(destination: Endpoint) { self.destination = destination }
+    public init(destination: Endpoint, key: PresharedKey) {
+        self.destination = destination
+        self.key = key
+    }
 }
 
 /// When a migration compares the destination's region with the paused source's.
@@ -91,6 +97,14 @@ public final class MigrationSource: Sendable {
                 to: options.destination, from: options.bindAddress, maximumBytesPerSecond: options.maximumBytesPerSecond,
                 timeoutSeconds: options.timeoutSeconds)
             connection = link
+
+            // 0. Prove we hold the key (and check the destination does) before anything else is said.
+            do throws(AuthError) {
+                try PeerAuthentication.proveToDestination(on: link, key: options.key)
+            } catch {
+                if case .refused(_, let refusal) = error { throw MigrationError.refused(refusal) }
+                throw MigrationError.authentication(error)
+            }
 
             // 1. Hello and the destination's resource check, with a one-time token on the shared mount.
             let token = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()

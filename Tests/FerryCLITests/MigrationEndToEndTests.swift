@@ -60,9 +60,9 @@ import Testing
         try FileManager.default.createDirectory(atPath: otherShared, withIntermediateDirectories: true)
         let port = 7950 + Int(getpid() % 40)
         let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a")], log: "a")
+                                    "--control", lab.socket("a"), "--key", lab.directory + "/ferry.key"], log: "a")
         let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", otherShared,
-                                         "--control", lab.socket("b")], log: "b")
+                                         "--control", lab.socket("b"), "--key", lab.directory + "/ferry.key"], log: "b")
         try lab.waitForSocket(lab.socket("a"))
         try lab.waitForSocket(lab.socket("b"))
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
@@ -170,6 +170,41 @@ import Testing
         destination.waitUntilExit()
     }
 
+    @Test func aSourceWithAnotherKeyIsRefusedBeforeAnyPageAndLogged() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7820 + Int(getpid() % 40)
+        let otherKey = lab.directory + "/other.key"
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a"), "--key", otherKey], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        // The destination's key is the default one on the shared mount, which only it holds.
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b")], log: "b")
+        try lab.waitForSocket(lab.socket("b"))
+        _ = try runFerry(["status", "--control", lab.socket("b")])
+        try "0123456789abcdef0123456789abcdef".write(toFile: lab.shared + "/ferry.key", atomically: false, encoding: .utf8)
+        chmod(lab.shared + "/ferry.key", 0o600)
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 2, "\(migrate.standardOutput) \(migrate.standardError)")
+        #expect(migrate.standardError.contains("key"))
+        #expect(try runFerry(["verify", "--control", lab.socket("a")]).status == 0, "the source runs on, unchanged")
+        let log = try String(contentsOfFile: lab.directory + "/b.log", encoding: .utf8)
+        #expect(log.contains("refused 127.0.0.1:"), "the refusal names the peer: \(log)")
+        let status = try runFerry(["status", "--control", lab.socket("b"), "--json"])
+        #expect(status.standardOutput.contains("\"role\" : \"waiting\""), "no state was accepted")
+        // A raw peer without the key gets no further than the challenge.
+        let hello = Hello(buildIdentity: "t", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000, regionSize: 1 << 20,
+                          workloadName: "hotset", layoutVersion: 1, sharedMountToken: "t", sharedMountTokenValue: "t", generation: 1)
+        let answer = try RawPeer.exchangeWithoutKey(port: port, hello: hello)
+        guard case .helloReply(.refused(let refusal)) = answer else { Issue.record("expected a refusal, got \(answer)"); return }
+        #expect(refusal.code == .authentication)
+        _ = try runFerry(["stop", "--control", lab.socket("a")])
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        source.waitUntilExit()
+        destination.waitUntilExit()
+    }
+
     @Test func destinationRefusesAWrongLayoutVersionAndAnUnusableAddress() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
@@ -182,12 +217,13 @@ import Testing
             Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: base, regionSize: 1 << 20,
                   workloadName: "hotset", layoutVersion: layoutVersion, sharedMountToken: "token", sharedMountTokenValue: "secret", generation: 1)
         }
-        let wrongVersion = try RawPeer.exchange(port: port, hello: hello(layoutVersion: 99, base: 0x7e00_0000_0000))
+        let key = lab.shared + "/ferry.key"
+        let wrongVersion = try RawPeer.exchange(port: port, hello: hello(layoutVersion: 99, base: 0x7e00_0000_0000), keyPath: key)
         guard case .helloReply(.refused(let refusal)) = wrongVersion else { Issue.record("expected a refusal, got \(wrongVersion)"); return }
         #expect(refusal.code == .layoutVersion)
         #expect(refusal.reason.contains("same ferry version"))
         // Address 0 can never be mapped (vm.mmap_min_addr): refused with the address cause, not a crash.
-        let badAddress = try RawPeer.exchange(port: port, hello: hello(layoutVersion: 1, base: 0))
+        let badAddress = try RawPeer.exchange(port: port, hello: hello(layoutVersion: 1, base: 0), keyPath: key)
         guard case .helloReply(.refused(let second)) = badAddress else { Issue.record("expected a refusal, got \(badAddress)"); return }
         #expect([.address, .memory].contains(second.code), "\(second)")
         #expect(destination.isRunning, "the receiver waits for the next migration after a refusal")

@@ -1,5 +1,7 @@
 public import Foundation
 public import FerryWire
+import FerryAuth
+import FerryTransport
 
 /// A temporary directory with a shared folder, control sockets and logs for processes a test starts.
 public final class Lab {
@@ -50,7 +52,17 @@ public enum LabError: Error { case notReady(String), closed }
 
 /// A hand-driven source: sends one hello to a `ferry receive` and returns its answer.
 public enum RawPeer {
-    public static func exchange(port: Int, hello: Hello) throws -> Frame {
+    public static func exchange(port: Int, hello: Hello, keyPath: String) throws -> Frame {
+        // Authenticate like a real source, then speak raw frames.
+        let key = try PresharedKey.createIfAbsent(at: keyPath)
+        let connection = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: UInt16(port)))
+        try PeerAuthentication.proveToDestination(on: connection, key: key)
+        try connection.send(.hello(hello))
+        return try connection.receive(while: "waiting for the reply to hello")
+    }
+
+    /// Sends one hello without authenticating first, and returns the answer.
+    public static func exchangeWithoutKey(port: Int, hello: Hello) throws -> Frame {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
@@ -66,7 +78,10 @@ public enum RawPeer {
         var decoder = FrameDecoder()
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
-            if let frame = try decoder.next() { return frame }
+            if let frame = try decoder.next() {
+                if case .auth = frame { continue }  // the destination's challenge, which we cannot answer
+                return frame
+            }
             let got = read(fd, &buffer, buffer.count)
             guard got > 0 else { throw LabError.closed }
             decoder.append(buffer[..<got])

@@ -30,9 +30,10 @@ def frame(kind, body=b""):
 
 
 def hello(version=1, build="ferry 0.1 (git abc123)", arch="x86_64", page=4096, base=0x7F0000000000,
-          size=1 << 30, workload="hotset", layout=1, token="ferry-token-1f2e", value="c0ffee", generation=7):
+          size=1 << 30, workload="hotset", layout=1, token="ferry-token-1f2e", value="c0ffee", generation=7, audit=False):
     return frame(HELLO, u16(version) + string(build) + string(arch) + u32(page) + u64(base) + u64(size)
-                 + string(workload) + u32(layout) + string(token) + string(value) + u64(generation))
+                 + string(workload) + u32(layout) + string(token) + string(value) + u64(generation)
+                 + u8(1 if audit else 0))
 
 
 def round_end(round_, pages, zeros, size, final):
