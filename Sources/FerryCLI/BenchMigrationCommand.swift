@@ -136,15 +136,17 @@ enum Chart {
         let ticks = points.enumerated().map { (Double($0.offset), $0.element.dirty_rate_label) }
         let downtime = Series(name: "downtime (ms)", color: "#d62728", points: points.enumerated().map { (Double($0.offset), $0.element.downtime_ms) })
         let total = Series(name: "total time (ms)", color: "#1f77b4", points: points.enumerated().map { (Double($0.offset), $0.element.total_seconds * 1000) })
-        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1000\" height=\"360\" font-family=\"sans-serif\">\n<rect width=\"1000\" height=\"360\" fill=\"white\"/>\n"
-        svg += panel(title: "Migration of \(ByteCount(regionBytes)): time against dirty rate", xLabel: "dirty rate (steps/s)", yLabel: "milliseconds",
-                     xTicks: ticks, series: [total, downtime], origin: (0, 0), size: (500, 360))
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1500\" height=\"360\" font-family=\"sans-serif\">\n<rect width=\"1500\" height=\"360\" fill=\"white\"/>\n"
+        svg += panel(title: "Total time, \(ByteCount(regionBytes)) (setup apart)", xLabel: "dirty rate (steps/s)", yLabel: "milliseconds",
+                     xTicks: ticks, series: [total], origin: (0, 0), size: (500, 360))
+        svg += panel(title: "Downtime (\(points.first?.verify ?? "") verification)", xLabel: "dirty rate (steps/s)", yLabel: "milliseconds",
+                     xTicks: ticks, series: [downtime], origin: (500, 0), size: (500, 360))
         if let busiest = points.last(where: { $0.rounds > 2 }) ?? points.last {
             let pages = Series(name: "pages to send (rate \(busiest.dirty_rate_label))", color: "#2ca02c",
                                points: busiest.remaining_pages.enumerated().map { (Double($0.offset), Double($0.element)) })
             let roundTicks = busiest.remaining_pages.indices.map { (Double($0), $0 == 0 ? "full" : "\($0)") }
             svg += panel(title: "Pages to send per round (figure 3.1-13)", xLabel: "round", yLabel: "pages", xTicks: roundTicks,
-                         series: [pages], origin: (500, 0), size: (500, 360))
+                         series: [pages], origin: (1000, 0), size: (500, 360))
         }
         return svg + "</svg>\n"
     }

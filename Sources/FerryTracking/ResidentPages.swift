@@ -25,11 +25,20 @@ public enum ResidentPages {
             let got = try systemCall("pread", subject: "/proc/self/pagemap") { pread(fd, entries.baseAddress, count * 8, offset) }
             let read = got / 8
             guard read > 0 else { break }
-            for index in 0..<read where entries[index] & (3 << 62) != 0 {  // bit 63 present, bit 62 swapped
+            for index in 0..<read where isResident(entries[index]) {
                 pages.append(PageRun(unchecked: page + index, count: 1))
             }
             page += read
         }
         return pages
+    }
+
+    /// Bit 63 is "present"; bit 62 "swapped", but the kernel also sets it for the uffd-wp markers that
+    /// write-protect never-touched pages (a swap-type entry whose type field, bits 0-4, reads 31, which no
+    /// swap file can have): those pages hold no memory and read as zeros.
+    @inline(__always)
+    static func isResident(_ entry: UInt64) -> Bool {
+        if entry & (1 << 63) != 0 { return true }
+        return entry & (1 << 62) != 0 && entry & 0x1F != 0x1F
     }
 }

@@ -204,3 +204,17 @@ let availableBackends = TrackerBackend.allCases.filter { $0.probe().isAvailable 
         #expect(throws: TrackingError.notArmed) { try tracker.collect() }
     }
 }
+
+@Suite struct ResidentPagesTests {
+    @Test(arguments: availableBackends)
+    func onlyTouchedPagesAreResidentEvenUnderWriteProtection(backend: TrackerBackend) throws {
+        let mapping = try AnonymousMapping(byteCount: 512 * Kernel.pageSize)
+        let range = mapping.range
+        for page in [3, 4, 100, 511] { range.baseAddress.storeBytes(of: 1, toByteOffset: page * range.pageSize, as: UInt8.self) }
+        let tracker = try WriteTracker(range: range, backend: backend)
+        defer { tracker.stop() }
+        // Arming write-protects never-touched pages too (uffd-wp markers read as swap entries in pagemap).
+        try tracker.arm()
+        #expect(Array(try ResidentPages.runs(of: range)) == [3, 4, 100, 511])
+    }
+}
