@@ -159,6 +159,7 @@ enum Chart {
     }
 
     static func format(_ value: Double) -> String {
-        value >= 1000 ? String(format: "%.0fk", value / 1000) : (value == value.rounded() ? String(format: "%.0f", value) : String(format: "%.1f", value))
+        let (scaled, suffix) = value >= 1000 ? (value / 1000, "k") : (value, "")
+        return (scaled == scaled.rounded() ? String(format: "%.0f", scaled) : String(format: "%.1f", scaled)) + suffix
     }
 }
