@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import FerryMigration
 import FerrySystem
 
 /// `ferry bench migration`: a sweep of dirty rates, with total time, downtime and rounds for each, and charts.
@@ -39,6 +40,8 @@ struct BenchMigrationCommand: Command {
 
     struct Report: Encodable {
         let region_bytes: Int
+        /// One pass of the region digest over a populated region of this size, on one thread, in this process.
+        let digest_seconds: Double
         let points: [Point]
     }
 
@@ -80,13 +83,32 @@ struct BenchMigrationCommand: Command {
             printLine(rate.padding(to: 12) + String(format: "%7.2f   %11.2f   %6d   %11.2f   %@", point.total_seconds, point.downtime_ms,
                                                     point.rounds, point.sent_ratio, point.verified ? "yes" : "NO"))
         }
-        let report = Report(region_bytes: size, points: points)
+        let digestSeconds = try digestSeconds(size: size)
+        printLine(String(format: "digest of %@ (one pass, one thread): %.1f ms", ByteCount(size).description, digestSeconds * 1000))
+        let report = Report(region_bytes: size, digest_seconds: digestSeconds, points: points)
         if let path = arguments.string("json") { try JSONReport.write(report, to: path) }
         if let path = arguments.string("svg") {
             try Data(Chart.sweep(points: points, regionBytes: size).utf8).write(to: URL(fileURLWithPath: path))
             printLine("charts written to \(path)")
         }
         return points.count == rates.count && points.allSatisfy(\.verified) ? .success : .failure
+    }
+}
+
+extension BenchMigrationCommand {
+    /// The median of three digest passes over a populated region of random bytes.
+    static func digestSeconds(size: Int) throws -> Double {
+        let mapping = try AnonymousMapping(byteCount: size, populate: true)
+        var random = SplitMix64(seed: 3)
+        let words = mapping.range.baseAddress.assumingMemoryBound(to: UInt64.self)
+        for index in 0..<(size / 8) { words[index] = random.next() }
+        var times: [Double] = []
+        for _ in 0..<3 {
+            let start = ContinuousClock.now
+            _ = RegionDigest.compute(mapping.range)
+            times.append((ContinuousClock.now - start).seconds)
+        }
+        return Statistics.median(times)
     }
 }
 

@@ -57,8 +57,25 @@ public enum MigrationDestination {
         let audit = hello.auditVerification
         var incremental = audit ? IncrementalDigest(pageCount: range.pageCount, pageSize: range.pageSize) : nil
         var hasData = [Bool](repeating: false, count: audit ? 0 : range.pageCount)
+        var finalRoundApplied = false
         while true {
-            switch try connection.receive(while: "receiving the region") {
+            let frame: Frame
+            do {
+                frame = try connection.receive(while: "receiving the region")
+            } catch {
+                // The link broke. If it broke after the last round, the source may already have committed
+                // (renamed the record to the next generation) before its commit frame reached us: then the
+                // workload is ours and we must run it, or nobody would.
+                if finalRoundApplied, let record = try? OwnershipRecord.read(in: sharedDirectory),
+                   record.generation == hello.generation + 1 {
+                    log("the link to \(connection.peer) broke after the commit; taking over generation \(record.generation)")
+                    let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory)
+                    let host = WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond)
+                    return Received(host: host, generation: record.generation, source: connection.peer)
+                }
+                throw error
+            }
+            switch frame {
             case .pageData(let first, let count):
                 try connection.receivePages(into: range, first: first, count: count)
                 if audit {
@@ -78,6 +95,7 @@ public enum MigrationDestination {
                 }
             case .roundEnd(let summary):
                 fullCopyDone = true
+                if summary.final { finalRoundApplied = true }
                 try connection.send(.roundAck(round: summary.round))
             case .digestRequest:
                 var pages = DirtyPages()

@@ -186,8 +186,9 @@ public final class MigrationSource: Sendable {
                     // Our digest is of the paused region: what it holds now, read from memory (pages that hold
                     // no memory count as zero), never what we sent, so an untracked write shows.
                     func sourceDigest() throws -> UInt64 {
-                        let resident = try ResidentPages.runs(of: range)
-                        let digest = Self.withInjectedUntrackedWrite(range) { RegionDigest.compute(range, resident: resident) }
+                        let digest = try Self.withInjectedUntrackedWrite(range) { () throws -> UInt64 in
+                            RegionDigest.compute(range, resident: try ResidentPages.runs(of: range))
+                        }
                         report.source_digest = String(digest, radix: 16)
                         return digest
                     }
@@ -222,6 +223,10 @@ public final class MigrationSource: Sendable {
                     parts.handoff_ms = lap()
                     host.stop()
                     report.generation = next.generation
+                    if ProcessInfo.processInfo.environment["FERRY_TEST_FAULT"] == "cut-after-commit" {
+                        // Test-only: the link breaks between the rename and the commit frame.
+                        link.shutdown()
+                    }
                     try link.send(.commit(generation: next.generation))
                     switch try link.receive(while: "waiting for the destination to run the workload") {
                     case .running(let step): report.step_at_handoff = step
@@ -271,13 +276,13 @@ public final class MigrationSource: Sendable {
     /// Test-only hook (environment `FERRY_TEST_UNTRACKED_WRITE=1`): changes one byte of the paused region
     /// behind the tracker's back while `body` runs, then restores it, as a write no tracker sees would
     /// (DMA, a second mapping). The digest check must catch it and abort the handoff.
-    static func withInjectedUntrackedWrite<T>(_ range: MemoryRange, _ body: () -> T) -> T {
-        guard ProcessInfo.processInfo.environment["FERRY_TEST_UNTRACKED_WRITE"] == "1" else { return body() }
+    static func withInjectedUntrackedWrite<T>(_ range: MemoryRange, _ body: () throws -> T) rethrows -> T {
+        guard ProcessInfo.processInfo.environment["FERRY_TEST_UNTRACKED_WRITE"] == "1" else { return try body() }
         let address = range.baseAddress + range.byteCount - 1
         let saved = address.load(as: UInt8.self)
         address.storeBytes(of: saved ^ 0x5A, as: UInt8.self)
         defer { address.storeBytes(of: saved, as: UInt8.self) }
-        return body()
+        return try body()
     }
 
     static func describe(_ error: any Error) -> String {

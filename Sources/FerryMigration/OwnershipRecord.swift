@@ -7,10 +7,30 @@ import FerrySystem
 /// The single point where a workload changes hosts: a small file on the shared mount, replaced atomically
 /// (write a temporary file, fsync, rename over the record, fsync the directory).
 ///
-/// A process runs the workload only while the record names it with the generation it holds. The source
-/// writes generation g+1 naming the destination exactly once, after the destination proved it holds an
-/// identical region; from that rename on, the destination owns the workload and the source must not
-/// resume. Before it, any failure leaves the source the owner.
+/// A process runs the workload only while the record holds the generation it was given. The source
+/// renames generation g+1 into place exactly once, after the destination applied the last round (and, in
+/// strict mode, proved its region identical); from that rename on, the destination owns the workload and
+/// the source must not resume. Before it, any failure leaves the source the owner.
+///
+/// The handoff as a state machine (g is the source's generation):
+///
+/// | source state | what it does next | if the source dies here | if the link or the destination fails here |
+/// |---|---|---|---|
+/// | running(g) | accepts `migrate` | workload lost with its memory (only its files remain) | – |
+/// | streaming (hello, auth, rounds) | pauses | destination sees the link close, discards its copy | source resumes: still owner of g |
+/// | paused (final round, strict digest) | renames g+1 into place | as above: nobody committed; the workload is lost with the source | source resumes: still owner of g |
+/// | committed (record = g+1) | sends commit, stops its loop, exits | destination, holding the final round, sees the link close, reads g+1 and runs | destination runs once it sees g+1 (commit frame or, without it, the record); the source exits |
+///
+/// | destination state | what it does next | if it dies here | if the link fails here |
+/// |---|---|---|---|
+/// | listening | challenges, checks hello | nothing was sent | waits for the next source |
+/// | receiving (rounds) | applies rounds | source resumes | discards the copy; source resumes |
+/// | final round applied | waits for commit | before the rename: source resumes; after it: the only owner died, the workload is lost | record = g+1: runs it; otherwise discards |
+/// | running(g+1) | serves its control socket | the only owner died | – |
+///
+/// So at no moment do two processes run the workload: the source runs only before the rename, the
+/// destination only after it. After a single failure at most one runs it; none does only when the owner
+/// itself died (the memory died with it).
 public struct OwnershipRecord: Codable, Hashable, Sendable {
     public static let fileName = "ferry-owner.json"
 

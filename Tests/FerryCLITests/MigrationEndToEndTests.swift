@@ -147,6 +147,52 @@ import Testing
         #expect(object["region_bytes"] as? Int == 32 << 20)
     }
 
+    @Test func theDestinationTakesOverWhenTheLinkBreaksRightAfterTheCommit() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7780 + Int(getpid() % 40)
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a")], log: "a", environment: ["FERRY_TEST_FAULT": "cut-after-commit"])
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b"), "--once"], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 0, "the commit happened, so the move stands: \(migrate.standardError)")
+        source.waitUntilExit()
+        let status = try runFerry(["status", "--control", lab.socket("b"), "--json"])
+        #expect(status.standardOutput.contains("\"role\" : \"running\""), "exactly one owner: the destination")
+        #expect(status.standardOutput.contains("\"generation\" : 2"))
+        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        destination.waitUntilExit()
+    }
+
+    @Test func killingTheDestinationMidStreamLeavesTheSourceRunning() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7740 + Int(getpid() % 40)
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "256MiB", "--fill", "random", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a"), "--dirty-rate", "2000"], log: "a")
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b")], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        let killer = Thread {
+            usleep(150_000)
+            kill(destination.processIdentifier, SIGKILL)
+        }
+        killer.start()
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status != 0, "\(migrate.standardOutput)")
+        let status = try runFerry(["status", "--control", lab.socket("a"), "--json"])
+        #expect(status.standardOutput.contains("\"role\" : \"running\""))
+        #expect(status.standardOutput.contains("\"generation\" : 1"))
+        #expect(try runFerry(["verify", "--control", lab.socket("a")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("a")])
+        source.waitUntilExit()
+    }
+
     @Test func theDigestCatchesAnUntrackedWriteAndTheSourceKeepsRunning() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
