@@ -157,6 +157,7 @@ struct MigrateCommand: Command {
         OptionSpec("max-rounds", "N", "At most this many dirty rounds.", default: "30"),
         OptionSpec("max-bandwidth", "RATE", "Cap the stream, e.g. 100mbit or 200MB/s."),
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
+        OptionSpec("on-stall", "POLICY", "When it does not converge: force (stop anyway), abort (stay on the source), throttle (slow the workload).", default: "force"),
         OptionSpec("verify", "MODE", "strict: compare digests before the handoff (in the downtime); audit: after it, while the destination already runs.", default: "strict"),
         OptionSpec("report", "FILE", "Write the JSON report to FILE."),
     ]
@@ -165,13 +166,15 @@ struct MigrateCommand: Command {
         let control = try arguments.required("control")
         let verify = arguments.string("verify", default: "strict")
         guard VerificationMode(rawValue: verify) != nil else { throw UsageError("--verify \(verify): expected strict or audit") }
+        let onStall = arguments.string("on-stall", default: "force")
+        guard StallPolicy(rawValue: onStall) != nil else { throw UsageError("--on-stall \(onStall): expected force, abort or throttle") }
         let to = try arguments.required("to")
         guard Endpoint(to) != nil else { throw UsageError("--to \(to): expected ADDR:PORT") }
         var request: ControlChannel.Message = [
             "command": "migrate", "to": to,
             "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
-            "tracker": arguments.string("tracker", default: "auto"), "verify": verify,
+            "tracker": arguments.string("tracker", default: "auto"), "verify": verify, "on_stall": onStall,
         ]
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
         if let bind = arguments.string("bind") { request["bind"] = bind }
@@ -188,6 +191,10 @@ struct MigrateCommand: Command {
             printLine(String(format: "completed: downtime %.1f ms, total %.2f s, %@ sent, verified %@ (%@)", downtime, total,
                              ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "NO",
                              verify))
+            if let stall = report["stall"] as? String {
+                let throttle = report["throttle_percent"] as? Double
+                printLine("did not converge by itself: handled with \(stall)" + (throttle.map { String(format: ", the workload slowed by %.0f %%", $0) } ?? ""))
+            }
             if let parts = report["downtime_parts"] as? [String: Any] {
                 let names = ["pause_ms", "final_collect_ms", "final_send_ms", "verify_ms", "handoff_ms", "resume_ack_ms"]
                 printLine("downtime parts: " + names.map { String(format: "%@ %.2f", String($0.dropLast(3)), parts[$0] as? Double ?? 0) }.joined(separator: ", ") + " ms")

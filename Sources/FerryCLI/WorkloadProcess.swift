@@ -127,6 +127,7 @@ final class WorkloadProcess: Sendable {
         if let value = request["bind"] as? String { options.bindAddress = value }
         if let value = request["tracker"] as? String, let choice = TrackerChoice(value) { options.tracker = choice }
         if let value = request["verify"] as? String, let mode = VerificationMode(rawValue: value) { options.verification = mode }
+        if let value = request["on_stall"] as? String, let policy = StallPolicy(rawValue: value) { options.onStall = policy }
         let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
         let report = source.migrate(options) { round in
             progress([
@@ -142,7 +143,8 @@ final class WorkloadProcess: Sendable {
             $0.lastMigration = "\(report.outcome.rawValue)\(report.reason.map { ": \($0)" } ?? "")"
         }
         let encoded = ((try? JSONSerialization.jsonObject(with: JSONEncoder().encode(report))) as? [String: any Sendable]) ?? [:]
-        let status: ExitStatus = completed ? .success : (report.outcome == .aborted ? .refused : .failure)
+        // A refusal by the destination exits 2; a migration given up on (non-convergence) or failed exits 1.
+        let status: ExitStatus = completed ? .success : (report.outcome == .aborted && report.stall == nil ? .refused : .failure)
         return ["event": "result", "ok": completed, "status": Int(status.rawValue), "report": encoded, "error": report.reason ?? ""]
     }
 }

@@ -39,6 +39,10 @@ public struct MigrationReport: Codable, Sendable {
     public var generation: UInt64?
     public var step_at_handoff: UInt64?
     public var rounds: [Round]
+    /// How non-convergence was handled, if it happened: `force`, `abort` or `throttle`.
+    public var stall: String?
+    /// How much `throttle` slowed the workload's steps, in percent of their pace before (0-100).
+    public var throttle_percent: Double?
     /// Where the downtime went, in milliseconds.
     public var downtime_parts: DowntimeParts?
 

@@ -27,11 +27,25 @@ public struct MigrationOptions: Sendable {
     public var buildIdentity = "ferry 0.1"
     /// When the destination's copy is proven identical: before the handoff, or after it.
     public var verification = VerificationMode.strict
+    /// What to do when the workload dirties memory faster than the link drains it.
+    public var onStall = StallPolicy.force
 
     public init(destination: Endpoint, key: PresharedKey) {
         self.destination = destination
         self.key = key
     }
+}
+
+/// What a migration does when it does not converge (the pages left stop shrinking, or the round or byte
+/// limit is reached while the predicted pause is still over the target).
+public enum StallPolicy: String, Sendable, CaseIterable {
+    /// Stop and copy anyway; the report gives the real, longer downtime.
+    case force
+    /// Give up: the workload keeps running on the source, nothing lost, and the report says why.
+    case abort
+    /// Slow the workload's steps until a round's dirtying fits the downtime target (auto-converge), then
+    /// stop; the report says by how much (`throttle_percent`). At the round limit it stops anyway.
+    case throttle
 }
 
 /// When a migration compares the destination's region with the paused source's.
@@ -140,16 +154,49 @@ public final class MigrationSource: Sendable {
             progress(record)
 
             // 3. Dirty rounds until the rest fits in the downtime target.
+            var originalPace: Double?
             var round = 1
             var totalSent = sent.bytes
+            var stalledRounds = 0
+            var previousDirty = Int.max
+            var stepsAtRoundStart = host.stepCount
             while true {
                 roundStart = ContinuousClock.now
                 let dirty = try activeTracker.collect()
                 let dirtyRate = Double(dirty.pageCount) / Swift.max(roundSeconds, 1e-6)
                 let predicted = Double(dirty.pageCount * range.pageSize) / Swift.max(bandwidth, 1)
+                let stepsPerSecond = Double(host.stepCount - stepsAtRoundStart) / Swift.max(roundSeconds, 1e-6)
+                stepsAtRoundStart = host.stepCount
                 let exhausted = round >= options.maximumRounds
                     || Double(totalSent) >= options.maximumSentRatio * Double(range.byteCount)
-                if predicted <= options.downtimeTarget || exhausted {
+                // Not converging: the pages left are not shrinking (by a tenth a round) while the pause they
+                // predict is still over the target — the workload dirties memory as fast as the link drains it.
+                stalledRounds = predicted > options.downtimeTarget && Double(dirty.pageCount) > 0.9 * Double(previousDirty) ? stalledRounds + 1 : 0
+                previousDirty = dirty.pageCount
+                let stalled = exhausted || stalledRounds >= 2
+                if stalled && predicted > options.downtimeTarget {
+                    let why = String(
+                        format: "%d pages still dirty after %d rounds; the workload dirties %.1f MB/s against a link of %.1f MB/s, a pause of %.0f ms against a target of %.0f ms",
+                        dirty.pageCount, round, dirtyRate * Double(range.pageSize) / 1e6, bandwidth / 1e6, predicted * 1000, options.downtimeTarget * 1000)
+                    switch options.onStall {
+                    case .abort:
+                        report.stall = "abort"
+                        throw MigrationError.notConverging(why + "; aborted as asked (--on-stall abort)")
+                    case .throttle where !exhausted:
+                        // Auto-converge: slow the workload so one round's worth of dirtying fits the target.
+                        let affordable = options.downtimeTarget * bandwidth / Double(range.pageSize)
+                        let factor = Swift.min(0.5, affordable / Swift.max(Double(dirty.pageCount), 1))
+                        let pace = Swift.max(1, stepsPerSecond * factor)
+                        host.setPace(pace)
+                        report.stall = "throttle"
+                        report.throttle_percent = Swift.max(report.throttle_percent ?? 0, 100 * (1 - pace / Swift.max(originalPace ?? stepsPerSecond, 1)))
+                        if originalPace == nil { originalPace = stepsPerSecond }
+                        stalledRounds = 0
+                    case .force, .throttle:
+                        report.stall = report.stall ?? "force"
+                    }
+                }
+                if predicted <= options.downtimeTarget || exhausted || (stalled && options.onStall == .force) {
                     // The next ownership record is written and synced now; the handoff only renames it.
                     guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
                         throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
@@ -268,7 +315,11 @@ public final class MigrationSource: Sendable {
                 return finished(report)
             }
             try? connection?.send(.abort(reason: report.reason ?? "source failed"))
-            report.outcome = error is MigrationError && { if case .refused = error as! MigrationError { return true } else { return false } }() ? .aborted : .failed
+            switch error as? MigrationError {
+            case .refused?, .notConverging?: report.outcome = .aborted
+            default: report.outcome = .failed
+            }
+            if paused || report.stall == "throttle" { host.setPace(nil) }
             return finished(report)
         }
     }

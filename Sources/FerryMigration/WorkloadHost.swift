@@ -21,6 +21,8 @@ public final class WorkloadHost: Sendable {
         var lastError: String?
         /// Fraction of the pace the loop runs at, 0 < f ≤ 1 (auto-converge throttling).
         var throttle = 1.0
+        /// A pace that replaces `stepsPerSecond` while set (auto-converge of a flat-out loop too).
+        var pace: Double?
     }
     private let state = Mutex(State())
     private let changed = NSCondition()
@@ -40,6 +42,9 @@ public final class WorkloadHost: Sendable {
     public var isStopped: Bool { state.withLock { $0.phase == .stopped } }
     /// The error that stopped the loop, if one did.
     public var lastError: String? { state.withLock { $0.lastError } }
+
+    /// Runs the loop at `stepsPerSecond` instead of its own pace until called with nil.
+    public func setPace(_ stepsPerSecond: Double?) { state.withLock { $0.pace = stepsPerSecond } }
 
     /// Slows the loop to `fraction` of its pace (1 = full speed).
     public func setThrottle(_ fraction: Double) { state.withLock { $0.throttle = Swift.max(0.001, Swift.min(1, fraction)) } }
@@ -100,11 +105,12 @@ public final class WorkloadHost: Sendable {
             }
             changed.unlock()
 
-            if stepsPerSecond == 0 {
+            let pace = state.withLock { $0.pace } ?? stepsPerSecond
+            if pace == 0 {
                 usleep(1000)  // idle: only safe points
                 continue
             }
-            if stepsPerSecond.isFinite {
+            if pace.isFinite {
                 let now = clock.now
                 if next > now {
                     // Sleep in slices of at most a millisecond, so a pause request is seen promptly.
@@ -122,8 +128,8 @@ public final class WorkloadHost: Sendable {
                 changed.unlock()
                 return
             }
-            if stepsPerSecond.isFinite {
-                next = next.advanced(by: .seconds(1 / (stepsPerSecond * state.withLock { $0.throttle })))
+            if pace.isFinite {
+                next = next.advanced(by: .seconds(1 / (pace * state.withLock { $0.throttle })))
             }
         }
     }

@@ -193,6 +193,49 @@ import Testing
         source.waitUntilExit()
     }
 
+    /// A workload dirtying its whole 8 MiB region faster than a 40 Mbit/s (5 MB/s) link drains it.
+    @Test(arguments: ["abort", "force", "throttle"])
+    func aWorkloadThatCannotConvergeIsHandledAsTheUserChose(policy: String) throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7700 + Int(getpid() % 30) + ["abort", "force", "throttle"].firstIndex(of: policy)!
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "8MiB", "--dirty-rate", "5000",
+                                    "--shared-dir", lab.shared, "--control", lab.socket("a")], log: "a")
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b"), "--dirty-rate", "5000", "--once"], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        let reportPath = lab.directory + "/report.json"
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--max-bandwidth", "40mbit",
+                                    "--on-stall", policy, "--report", reportPath])
+        let data = try #require(FileManager.default.contents(atPath: reportPath))
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(report["stall"] as? String == policy, "\(migrate.standardOutput) \(migrate.standardError)")
+        switch policy {
+        case "abort":
+            #expect(migrate.status == 1)
+            #expect(report["outcome"] as? String == "aborted")
+            #expect(migrate.standardError.contains("not converging"))
+            #expect(try runFerry(["verify", "--control", lab.socket("a")]).status == 0, "nothing lost on the source")
+            let status = try runFerry(["status", "--control", lab.socket("a"), "--json"])
+            #expect(status.standardOutput.contains("\"generation\" : 1"))
+            _ = try runFerry(["stop", "--control", lab.socket("a")])
+            source.waitUntilExit()
+            destination.terminate()
+        case "force":
+            #expect(migrate.status == 0)
+            #expect((report["downtime_ms"] as? Double ?? 0) > 500, "forced: the real, long pause is reported")
+            #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+            _ = try runFerry(["stop", "--control", lab.socket("b")])
+        default:
+            #expect(migrate.status == 0)
+            #expect((report["throttle_percent"] as? Double ?? 0) > 0)
+            #expect((report["downtime_ms"] as? Double ?? .infinity) < 200, "throttled until the pause fits (target 50 ms, plus verify)")
+            #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+            _ = try runFerry(["stop", "--control", lab.socket("b")])
+        }
+    }
+
     @Test func theDigestCatchesAnUntrackedWriteAndTheSourceKeepsRunning() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
