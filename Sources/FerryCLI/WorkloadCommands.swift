@@ -21,6 +21,12 @@ private func keyPath(_ arguments: ParsedArguments, sharedDirectory: String) -> S
     arguments.string("key") ?? sharedDirectory + "/ferry.key"
 }
 
+private func blockServer(_ arguments: ParsedArguments) throws(UsageError) -> Endpoint? {
+    guard let text = arguments.string("source") else { return nil }
+    guard let endpoint = Endpoint(text) else { throw UsageError("--source \(text): expected ADDR:PORT") }
+    return endpoint
+}
+
 private func controlPath(_ arguments: ParsedArguments) throws(UsageError) -> String { try arguments.required("control") }
 
 private func sharedDirectory(_ arguments: ParsedArguments) throws -> String {
@@ -43,6 +49,7 @@ struct RunCommand: Command {
         OptionSpec("base", "ADDRESS", "Fixed address of the region (hex).", default: "0x7e0000000000"),
         OptionSpec("fill", "MODE", "What the region holds before the loop starts: none, zero, random.", default: "none"),
         OptionSpec("seed", "N", "Seed of the workload's deterministic data.", default: "1"),
+        OptionSpec("source", "ADDR:PORT", "download: fetch the blocks from 'ferry serve-blocks' there (the business network) instead of generating them."),
     ] + hostingOptions
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -67,7 +74,14 @@ struct RunCommand: Command {
         let key = keyPath(arguments, sharedDirectory: directory)
         _ = try PresharedKey.createIfAbsent(at: key)
         let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size))
-        let workload = try kind.create(in: region, options: WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed))
+        let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed)
+        let workload: any Workload
+        if let source = try blockServer(arguments) {
+            guard kind == .download else { throw UsageError("--source is for the download workload") }
+            workload = try DownloadWorkload(creating: region, options: options, source: NetworkBlockSource(server: source, seed: seed))
+        } else {
+            workload = try kind.create(in: region, options: options)
+        }
         try OwnershipRecord(generation: 1, owner: OwnershipRecord.thisProcess, workload: kind.rawValue).write(in: directory)
         let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate, keyPath: key)
         process.adopt(WorkloadHost(workload: workload, stepsPerSecond: rate), generation: 1)
@@ -87,6 +101,7 @@ struct ReceiveCommand: Command {
     static let options = [
         OptionSpec("listen", "ADDR:PORT", "Address to accept the migration stream on.", default: "required"),
         OptionSpec("once", nil, "Exit (status 1) if the first migration attempt fails, instead of waiting for the next."),
+        OptionSpec("source", "ADDR:PORT", "download: after the move, fetch blocks from 'ferry serve-blocks' there (as this host reaches it)."),
     ] + hostingOptions
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -101,6 +116,8 @@ struct ReceiveCommand: Command {
         try process.serveControl(at: control)
         printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
         let once = arguments.has("once")
+        let server = try blockServer(arguments)
+        let blockSource = server.map(Self.blockSourceFactory)
         // Accept on a thread of its own, so 'ferry stop' ends the process even while it waits.
         let acceptor = Thread {
             while true {
@@ -117,7 +134,8 @@ struct ReceiveCommand: Command {
                             throw error
                         }
                         let received = try MigrationDestination.receive(
-                            on: connection, sharedDirectory: directory, key: presharedKey, stepsPerSecond: rate
+                            on: connection, sharedDirectory: directory, key: presharedKey, stepsPerSecond: rate,
+                            blockSource: blockSource
                         ) { printLine("ferry receive: \($0)") }
                         process.adopt(received.host, generation: received.generation)
                         return
@@ -142,6 +160,13 @@ struct ReceiveCommand: Command {
         unlink(control)
         printLine("ferry receive: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
         return process.exitStatus.withLock { $0 }
+    }
+}
+
+extension ReceiveCommand {
+    /// Makes the `download` workload's block source for its seed, fetching from `server`.
+    static func blockSourceFactory(_ server: Endpoint) -> @Sendable (UInt64) -> any BlockSource {
+        { seed in NetworkBlockSource(server: server, seed: seed) }
     }
 }
 

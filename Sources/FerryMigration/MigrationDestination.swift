@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import FerryRegion
+public import FerryRegion
 public import FerryTransport
 import FerrySystem
 import FerryTracking
@@ -23,7 +23,7 @@ public enum MigrationDestination {
     /// refusal or failure, after which nothing of the attempt remains mapped here.
     public static func receive(
         on connection: Connection, sharedDirectory: String, key: PresharedKey, stepsPerSecond: Double,
-        log: @Sendable (String) -> Void
+        blockSource: (@Sendable (UInt64) -> any BlockSource)? = nil, log: @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
         do throws(AuthError) {
@@ -69,7 +69,7 @@ public enum MigrationDestination {
                 if finalRoundApplied, let record = try? OwnershipRecord.read(in: sharedDirectory),
                    record.generation == hello.generation + 1 {
                     log("the link to \(connection.peer) broke after the commit; taking over generation \(record.generation)")
-                    let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory)
+                    let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
                     let host = WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond)
                     return Received(host: host, generation: record.generation, source: connection.peer)
                 }
@@ -106,7 +106,7 @@ public enum MigrationDestination {
                 guard let record = try OwnershipRecord.read(in: sharedDirectory), record.generation == generation else {
                     throw MigrationError.sharedMount("the source announced generation \(generation) but the ownership record in \(sharedDirectory) does not hold it")
                 }
-                let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory)
+                let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
                 let step = workload.stepCount
                 let auditDigest = incremental?.digest
                 let host = WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond)

@@ -69,6 +69,8 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
     case corruptBlock(index: UInt64, reason: String)
     /// The workload's state in the region is impossible (the region is damaged).
     case corruptState(String)
+    /// Where the workload's input comes from failed (e.g. the block server of `download`).
+    case source(String)
 
     public var description: String {
         switch self {
@@ -94,6 +96,8 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
             return "block \(index) arrived corrupt: \(reason); the block source is broken"
         case let .corruptState(reason):
             return "the workload's state in the region is damaged: \(reason); run `ferry verify` for details"
+        case let .source(reason):
+            return "the workload's input failed: \(reason)"
         }
     }
 }
@@ -205,6 +209,18 @@ public enum WorkloadKind: String, CaseIterable, Hashable, Sendable, CustomString
     /// Creates this workload fresh in `region`.
     public func create(in region: MigratableRegion, options: WorkloadOptions) throws(WorkloadError) -> any Workload {
         try type.init(creating: region, options: options)
+    }
+
+    /// Attaches to whatever workload `region`'s header names, giving a `download` the block source
+    /// `blockSource` makes for its seed.
+    public static func attach(
+        to region: MigratableRegion, sharedDirectory: String, blockSource: (@Sendable (UInt64) -> any BlockSource)?
+    ) throws(WorkloadError) -> any Workload {
+        guard let blockSource else { return try attach(to: region, sharedDirectory: sharedDirectory) }
+        let info: RegionHeaderInfo
+        do { info = try region.readHeader() } catch { throw .region(error) }
+        guard info.workloadName == DownloadWorkload.name else { return try attach(to: region, sharedDirectory: sharedDirectory) }
+        return try DownloadWorkload(attaching: region, sharedDirectory: sharedDirectory, source: blockSource(info.seed))
     }
 
     /// Attaches to whatever workload `region`'s header names.

@@ -236,6 +236,37 @@ import Testing
         }
     }
 
+    @Test func aDownloadFromABlockServerReconnectsFromTheDestination() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let base = 7660 + Int(getpid() % 30)
+        let server = try lab.start(["serve-blocks", "--listen", "127.0.0.1:\(base)", "--quiet"], log: "server")
+        usleep(300_000)
+        let source = try lab.start(["run", "--workload", "download", "--region-size", "16MiB", "--dirty-rate", "2000",
+                                    "--source", "127.0.0.1:\(base)", "--shared-dir", lab.shared, "--control", lab.socket("a")], log: "a")
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(base + 1)", "--shared-dir", lab.shared, "--control", lab.socket("b"),
+                                         "--dirty-rate", "2000", "--source", "127.0.0.1:\(base)", "--once"], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        usleep(500_000)
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(base + 1)"])
+        #expect(migrate.status == 0, "\(migrate.standardError)")
+        source.waitUntilExit()
+        func step() throws -> Int {
+            let status = try runFerry(["status", "--control", lab.socket("b"), "--json"])
+            let object = try JSONSerialization.jsonObject(with: Data(status.standardOutput.utf8)) as? [String: Any]
+            return object?["step"] as? Int ?? -1
+        }
+        let first = try step()
+        usleep(500_000)
+        #expect(try step() > first, "the destination keeps fetching blocks from the server")
+        let verify = try runFerry(["verify", "--control", lab.socket("b")])
+        #expect(verify.status == 0, "every block exactly once, in order: \(verify.standardOutput)")
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        destination.waitUntilExit()
+        server.terminate()
+    }
+
     @Test func theDigestCatchesAnUntrackedWriteAndTheSourceKeepsRunning() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
