@@ -32,6 +32,7 @@ Options:
                           (python3 sender in A, `ferry bench tcp-sink` in B), to measure the link itself
   --report FILE           write the migration's JSON report (with a "lab" object added) to FILE
   --port N                port ferry receive listens on in B (default 7000)
+  --mtu N                 MTU of the migration veths (default 1500, as a plain Ethernet NIC)
   --keep-logs DIR         copy the processes' logs to DIR before tearing down
   --help                  this text
 
@@ -42,7 +43,7 @@ EOF
 }
 
 rate=""; size="256MiB"; workload="hotset"; dirty="0"; fill="random"; maxbw=""; target="50ms"; verify="strict"
-report=""; port=7000; tcp_baseline=0; keep_logs=""
+report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
@@ -56,6 +57,7 @@ while [ $# -gt 0 ]; do
     --verify) verify=${2:?--verify needs a value}; shift 2 ;;
     --report) report=${2:?--report needs a value}; shift 2 ;;
     --port) port=${2:?--port needs a value}; shift 2 ;;
+    --mtu) mtu=${2:?--mtu needs a value}; shift 2 ;;
     --tcp-baseline) tcp_baseline=1; shift ;;
     --keep-logs) keep_logs=${2:?--keep-logs needs a value}; shift 2 ;;
     *) echo "two-hosts.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
@@ -138,6 +140,7 @@ veth() {
 veth biz-a "$ns_srv" 10.77.1.1/24 biz "$ns_a" 10.77.1.2/24     # business network, server <-> A
 veth biz-b "$ns_srv" 10.77.2.1/24 biz "$ns_b" 10.77.2.2/24     # business network, server <-> B
 veth mig "$ns_a" 10.77.3.1/24 mig "$ns_b" 10.77.3.2/24         # migration network, A <-> B
+in_ns "$ns_a" ip link set mig mtu "$mtu"; in_ns "$ns_b" ip link set mig mtu "$mtu"
 
 if [ -n "$rate" ]; then
   # burst: at least 4 ms at RATE and 64 KiB (a whole GSO packet passes without being split);
@@ -215,14 +218,14 @@ in_ns "$ns_b" "$ferry" verify --control "$lab/b.sock" || verify_status=$?
 region_bytes=$(in_ns "$ns_b" "$ferry" status --control "$lab/b.sock" --json 2>/dev/null | jq -r '.region_bytes // empty' || true)
 [ -n "$region_bytes" ] || region_bytes=$(jq -r '.region_bytes // .rounds[0].bytes' "$json")
 jq --argjson rate "$rate_bps" --argjson region "$region_bytes" --arg rate_text "$rate" \
-   --arg tcp "${tcp_seconds:-}" --arg maxbw "$maxbw" \
+   --arg tcp "${tcp_seconds:-}" --arg maxbw "$maxbw" --argjson mtu "$mtu" \
    --arg ns "$ns_srv $ns_a $ns_b" '
   . as $r
   | ($r.rounds[0]) as $full
   | ($r.total_seconds - $r.setup_seconds) as $stream
   | (if $rate > 0 then $region * 8 / $rate else null end) as $expected
   | $r + {lab: {
-      namespaces: $ns, migration_rate: $rate_text, migration_rate_bps: $rate, max_bandwidth: $maxbw,
+      namespaces: $ns, migration_rate: $rate_text, migration_rate_bps: $rate, max_bandwidth: $maxbw, mtu: $mtu,
       region_bytes: $region, expected_seconds: $expected,
       full_copy_seconds: $full.seconds, full_copy_bytes: $full.bytes,
       full_copy_gbps: ($full.bytes * 8 / $full.seconds / 1e9),
@@ -239,7 +242,7 @@ jq -r '.lab as $l | [
   "== the document'"'"'s arithmetic (bytes × 8 ÷ rate) beside the measurement",
   "outcome                      \(.outcome), verified \(.verified)",
   "region                       \($l.region_bytes) bytes",
-  "migration link               \(if $l.migration_rate == "" then "unshaped" else "\($l.migration_rate) (tc tbf)" end)\(if $l.max_bandwidth != "" then ", ferry --max-bandwidth \($l.max_bandwidth)" else "" end)",
+  "migration link               \(if $l.migration_rate == "" then "unshaped" else "\($l.migration_rate) (tc tbf)" end), MTU \($l.mtu)\(if $l.max_bandwidth != "" then ", ferry --max-bandwidth \($l.max_bandwidth)" else "" end)",
   (if $l.expected_seconds then "expected  bytes×8÷rate        \($l.expected_seconds * 1000 | round / 1000) s" else empty end),
   "measured  full copy (round 0) \($l.full_copy_seconds * 1000 | round / 1000) s, \($l.full_copy_bytes) bytes, \($l.full_copy_gbps * 1000 | round / 1000) Gbit/s\(if $l.full_copy_ratio then ", ratio \($l.full_copy_ratio * 1000 | round / 1000)" else "" end)",
   "measured  migration - setup   \($l.migration_without_setup_seconds * 1000 | round / 1000) s\(if $l.migration_ratio then ", ratio \($l.migration_ratio * 1000 | round / 1000)" else "" end) (setup \(.setup_seconds * 1000 | round / 1000) s, total \(.total_seconds * 1000 | round / 1000) s)",
