@@ -101,14 +101,16 @@ fi
 ns_srv="ferry-srv-$$"; ns_a="ferry-a-$$"; ns_b="ferry-b-$$"
 lab=$(mktemp -d /tmp/ferry-two-hosts.XXXXXX)
 shared="$lab/shared"; mkdir -p "$shared"
-pids=()
+pids=()        # long-lived processes (ferry receive, ferry run, the TCP sink)
+clients=()     # short ones that may be mid-flight on an interrupt (ferry migrate, the TCP sender)
 status=1
 
 teardown() {
   trap - EXIT INT TERM
   set +e
+  for pid in "${clients[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for sock in "$lab/b.sock" "$lab/a.sock"; do
-    [ -S "$sock" ] && timeout 10 "$ferry" stop --control "$sock" >/dev/null 2>&1
+    [ -S "$sock" ] && timeout 5 "$ferry" stop --control "$sock" >/dev/null 2>&1
   done
   for pid in "${pids[@]}"; do
     kill -0 "$pid" 2>/dev/null || continue
@@ -120,9 +122,10 @@ teardown() {
   for ns in "$ns_a" "$ns_b" "$ns_srv"; do ip netns del "$ns" 2>/dev/null; done
   rm -rf "$lab"
 }
-on_signal() { echo "two-hosts.sh: interrupted, tearing down" >&2; status=130; exit 130; }
+on_signal() { echo "two-hosts.sh: interrupted ($1), tearing down" >&2; status=$2; exit "$2"; }
 trap 'teardown; exit $status' EXIT
-trap on_signal INT TERM
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGTERM 143' TERM
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
@@ -165,8 +168,9 @@ PY
 )
   echo "== plain TCP over the migration link: $bytes bytes, A -> B"
   in_ns "$ns_b" "$ferry" bench tcp-sink --listen "10.77.3.2:$((port + 1))" --bytes "$bytes" >"$lab/sink.log" 2>&1 &
-  pids+=($!)
-  tcp_seconds=$(in_ns "$ns_a" python3 - "$bytes" "$((port + 1))" <<'PY'
+  sink=$!; clients+=($sink)
+  # In the background and waited for, so that Ctrl-C is handled at once, not after the transfer.
+  in_ns "$ns_a" python3 - "$bytes" "$((port + 1))" >"$lab/tcp.out" 2>"$lab/tcp.log" <<'PY' &
 import os, socket, sys, time
 total, port = int(sys.argv[1]), int(sys.argv[2])
 data = memoryview(os.urandom(min(total, 64 << 20)))
@@ -182,8 +186,10 @@ while sent < total:
 s.recv(1)
 print("%.4f" % (time.monotonic() - start))
 PY
-)
-  wait "${pids[-1]}" || true
+  clients+=($!)
+  wait "${clients[-1]}" || { echo "two-hosts.sh: the plain TCP transfer failed:" >&2; cat "$lab/tcp.log" "$lab/sink.log" >&2; exit 1; }
+  wait "$sink" || true
+  tcp_seconds=$(cat "$lab/tcp.out")
   echo "   plain TCP: $tcp_seconds s"
 fi
 
@@ -206,7 +212,9 @@ migrate_args=(migrate --control "$lab/a.sock" --to "10.77.3.2:$port" --bind 10.7
               --verify "$verify" --report "$json")
 [ -n "$maxbw" ] && migrate_args+=(--max-bandwidth "$maxbw")
 migrate_status=0
-in_ns "$ns_a" "$ferry" "${migrate_args[@]}" || migrate_status=$?
+in_ns "$ns_a" "$ferry" "${migrate_args[@]}" &
+clients+=($!)
+wait "${clients[-1]}" || migrate_status=$?
 
 echo "== B: ferry verify"
 verify_status=0
