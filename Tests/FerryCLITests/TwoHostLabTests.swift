@@ -1,0 +1,100 @@
+import FerryTestSupport
+import Foundation
+import Testing
+
+/// Migrations across the two-host lab (`demo/two-hosts.sh`: a server, host A and host B in network namespaces,
+/// a business network and a separate, tc-shaped migration network), and Ferry's own bandwidth cap.
+@Suite(.serialized) struct TwoHostLabTests {
+    /// The repository root, from this file's place in it (Tests/FerryCLITests/TwoHostLabTests.swift).
+    static let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static let script = repositoryRoot.appendingPathComponent("demo/two-hosts.sh").path
+
+    /// Runs the lab script with `arguments` and a report, and returns the report; the namespaces are removed
+    /// afterwards even if the script was killed or the test fails.
+    func runLab(_ arguments: [String], deadline: Double = 90) throws -> (result: NamespaceLab.Result, report: [String: Any]) {
+        let report = "/tmp/ferry-two-hosts-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).json"
+        var scriptPid: Int32 = 0
+        defer {
+            unlink(report)
+            if scriptPid != 0 { NamespaceLab.removeNamespaces(ofScript: scriptPid) }
+        }
+        let result = NamespaceLab.run("/bin/bash", [Self.script] + arguments + ["--report", report],
+                                      environment: ["FERRY": ferryExecutableURL().path], deadline: deadline) { scriptPid = $0 }
+        #expect(!result.timedOut, "the lab script ran past \(deadline) s:\n\(result.output)")
+        // The script tears its lab down itself, on success and on failure.
+        let left = NamespaceLab.run("/bin/sh", ["-c", "ip netns list"], deadline: 10).output
+        for name in NamespaceLab.namespaces(ofScript: scriptPid) {
+            #expect(!left.contains(name), "the script left namespace \(name) behind")
+        }
+        let data = try #require(FileManager.default.contents(atPath: report), "no report:\n\(result.output)")
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        return (result, object)
+    }
+
+    static func number(_ object: [String: Any]?, _ key: String) -> Double {
+        object?[key] as? Double ?? Double(object?[key] as? Int ?? 0)
+    }
+
+    @Test(.enabled(if: NamespaceLab.available("TwoHostLabTests.aRandomRegionCrossesA100MbitLinkInTheDocumentsTime"),
+                   "needs root, ip, tc and jq"),
+          .timeLimit(.minutes(2)))
+    func aRandomRegionCrossesA100MbitLinkInTheDocumentsTime() throws {
+        let (result, report) = try runLab(["--region-size", "32MiB", "--fill", "random", "--dirty-rate", "0",
+                                           "--migration-rate", "100mbit"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(report["outcome"] as? String == "completed", "\(result.output)")
+        #expect(report["verified"] as? Bool == true)
+        #expect(result.output.contains("verify: all invariants hold"), "ferry verify in B: \(result.output)")
+        let lab = try #require(report["lab"] as? [String: Any])
+        #expect(Self.number(lab, "region_bytes") == Double(32 << 20))
+        // The document's arithmetic: bytes × 8 ÷ rate.
+        let expected = Double(32 << 20) * 8 / 100e6
+        let rounds = try #require(report["rounds"] as? [[String: Any]])
+        let fullCopy = Self.number(rounds.first, "seconds")
+        #expect(abs(fullCopy / expected - 1) <= 0.15, "full copy \(fullCopy) s against bytes×8÷rate \(expected) s\n\(result.output)")
+        #expect(abs(Self.number(lab, "full_copy_ratio") - fullCopy / expected) < 0.001)
+    }
+
+    @Test(.enabled(if: NamespaceLab.available("TwoHostLabTests.maxBandwidthCapsTheStreamOnTheLabsMigrationNetwork"),
+                   "needs root, ip, tc and jq"),
+          .timeLimit(.minutes(2)))
+    func maxBandwidthCapsTheStreamOnTheLabsMigrationNetwork() throws {
+        // No tc this time: the link is unshaped and only Ferry's own cap holds the stream back.
+        let (result, report) = try runLab(["--region-size", "16MiB", "--fill", "random", "--dirty-rate", "0",
+                                           "--max-bandwidth", "50mbit"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(report["outcome"] as? String == "completed")
+        let rounds = try #require(report["rounds"] as? [[String: Any]])
+        let bitsPerSecond = Self.number(rounds.first, "bytes") * 8 / Self.number(rounds.first, "seconds")
+        #expect(abs(bitsPerSecond / 50e6 - 1) <= 0.10, "full copy at \(bitsPerSecond / 1e6) Mbit/s against a 50 Mbit/s cap")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func maxBandwidthCapsTheFullCopyOnLoopback() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7300 + Int(getpid() % 90)
+        let reportPath = lab.directory + "/report.json"
+        _ = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--fill", "random", "--dirty-rate", "0",
+                           "--shared-dir", lab.shared, "--control", lab.socket("a")], log: "a")
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b"), "--dirty-rate", "0", "--once"], log: "b")
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--max-bandwidth", "50mbit",
+                                    "--report", reportPath])
+        #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)")
+        let data = try #require(FileManager.default.contents(atPath: reportPath))
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(report["outcome"] as? String == "completed")
+        let rounds = try #require(report["rounds"] as? [[String: Any]])
+        let bytes = Self.number(rounds.first, "bytes")
+        #expect(bytes >= Double(16 << 20), "the full copy sends every page of a random region")
+        let bitsPerSecond = bytes * 8 / Self.number(rounds.first, "seconds")
+        #expect(abs(bitsPerSecond / 50e6 - 1) <= 0.10, "full copy at \(bitsPerSecond / 1e6) Mbit/s against a 50 Mbit/s cap")
+        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        destination.waitUntilExit()
+    }
+}
