@@ -193,13 +193,25 @@ PY
   echo "   plain TCP: $tcp_seconds s"
 fi
 
+# The download fetches its blocks from a server on the business network: A reaches it as 10.77.1.1,
+# B as 10.77.2.1 (the socket does not migrate; the workload reconnects from B).
+source_a=(); source_b=()
+if [ "$workload" = download ]; then
+  echo "== server: ferry serve-blocks on 0.0.0.0:9000 (only the lab's business veths in that namespace)"
+  in_ns "$ns_srv" "$ferry" serve-blocks --listen 0.0.0.0:9000 >"$lab/server.log" 2>&1 &
+  pids+=($!)
+  server_started=$(date +%s.%N)
+  source_a=(--source 10.77.1.1:9000); source_b=(--source 10.77.2.1:9000)
+  sleep 0.3
+fi
+
 echo "== B: ferry receive on 10.77.3.2:$port"
 in_ns "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared" --control "$lab/b.sock" \
-  --dirty-rate "$dirty" --once >"$lab/b.log" 2>&1 &
+  --dirty-rate "$dirty" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
 pids+=($!)
 echo "== A: ferry run --workload $workload --region-size $size --fill $fill --dirty-rate $dirty"
 in_ns "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" \
-  --shared-dir "$shared" --control "$lab/a.sock" >"$lab/a.log" 2>&1 &
+  "${source_a[@]}" --shared-dir "$shared" --control "$lab/a.sock" >"$lab/a.log" 2>&1 &
 pids+=($!)
 for sock in a b; do
   for _ in $(seq 1 600); do [ -S "$lab/$sock.sock" ] && break; sleep 0.05; done
@@ -212,9 +224,22 @@ migrate_args=(migrate --control "$lab/a.sock" --to "10.77.3.2:$port" --bind 10.7
               --verify "$verify" --report "$json")
 [ -n "$maxbw" ] && migrate_args+=(--max-bandwidth "$maxbw")
 migrate_status=0
+[ "$workload" = download ] && sleep 3   # let the download's throughput settle before the migration
+migrate_started=$(date +%s.%N)
 in_ns "$ns_a" "$ferry" "${migrate_args[@]}" &
 clients+=($!)
 wait "${clients[-1]}" || migrate_status=$?
+migrate_ended=$(date +%s.%N)
+
+if [ "$workload" = download ]; then
+  sleep 2
+  # serve-blocks prints "t=Ns X MB/s" each second since it started: average before and during the migration.
+  awk -v s="$server_started" -v a="$migrate_started" -v b="$migrate_ended" '
+    /serve-blocks: t=/ { split($2, t, "="); sub("s", "", t[2]); at = s + t[2]
+                         if (at <= a) { before += $3; nb++ } else if (at - 1 <= b) { during += $3; nd++ } else { after += $3; na++ } }
+    END { printf "== business network (download from the server): before %.2f MB/s, during the migration %.2f MB/s, after %.2f MB/s\n",
+                 nb ? before / nb : 0, nd ? during / nd : 0, na ? after / na : 0 }' "$lab/server.log"
+fi
 
 echo "== B: ferry verify"
 verify_status=0
