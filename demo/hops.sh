@@ -17,7 +17,7 @@ for hop in $(seq 1 "$hops"); do
     --dirty-rate "$rate" --once >"$lab/$hop.log" 2>&1 &
   until [ -S "$lab/$hop.sock" ]; do sleep 0.1; done
   sleep 0.5
-  "$ferry" migrate --control "$lab/$((hop - 1)).sock" --to 127.0.0.1:$port --report "$lab/hop$hop.json" | tail -1
+  "$ferry" migrate --control "$lab/$((hop - 1)).sock" --to 127.0.0.1:$port --report "$lab/hop$hop.json" | grep -E "^completed|failed|aborted"
   "$ferry" verify --control "$lab/$hop.sock" | tail -1
 done
 "$ferry" stop --control "$lab/$hops.sock"
