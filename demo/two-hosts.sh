@@ -28,6 +28,7 @@ Options:
   --max-bandwidth RATE    passed to ferry migrate (Ferry's own cap, e.g. 50mbit)
   --downtime-target DUR   passed to ferry migrate (default 50ms)
   --verify strict|audit   passed to ferry migrate (default strict)
+  --on-stall POLICY       passed to ferry migrate: force, abort or throttle (default force)
   --tcp-baseline          also time a plain TCP transfer of the same number of bytes over the migration link
                           (python3 sender in A, `ferry bench tcp-sink` in B), to measure the link itself
   --report FILE           write the migration's JSON report (with a "lab" object added) to FILE
@@ -55,6 +56,7 @@ while [ $# -gt 0 ]; do
     --max-bandwidth) maxbw=${2:?--max-bandwidth needs a value}; shift 2 ;;
     --downtime-target) target=${2:?--downtime-target needs a value}; shift 2 ;;
     --verify) verify=${2:?--verify needs a value}; shift 2 ;;
+    --on-stall) on_stall=${2:?--on-stall needs a value}; shift 2 ;;
     --report) report=${2:?--report needs a value}; shift 2 ;;
     --port) port=${2:?--port needs a value}; shift 2 ;;
     --mtu) mtu=${2:?--mtu needs a value}; shift 2 ;;
@@ -167,7 +169,7 @@ print(n * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
 PY
 )
   echo "== plain TCP over the migration link: $bytes bytes, A -> B"
-  in_ns "$ns_b" "$ferry" bench tcp-sink --listen "10.77.3.2:$((port + 1))" --bytes "$bytes" >"$lab/sink.log" 2>&1 &
+  ip netns exec "$ns_b" "$ferry" bench tcp-sink --listen "10.77.3.2:$((port + 1))" --bytes "$bytes" >"$lab/sink.log" 2>&1 &
   sink=$!; clients+=($sink)
   # In the background and waited for, so that Ctrl-C is handled at once, not after the transfer.
   in_ns "$ns_a" python3 - "$bytes" "$((port + 1))" >"$lab/tcp.out" 2>"$lab/tcp.log" <<'PY' &
@@ -198,7 +200,7 @@ fi
 source_a=(); source_b=()
 if [ "$workload" = download ]; then
   echo "== server: ferry serve-blocks on 0.0.0.0:9000 (only the lab's business veths in that namespace)"
-  in_ns "$ns_srv" "$ferry" serve-blocks --listen 0.0.0.0:9000 >"$lab/server.log" 2>&1 &
+  ip netns exec "$ns_srv" "$ferry" serve-blocks --listen 0.0.0.0:9000 >"$lab/server.log" 2>&1 &  # exec: $! is the server
   pids+=($!)
   server_started=$(date +%s.%N)
   source_a=(--source 10.77.1.1:9000); source_b=(--source 10.77.2.1:9000)
@@ -206,11 +208,11 @@ if [ "$workload" = download ]; then
 fi
 
 echo "== B: ferry receive on 10.77.3.2:$port"
-in_ns "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared" --control "$lab/b.sock" \
+ip netns exec "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared" --control "$lab/b.sock" \
   --dirty-rate "$dirty" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
 pids+=($!)
 echo "== A: ferry run --workload $workload --region-size $size --fill $fill --dirty-rate $dirty"
-in_ns "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" \
+ip netns exec "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" \
   "${source_a[@]}" --shared-dir "$shared" --control "$lab/a.sock" >"$lab/a.log" 2>&1 &
 pids+=($!)
 for sock in a b; do
@@ -223,10 +225,11 @@ json="$lab/report.json"
 migrate_args=(migrate --control "$lab/a.sock" --to "10.77.3.2:$port" --bind 10.77.3.1 --downtime-target "$target"
               --verify "$verify" --report "$json")
 [ -n "$maxbw" ] && migrate_args+=(--max-bandwidth "$maxbw")
+[ -n "${on_stall:-}" ] && migrate_args+=(--on-stall "$on_stall")
 migrate_status=0
 [ "$workload" = download ] && sleep 3   # let the download's throughput settle before the migration
 migrate_started=$(date +%s.%N)
-in_ns "$ns_a" "$ferry" "${migrate_args[@]}" &
+ip netns exec "$ns_a" "$ferry" "${migrate_args[@]}" &
 clients+=($!)
 wait "${clients[-1]}" || migrate_status=$?
 migrate_ended=$(date +%s.%N)
@@ -241,9 +244,15 @@ if [ "$workload" = download ]; then
                  nb ? before / nb : 0, nd ? during / nd : 0, na ? after / na : 0 }' "$lab/server.log"
 fi
 
-echo "== B: ferry verify"
 verify_status=0
-in_ns "$ns_b" "$ferry" verify --control "$lab/b.sock" || verify_status=$?
+if [ -s "$json" ] && [ "$(jq -r '.outcome' "$json")" != completed ]; then
+  # Not moved: the workload must still run on A with nothing lost.
+  echo "== A: ferry verify (the migration did not complete: the workload must still run here)"
+  in_ns "$ns_a" "$ferry" verify --control "$lab/a.sock" || verify_status=$?
+else
+  echo "== B: ferry verify"
+  in_ns "$ns_b" "$ferry" verify --control "$lab/b.sock" || verify_status=$?
+fi
 
 [ -s "$json" ] || { echo "two-hosts.sh: no report (ferry migrate exited $migrate_status)" >&2; cat "$lab"/*.log >&2; exit 1; }
 

@@ -70,6 +70,42 @@ import Testing
         #expect(abs(bitsPerSecond / 50e6 - 1) <= 0.10, "full copy at \(bitsPerSecond / 1e6) Mbit/s against a 50 Mbit/s cap")
     }
 
+    @Test(.enabled(if: NamespaceLab.available("TwoHostLabTests.theDownloadMovesAcrossTheLabAndKeepsFetchingOverItsBusinessLink"),
+                   "needs root, ip, tc and jq"),
+          .timeLimit(.minutes(2)))
+    func theDownloadMovesAcrossTheLabAndKeepsFetchingOverItsBusinessLink() throws {
+        let (result, report) = try runLab(["--workload", "download", "--region-size", "16MiB", "--dirty-rate", "2000",
+                                           "--migration-rate", "100mbit"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(report["outcome"] as? String == "completed" && report["verified"] as? Bool == true)
+        #expect(result.output.contains("verify: all invariants hold"), "every block once, in order, after the move: \(result.output)")
+        #expect(result.output.contains("business network (download from the server)"))
+    }
+
+    /// A hotset dirtying its whole 8 MiB region at 5,000 steps/s (20 MB/s) cannot converge over 100 Mbit/s.
+    @Test(.enabled(if: NamespaceLab.available("TwoHostLabTests.aWorkloadThatCannotConvergeOnA100MbitLink"), "needs root, ip, tc and jq"),
+          .timeLimit(.minutes(2)),
+          arguments: ["abort", "force", "throttle"])
+    func aWorkloadThatCannotConvergeOnA100MbitLink(policy: String) throws {
+        let (result, report) = try runLab(["--region-size", "8MiB", "--dirty-rate", "5000", "--migration-rate", "100mbit",
+                                           "--downtime-target", "50ms", "--on-stall", policy])
+        #expect(report["stall"] as? String == policy, "\(result.output)")
+        #expect(result.output.contains("verify: all invariants hold"), "\(result.output)")
+        switch policy {
+        case "abort":
+            #expect(result.status == 1, "the lab exits 1 when the migration did not complete")
+            #expect(report["outcome"] as? String == "aborted")
+            #expect(result.output.contains("the workload must still run here"), "verified on A, the source: \(result.output)")
+        case "force":
+            #expect(result.status == 0)
+            #expect(Self.number(report, "downtime_ms") > 100, "the real, long pause is reported")
+        default:
+            #expect(result.status == 0)
+            #expect(Self.number(report, "throttle_percent") > 0)
+            #expect(Self.number(report, "downtime_ms") <= 50, "throttled until the pause fits the 50 ms target: \(result.output)")
+        }
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func maxBandwidthCapsTheFullCopyOnLoopback() throws {
         let lab = try Lab()
