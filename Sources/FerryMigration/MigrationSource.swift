@@ -183,10 +183,13 @@ public final class MigrationSource: Sendable {
                         report.stall = "abort"
                         throw MigrationError.notConverging(why + "; aborted as asked (--on-stall abort)")
                     case .throttle where !exhausted:
-                        // Auto-converge: slow the workload so one round's worth of dirtying fits the target.
-                        let affordable = options.downtimeTarget * bandwidth / Double(range.pageSize)
-                        let factor = Swift.min(0.5, affordable / Swift.max(Double(dirty.pageCount), 1))
-                        let pace = Swift.max(1, stepsPerSecond * factor)
+                        // Auto-converge: slow the workload so one round's worth of dirtying fits half the target
+                        // (the other half is left for the pause's fixed costs: verify, handoff, resume).
+                        // The next round sends what is dirty now (`predicted` seconds); whatever the workload dirties
+                        // meanwhile is the round after, so that is what must fit: pages per second = affordable pages
+                        // ÷ that time (a step dirties about one page of the working set).
+                        let affordable = 0.5 * options.downtimeTarget * bandwidth / Double(range.pageSize)
+                        let pace = Swift.max(1, Swift.min(stepsPerSecond * 0.5, affordable / Swift.max(predicted, 1e-3)))
                         host.setPace(pace)
                         report.stall = "throttle"
                         report.throttle_percent = Swift.max(report.throttle_percent ?? 0, 100 * (1 - pace / Swift.max(originalPace ?? stepsPerSecond, 1)))
