@@ -31,6 +31,8 @@ public enum FerryCommand {
 
     /// Runs `ferry` with the process's arguments and exits.
     public static func main() async -> Never {
+        // A peer or control client that went away must be an error from write(2), not a silent death.
+        signal(SIGPIPE, SIG_IGN)
         let status = await run(Array(CommandLine.arguments.dropFirst()))
         exit(status.rawValue)
     }
