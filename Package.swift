@@ -77,7 +77,7 @@ let package = Package(
             dependencies: ["FerryAuth", "FerryTransport", "FerryWire", "FerrySystem", "FerryTestSupport"],
             swiftSettings: strict
         ),
-        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "FerryWire"], swiftSettings: strict),
+        .testTarget(name: "FerryCLITests", dependencies: ["FerryCLI", "FerryTestSupport", "FerryWire", "FerryTransport", "FerrySystem"], swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]
 )

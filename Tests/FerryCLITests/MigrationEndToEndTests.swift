@@ -1,4 +1,6 @@
 import FerryTestSupport
+import FerrySystem
+import FerryTransport
 import FerryWire
 import Foundation
 import Testing
@@ -322,6 +324,61 @@ import Testing
         _ = try runFerry(["stop", "--control", lab.socket("a")])
         _ = try runFerry(["stop", "--control", lab.socket("b")])
         source.waitUntilExit()
+        destination.waitUntilExit()
+    }
+
+    @Test func hostileFramesAreRefusedAndTheReceiverTakesTheNextMigration() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7620 + Int(getpid() % 30)
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
+                                         "--control", lab.socket("b")], log: "b")
+        try lab.waitForSocket(lab.socket("b"))
+        let key = lab.shared + "/ferry.key"
+        try "secret".write(toFile: lab.shared + "/token", atomically: true, encoding: .utf8)
+        let hello = Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000,
+                          regionSize: 16 << 20, workloadName: "hotset", layoutVersion: 1, sharedMountToken: "token",
+                          sharedMountTokenValue: "secret", generation: 1)
+        func expectClosed(_ connection: Connection, _ what: String) {
+            #expect(throws: (any Error).self, "\(what): the receiver must drop the connection") {
+                while true { _ = try connection.receive(while: what) }
+            }
+        }
+        // A frame from the wrong phase where hello belongs.
+        let early = try RawPeer.authenticatedSession(port: port, keyPath: key)
+        try early.send(.zeroPages(firstPage: 0, pageCount: 1))
+        expectClosed(early, "page frames before hello")
+        // A second hello in the middle of the stream.
+        let twice = try RawPeer.authenticatedSession(port: port, keyPath: key)
+        try twice.send(.hello(hello))
+        guard case .helloReply(.accepted) = try twice.receive(while: "hello") else { Issue.record("hello refused"); return }
+        try twice.send(.hello(hello))
+        expectClosed(twice, "a second hello")
+        // Pages past the end of the region.
+        let past = try RawPeer.authenticatedSession(port: port, keyPath: key)
+        try past.send(.hello(hello))
+        _ = try past.receive(while: "hello")
+        try past.send(.zeroPages(firstPage: UInt64(16 << 20) / 4096, pageCount: 1))
+        expectClosed(past, "pages outside the region")
+        // Random bytes after authenticating.
+        let noise = try RawPeer.authenticatedSession(port: port, keyPath: key)
+        var random = SplitMix64(seed: 99)
+        let bytes = (0..<4096).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+        try bytes.withUnsafeBytes { try noise.sendBytes($0) }
+        expectClosed(noise, "random bytes")
+        #expect(destination.isRunning)
+        let log = try String(contentsOfFile: lab.directory + "/b.log", encoding: .utf8)
+        #expect(log.contains("expected hello") && log.contains("unexpected") && log.contains("outside the region"), "\(log)")
+
+        // Nothing of those attempts stays mapped: a real migration to the same receiver succeeds.
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a")], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 0, "\(migrate.standardError)")
+        source.waitUntilExit()
+        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
         destination.waitUntilExit()
     }
 

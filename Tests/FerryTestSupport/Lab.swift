@@ -1,7 +1,7 @@
 public import Foundation
 public import FerryWire
 import FerryAuth
-import FerryTransport
+public import FerryTransport
 
 /// A temporary directory with a shared folder, control sockets and logs for processes a test starts.
 public final class Lab {
@@ -59,6 +59,14 @@ public enum RawPeer {
         try PeerAuthentication.proveToDestination(on: connection, key: key)
         try connection.send(.hello(hello))
         return try connection.receive(while: "waiting for the reply to hello")
+    }
+
+    /// Connects and authenticates like a real source, and hands over the connection for raw frames.
+    public static func authenticatedSession(port: Int, keyPath: String) throws -> Connection {
+        let key = try PresharedKey.createIfAbsent(at: keyPath)
+        let connection = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: UInt16(port)))
+        try PeerAuthentication.proveToDestination(on: connection, key: key)
+        return connection
     }
 
     /// Sends one hello without authenticating first, and returns the answer.
