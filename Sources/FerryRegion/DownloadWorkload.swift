@@ -95,6 +95,31 @@ public enum DownloadBlock {
     }
 }
 
+/// What a download's file holds for a resumed download: the longest prefix of complete blocks that each
+/// pass `DownloadBlock.problem`, and the state a region records after writing exactly those blocks.
+public struct DownloadRecovery: Hashable, Sendable, CustomStringConvertible {
+    /// The file scanned.
+    public let path: String
+    /// Blocks 0 ..< `blockCount` are intact: the index of the next block to write.
+    public let blockCount: UInt64
+    /// The file's length when scanned, in bytes.
+    public let fileLength: UInt64
+    /// FNV-1a 64 over the kept blocks' checksums, in order (`FNV1a64.offsetBasis` when none are kept).
+    public let runningChecksum: UInt64
+    /// The last kept block's checksum (0 when none are kept).
+    public let lastChecksum: UInt64
+    /// Why the bytes after the kept blocks are dropped; nil when there are none.
+    public let tailProblem: String?
+
+    /// Bytes after the last kept block, dropped on resume: `fileLength` − `blockCount` × 4096.
+    public var droppedBytes: UInt64 { fileLength - blockCount * UInt64(DownloadBlock.size) }
+
+    public var description: String {
+        "block \(blockCount) next in \(path), \(droppedBytes) bytes dropped after the last complete block"
+            + (tailProblem.map { " (\($0))" } ?? "")
+    }
+}
+
 /// The source document's example workload: blocks "arrive" from a server into a receive buffer in the
 /// region, are integrity-checked and written to a file on the shared mount.
 ///
@@ -119,6 +144,9 @@ public enum DownloadBlock {
 /// slot n mod `ringSlots`, check it, `pwrite` it at n × 4096 (idempotent if redone), then record n + 1, the
 /// file length and the running checksum, and increment the step counter last. On attach the file is cut
 /// to n × 4096, dropping anything written after the last recorded safe point.
+///
+/// **Resume**: when the process that ran the download died with its region, `init(resuming:options:source:)`
+/// rebuilds the region from the file alone.
 public final class DownloadWorkload: Workload {
     public static let name = "download"
     /// Receive ring slots in the region.
@@ -131,6 +159,9 @@ public final class DownloadWorkload: Workload {
     public let sharedDirectory: String
     /// The file the blocks are written to.
     public let filePath: String
+
+    /// What `init(resuming:options:source:)` kept and dropped of the file; nil when created or attached.
+    public let recovery: DownloadRecovery?
 
     private let file: OwnedDescriptor
     private let source: any BlockSource
@@ -150,6 +181,9 @@ public final class DownloadWorkload: Workload {
         return "download-\(String(repeating: "0", count: 16 - hex.count))\(hex).dat"
     }
 
+    /// Blocks read per `pread` when scanning a file (1 MiB).
+    static let readChunkBlocks = 256
+
     static func ringBytes(pageSize: Int) -> Int {
         (ringSlots * DownloadBlock.size + pageSize - 1) / pageSize * pageSize
     }
@@ -167,35 +201,70 @@ public final class DownloadWorkload: Workload {
     /// Creates a fresh download in `region`, truncating (or creating) its file.
     /// - Parameter source: where blocks come from; nil for `DeterministicBlockSource(seed: options.seed)`.
     public init(creating region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
-        let pageSize = region.range.pageSize
-        let required = Self.minimumRegionSize(pageSize: pageSize)
-        guard region.range.byteCount >= required else {
-            throw .regionTooSmall(workload: Self.name, required: required, actual: region.range.byteCount)
-        }
-        guard !options.sharedDirectory.isEmpty else { throw .invalidOptions("the shared directory is empty") }
+        try Self.checkFreshRegion(region, options: options)
         self.region = region
         seed = options.seed
         sharedDirectory = options.sharedDirectory
         filePath = Self.path(sharedDirectory, seed: seed)
-        ringOffset = pageSize
+        ringOffset = region.range.pageSize
         slots = Self.ringSlots
         self.source = source ?? DeterministicBlockSource(seed: seed)
+        recovery = nil
         do {
             file = try OwnedDescriptor(opening: filePath, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o644)
         } catch { throw .file(error) }
-        let ringBytes = Self.ringBytes(pageSize: pageSize)
+        try initializeRegion(fill: options.fill)
+    }
+
+    /// Rebuilds a download in a fresh `region` from the file its previous owner left in
+    /// `options.sharedDirectory` (seed `options.seed`), for when that owner died with its region.
+    ///
+    /// Keeps the longest prefix of complete blocks that each pass `DownloadBlock.problem` (see
+    /// `recoverableProgress(sharedDirectory:seed:)`), cuts the file to it, and writes the state the region
+    /// would hold after writing exactly those n blocks: state words, step count n, and the last
+    /// min(n, `ringSlots`) blocks in their ring slots. `verify()` then passes and the next step writes
+    /// block n; `recovery` says what was kept and dropped.
+    /// - Parameter source: where blocks come from; nil for `DeterministicBlockSource(seed: options.seed)`.
+    /// - Throws: `WorkloadError.notResumable` when the file does not exist, `.regionTooSmall`,
+    ///   `.invalidOptions`, `.file`, `.sharedFileInconsistent` (the file shrank while being read), `.region`.
+    public init(resuming region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
+        try Self.checkFreshRegion(region, options: options)
+        self.region = region
+        seed = options.seed
+        sharedDirectory = options.sharedDirectory
+        filePath = Self.path(sharedDirectory, seed: seed)
+        ringOffset = region.range.pageSize
+        slots = Self.ringSlots
+        self.source = source ?? DeterministicBlockSource(seed: seed)
+        file = try Self.openExisting(filePath, flags: O_RDWR)
+        let fd = file.rawValue
+        let path = filePath
+        let kept = try Self.scan(fd, path: path, seed: seed)
+        let keptLength = kept.blockCount * UInt64(DownloadBlock.size)
+        if kept.droppedBytes > 0 {
+            do {
+                _ = try systemCall("ftruncate", subject: path) { ftruncate(fd, off_t(keptLength)) }
+            } catch { throw .file(error) }
+        }
+        recovery = kept
+        try initializeRegion(fill: options.fill)
+        try loadRing(blockCount: kept.blockCount)
         let header = region.header
-        header.initialize(
-            workloadName: Self.name, seed: seed, dataOffset: ringOffset, fill: options.fill,
-            parameters: [UInt64(DownloadBlock.size), UInt64(slots), UInt64(ringOffset), UInt64(ringBytes)])
-        header.setState(State.nextIndex, 0)
-        header.setState(State.fileLength, 0)
-        header.setState(State.runningChecksum, FNV1a64.offsetBasis)
-        header.setState(State.lastChecksum, 0)
-        // The ring's slots are overwritten as blocks arrive; until then they are filled like the rest.
-        do {
-            try region.fill(options.fill, offset: ringOffset, count: region.range.byteCount - ringOffset, seed: seed)
-        } catch { throw .region(error) }
+        header.setState(State.fileLength, keptLength)
+        header.setState(State.runningChecksum, kept.runningChecksum)
+        header.setState(State.lastChecksum, kept.lastChecksum)
+        header.setState(State.nextIndex, kept.blockCount)
+        header.stepCount = kept.blockCount
+    }
+
+    /// Scans the file of download `seed` in `sharedDirectory` without changing it: what
+    /// `init(resuming:options:source:)` would keep and drop.
+    /// - Throws: `WorkloadError.notResumable` when the file does not exist, `.file` when it cannot be read,
+    ///   `.sharedFileInconsistent` when it shrinks while being read.
+    public static func recoverableProgress(sharedDirectory: String, seed: UInt64) throws(WorkloadError) -> DownloadRecovery {
+        let path = path(sharedDirectory, seed: seed)
+        let file = try openExisting(path, flags: O_RDONLY)
+        return try scan(file.rawValue, path: path, seed: seed)
     }
 
     /// Attaches to a download whose region arrived from another host: reopens its file and cuts it to the
@@ -222,6 +291,7 @@ public final class DownloadWorkload: Workload {
         ringOffset = Int(info.dataOffset)
         slots = Self.ringSlots
         self.source = source ?? DeterministicBlockSource(seed: seed)
+        recovery = nil
         do {
             file = try OwnedDescriptor(opening: filePath, flags: O_RDWR | (next == 0 ? O_CREAT : 0), mode: 0o644)
         } catch {
@@ -241,6 +311,123 @@ public final class DownloadWorkload: Workload {
         do {
             _ = try systemCall("ftruncate", subject: path) { ftruncate(fd, off_t(expectedLength)) }
         } catch { throw .file(error) }
+    }
+
+    private static func checkFreshRegion(_ region: MigratableRegion, options: WorkloadOptions) throws(WorkloadError) {
+        let required = minimumRegionSize(pageSize: region.range.pageSize)
+        guard region.range.byteCount >= required else {
+            throw .regionTooSmall(workload: name, required: required, actual: region.range.byteCount)
+        }
+        guard !options.sharedDirectory.isEmpty else { throw .invalidOptions("the shared directory is empty") }
+    }
+
+    /// Writes a fresh header with the state of zero blocks, and fills the data area (ring included).
+    private func initializeRegion(fill: RegionFill) throws(WorkloadError) {
+        let ringBytes = Self.ringBytes(pageSize: region.range.pageSize)
+        let header = region.header
+        header.initialize(
+            workloadName: Self.name, seed: seed, dataOffset: ringOffset, fill: fill,
+            parameters: [UInt64(DownloadBlock.size), UInt64(slots), UInt64(ringOffset), UInt64(ringBytes)])
+        header.setState(State.nextIndex, 0)
+        header.setState(State.fileLength, 0)
+        header.setState(State.runningChecksum, FNV1a64.offsetBasis)
+        header.setState(State.lastChecksum, 0)
+        // The ring's slots are overwritten as blocks arrive; until then they are filled like the rest.
+        do {
+            try region.fill(fill, offset: ringOffset, count: region.range.byteCount - ringOffset, seed: seed)
+        } catch { throw .region(error) }
+    }
+
+    /// Opens the file a resume starts from; a missing file means there is nothing to resume.
+    private static func openExisting(_ path: String, flags: CInt) throws(WorkloadError) -> OwnedDescriptor {
+        do { return try OwnedDescriptor(opening: path, flags: flags) } catch {
+            if error.errno == Errno(rawValue: ENOENT) {
+                throw .notResumable(workload: name, path: path, reason: "does not exist, so no progress survived")
+            }
+            throw .file(error)
+        }
+    }
+
+    /// Reads the file in `readChunkBlocks` chunks up to its first incomplete or failing block.
+    private static func scan(_ fd: CInt, path: String, seed: UInt64) throws(WorkloadError) -> DownloadRecovery {
+        let size: Int
+        do { size = try fileSize(fd, path: path) } catch { throw .file(error) }
+        let blockSize = DownloadBlock.size
+        let wholeBlocks = size / blockSize
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readChunkBlocks * blockSize, alignment: 16)
+        defer { buffer.deallocate() }
+        var kept = 0
+        var running = FNV1a64.offsetBasis
+        var last: UInt64 = 0
+        var tailProblem: String?
+        scanning: while kept < wholeBlocks {
+            let count = min(readChunkBlocks, wholeBlocks - kept)
+            let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count * blockSize])
+            let got: Int
+            do { got = try readFully(fd, path: path, into: chunk, at: off_t(kept) * off_t(blockSize)) } catch {
+                throw .file(error)
+            }
+            guard got == chunk.count else {
+                throw .sharedFileInconsistent(path: path, reason: "shrank below \(size) bytes while being read for resuming")
+            }
+            for position in 0..<count {
+                let index = UInt64(kept)
+                let block = UnsafeRawBufferPointer(rebasing: chunk[position * blockSize..<(position + 1) * blockSize])
+                if let problem = DownloadBlock.problem(in: block, index: index, seed: seed) {
+                    tailProblem = "block \(index) at offset \(index * UInt64(blockSize)): \(problem)"
+                    break scanning
+                }
+                last = DownloadBlock.storedChecksum(of: block)
+                running = FNV1a64.hash(word: last, into: running)
+                kept += 1
+            }
+        }
+        if tailProblem == nil && size > kept * blockSize {
+            tailProblem = "a partial block of \(size - kept * blockSize) bytes at offset \(kept * blockSize)"
+        }
+        return DownloadRecovery(
+            path: path, blockCount: UInt64(kept), fileLength: UInt64(size), runningChecksum: running,
+            lastChecksum: last, tailProblem: tailProblem)
+    }
+
+    /// Reads blocks max(0, n − `ringSlots`) ..< n from the file into their ring slots: at most two reads, as
+    /// the ring wraps at most once.
+    private func loadRing(blockCount n: UInt64) throws(WorkloadError) {
+        let fd = file.rawValue
+        let path = filePath
+        let blockSize = DownloadBlock.size
+        var index = n - min(n, UInt64(slots))
+        while index < n {
+            let slot = Int(index % UInt64(slots))
+            let count = min(Int(n - index), slots - slot)
+            let offset = off_t(index) * off_t(blockSize)
+            let got = try region.bytes.withBytes(at: ringOffset + slot * blockSize, count: count * blockSize) {
+                destination throws(WorkloadError) -> Int in
+                do throws(SystemCallError) {
+                    return try Self.readFully(fd, path: path, into: destination, at: offset)
+                } catch { throw .file(error) }
+            }
+            guard got == count * blockSize else {
+                throw .sharedFileInconsistent(path: path, reason: "shrank while being read for resuming")
+            }
+            index += UInt64(count)
+        }
+    }
+
+    /// Reads `buffer.count` bytes at `offset`, fewer only at the end of the file; returns how many.
+    static func readFully(
+        _ fd: CInt, path: String, into buffer: UnsafeMutableRawBufferPointer, at offset: off_t
+    ) throws(SystemCallError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let pointer = buffer.baseAddress! + done
+            let remaining = buffer.count - done
+            let position = offset + off_t(done)
+            let n = try systemCall("pread", subject: path) { pread(fd, pointer, remaining, position) }
+            if n == 0 { break }
+            done += n
+        }
+        return done
     }
 
     private static func path(_ directory: String, seed: UInt64) -> String {
@@ -359,7 +546,7 @@ public final class DownloadWorkload: Workload {
 
         // Every whole block in the file, in order; stop at the first bad one.
         let blocksInFile = size / blockSize
-        let chunkBlocks = 256
+        let chunkBlocks = readChunkBlocks
         var buffer = [UInt8](repeating: 0, count: chunkBlocks * blockSize)
         var expected = [UInt8](repeating: 0, count: blockSize)
         var running = FNV1a64.offsetBasis
@@ -370,18 +557,10 @@ public final class DownloadWorkload: Workload {
             let count = min(chunkBlocks, blocksInFile - index)
             let offset = off_t(index) * off_t(blockSize)
             let read = buffer.withUnsafeMutableBytes { raw -> Result<Int, SystemCallError> in
-                var done = 0
-                while done < count * blockSize {
-                    let pointer = raw.baseAddress! + done
-                    let remaining = count * blockSize - done
-                    let position = offset + off_t(done)
-                    do throws(SystemCallError) {
-                        let n = try systemCall("pread", subject: path) { pread(fd, pointer, remaining, position) }
-                        if n == 0 { break }
-                        done += n
-                    } catch { return .failure(error) }
-                }
-                return .success(done)
+                do throws(SystemCallError) {
+                    let chunk = UnsafeMutableRawBufferPointer(rebasing: raw[0..<count * blockSize])
+                    return .success(try readFully(fd, path: path, into: chunk, at: offset))
+                } catch { return .failure(error) }
             }
             guard case let .success(got) = read, got == count * blockSize else {
                 if case let .failure(error) = read { firstProblem = error.description } else { firstProblem = "\(path) shrank while being read" }

@@ -71,6 +71,9 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
     case corruptState(String)
     /// Where the workload's input comes from failed (e.g. the block server of `download`).
     case source(String)
+    /// Nothing outside the memory of the process that ran the workload holds its progress, so it cannot be
+    /// resumed after that process died: `path` is the file that should have (nil if the workload keeps none).
+    case notResumable(workload: String, path: String?, reason: String)
 
     public var description: String {
         switch self {
@@ -98,6 +101,9 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
             return "the workload's state in the region is damaged: \(reason); run `ferry verify` for details"
         case let .source(reason):
             return "the workload's input failed: \(reason)"
+        case let .notResumable(workload, path, reason):
+            return "the \(workload) workload cannot be resumed: \(path.map { "\($0) " } ?? "")\(reason); "
+                + "create it afresh"
         }
     }
 }
@@ -209,6 +215,33 @@ public enum WorkloadKind: String, CaseIterable, Hashable, Sendable, CustomString
     /// Creates this workload fresh in `region`.
     public func create(in region: MigratableRegion, options: WorkloadOptions) throws(WorkloadError) -> any Workload {
         try type.init(creating: region, options: options)
+    }
+
+    /// Whether the workload's progress survives its process in files on the shared mount, so that
+    /// `resume(in:options:blockSource:)` can rebuild it after the process died.
+    public var canResumeFromSharedFiles: Bool {
+        switch self {
+        case .download: true
+        case .hotset: false
+        }
+    }
+
+    /// Rebuilds this workload in a fresh `region` from the files a dead process left under
+    /// `options.sharedDirectory` (see `DownloadWorkload.init(resuming:options:source:)`).
+    /// - Parameter blockSource: a `download`'s block source; nil for the deterministic one.
+    /// - Throws: `WorkloadError.notResumable` when `canResumeFromSharedFiles` is false or there is no file,
+    ///   or what the workload's resuming initialiser throws.
+    public func resume(
+        in region: MigratableRegion, options: WorkloadOptions, blockSource: (any BlockSource)? = nil
+    ) throws(WorkloadError) -> any Workload {
+        switch self {
+        case .download:
+            return try DownloadWorkload(resuming: region, options: options, source: blockSource)
+        case .hotset:
+            throw .notResumable(
+                workload: rawValue, path: nil,
+                reason: "its whole state lived only in the memory of the process that died")
+        }
     }
 
     /// Attaches to whatever workload `region`'s header names, giving a `download` the block source
