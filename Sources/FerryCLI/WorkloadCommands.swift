@@ -29,6 +29,15 @@ private func blockServer(_ arguments: ParsedArguments) throws(UsageError) -> End
 
 private func controlPath(_ arguments: ParsedArguments) throws(UsageError) -> String { try arguments.required("control") }
 
+/// `--timeout`: how long a silent peer is waited for, above zero (and at most a day).
+private func streamTimeout(_ arguments: ParsedArguments) throws(UsageError) -> Double {
+    let seconds = try arguments.seconds("timeout", default: 30)
+    guard seconds > 0, seconds <= 86400 else {
+        throw UsageError("--timeout \(arguments.string("timeout") ?? ""): expected a duration above 0 and at most 24h, like 30s")
+    }
+    return seconds
+}
+
 private func sharedDirectory(_ arguments: ParsedArguments) throws -> String {
     let path = try arguments.required("shared-dir")
     var isDirectory: ObjCBool = false
@@ -101,6 +110,7 @@ struct ReceiveCommand: Command {
     static let options = [
         OptionSpec("listen", "ADDR:PORT", "Address to accept the migration stream on.", default: "required"),
         OptionSpec("once", nil, "Exit (status 1) if the first migration attempt fails, instead of waiting for the next."),
+        OptionSpec("timeout", "DURATION", "How long a silent source is waited for (in the handshake or mid-stream) before the attempt is abandoned; the receiver then waits for the next one.", default: "30s"),
         OptionSpec("source", "ADDR:PORT", "download: after the move, fetch blocks from 'ferry serve-blocks' there (as this host reaches it)."),
     ] + hostingOptions
 
@@ -110,6 +120,7 @@ struct ReceiveCommand: Command {
         let listenText = try arguments.required("listen")
         guard let endpoint = Endpoint(listenText) else { throw UsageError("--listen \(listenText): expected ADDR:PORT") }
         let rate = try arguments.stepRate("dirty-rate", default: 1000)
+        let timeout = try streamTimeout(arguments)
         let listener = try Listener(on: endpoint)
         let key = keyPath(arguments, sharedDirectory: directory)
         let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate, keyPath: key)
@@ -122,7 +133,7 @@ struct ReceiveCommand: Command {
         let acceptor = Thread {
             while true {
                 do {
-                    let connection = try listener.accept()
+                    let connection = try listener.accept(connectionTimeoutSeconds: timeout)
                     do {
                         // Loaded per attempt: the key may appear on the shared mount after we started.
                         let presharedKey: PresharedKey
@@ -181,6 +192,7 @@ struct MigrateCommand: Command {
         OptionSpec("downtime-target", "DURATION", "Stop iterating when the predicted pause is this short.", default: "50ms"),
         OptionSpec("max-rounds", "N", "At most this many dirty rounds.", default: "30"),
         OptionSpec("max-bandwidth", "RATE", "Cap the stream, e.g. 100mbit or 200MB/s."),
+        OptionSpec("timeout", "DURATION", "How long a silent destination is waited for before the attempt is abandoned (the workload stays on the source); keep it above the destination's set-up time for the region.", default: "30s"),
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
         OptionSpec("on-stall", "POLICY", "When it does not converge: force (stop anyway), abort (stay on the source), throttle (slow the workload).", default: "force"),
         OptionSpec("verify", "MODE", "strict: compare digests before the handoff (in the downtime); audit: after it, while the destination already runs.", default: "strict"),
@@ -200,6 +212,7 @@ struct MigrateCommand: Command {
             "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
             "tracker": arguments.string("tracker", default: "auto"), "verify": verify, "on_stall": onStall,
+            "timeout": try streamTimeout(arguments),
         ]
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
         if let bind = arguments.string("bind") { request["bind"] = bind }

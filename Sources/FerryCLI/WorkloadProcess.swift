@@ -125,6 +125,7 @@ final class WorkloadProcess: Sendable {
         if let value = request["max_rounds"] as? Int { options.maximumRounds = value }
         if let value = request["max_bandwidth"] as? Double { options.maximumBytesPerSecond = value }
         if let value = request["bind"] as? String { options.bindAddress = value }
+        if let value = request["timeout"] as? Double, value > 0 { options.timeoutSeconds = value }
         if let value = request["tracker"] as? String, let choice = TrackerChoice(value) { options.tracker = choice }
         if let value = request["verify"] as? String, let mode = VerificationMode(rawValue: value) { options.verification = mode }
         if let value = request["on_stall"] as? String, let policy = StallPolicy(rawValue: value) { options.onStall = policy }

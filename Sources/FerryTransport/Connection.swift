@@ -29,7 +29,9 @@ public final class Connection: Sendable {
         var buffer: CInt = 4 << 20
         setsockopt(socket, SOL_SOCKET, SO_SNDBUF, &buffer, socklen_t(MemoryLayout<CInt>.size))
         setsockopt(socket, SOL_SOCKET, SO_RCVBUF, &buffer, socklen_t(MemoryLayout<CInt>.size))
-        var timeout = timeval(tv_sec: Int(timeoutSeconds), tv_usec: Int((timeoutSeconds - timeoutSeconds.rounded(.down)) * 1e6))
+        // Whole microseconds, at least one (a zero timeval would mean no timeout at all), at most a year.
+        let microseconds = Swift.min(Swift.max((timeoutSeconds * 1e6).rounded(.up), 1), 365 * 86400 * 1e6)
+        var timeout = timeval(tv_sec: Int(microseconds / 1e6), tv_usec: Int(microseconds.truncatingRemainder(dividingBy: 1e6)))
         setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
@@ -164,7 +166,7 @@ public final class Connection: Sendable {
             if written < 0 {
                 let error = Errno.current
                 if error == .interrupted { continue }
-                if error == .wouldBlock { throw .timedOut(peer: peer, what: what, seconds: timeoutSeconds) }
+                if error == .wouldBlock { throw .sendTimedOut(peer: peer, what: what, seconds: timeoutSeconds) }
                 if error.rawValue == EPIPE || error.rawValue == ECONNRESET { throw .closed(peer: peer, what: what) }
                 throw .io(peer: peer, SystemCallError("sendmsg", errno: error, subject: peer))
             }

@@ -33,13 +33,14 @@ public final class Listener: Sendable {
 
     deinit { close(socket) }
 
-    /// Waits for the next connection (at most `timeoutSeconds`, nil: forever).
+    /// Waits for the next connection (at most `timeoutSeconds`, nil: forever). The connection's reads and
+    /// writes give up after `connectionTimeoutSeconds` of silence from the peer.
     public func accept(timeoutSeconds: Double? = nil, maximumBytesPerSecond: Double? = nil, connectionTimeoutSeconds: Double = 30) throws(TransportError) -> Connection {
         var pollDescriptor = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
         while true {
             let ready = poll(&pollDescriptor, 1, timeoutSeconds.map { CInt($0 * 1000) } ?? -1)
             if ready < 0 && Errno.current == .interrupted { continue }
-            if ready == 0 { throw .timedOut(peer: endpoint.description, what: "waiting for a connection", seconds: timeoutSeconds ?? 0) }
+            if ready == 0 { throw .noConnection(endpoint, seconds: timeoutSeconds ?? 0) }
             break
         }
         var storage = sockaddr_storage()

@@ -61,7 +61,12 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
     case connect(Endpoint, Errno)
     case listen(Endpoint, SystemCallError)
     case io(peer: String, SystemCallError)
+    /// The peer sent nothing for `seconds` while we waited to receive (SO_RCVTIMEO).
     case timedOut(peer: String, what: String, seconds: Double)
+    /// The peer took none of our bytes for `seconds` while we sent (SO_SNDTIMEO: its window stayed full).
+    case sendTimedOut(peer: String, what: String, seconds: Double)
+    /// No connection arrived at a listener within `seconds`.
+    case noConnection(Endpoint, seconds: Double)
     case closed(peer: String, what: String)
     case malformed(peer: String, String)
     case unexpected(peer: String, expected: String, got: String)
@@ -77,7 +82,11 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
         case .io(let peer, let error):
             "connection with \(peer): \(error)"
         case .timedOut(let peer, let what, let seconds):
-            "\(peer) sent nothing for \(seconds) s while \(what); the peer stalled or the link is down"
+            "the peer \(peer) sent nothing for \(Self.format(seconds)) s while \(what) (timeout); it may have stalled or the link is down"
+        case .sendTimedOut(let peer, let what, let seconds):
+            "the peer \(peer) took none of our data for \(Self.format(seconds)) s while \(what) (timeout); it may have stalled or the link is down"
+        case .noConnection(let endpoint, let seconds):
+            "no connection came to \(endpoint) within \(Self.format(seconds)) s (timeout)"
         case .closed(let peer, let what):
             "\(peer) closed the connection while \(what)"
         case .malformed(let peer, let reason):
@@ -85,5 +94,10 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
         case .unexpected(let peer, let expected, let got):
             "\(peer) sent \(got) where \(expected) was expected"
         }
+    }
+
+    /// `1.0`, `30.0`, `0.25`: tenths from a second up, milliseconds below.
+    private static func format(_ seconds: Double) -> String {
+        "\(seconds >= 1 ? (seconds * 10).rounded() / 10 : (seconds * 1000).rounded() / 1000)"
     }
 }
