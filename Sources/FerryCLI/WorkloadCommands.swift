@@ -51,7 +51,11 @@ private func sharedDirectory(_ arguments: ParsedArguments) throws -> String {
 struct RunCommand: Command {
     static let path = ["run"]
     static let summary = "Start a workload in a migratable region and serve its control socket."
-    static let discussion = "The process runs until the workload migrates away ('ferry migrate') or is stopped."
+    static let discussion = """
+        The process runs until the workload migrates away ('ferry migrate') or is stopped.
+        With --resume it restarts the workload of a shared directory whose only owner died, from what the shared mount
+        holds (possible for download, whose blocks are in its file; not for hotset, whose state lived only in memory).
+        """
     static let options = [
         OptionSpec("workload", "NAME", "download or hotset.", default: "hotset"),
         OptionSpec("region-size", "SIZE", "Size of the region.", default: "256MiB"),
@@ -59,6 +63,8 @@ struct RunCommand: Command {
         OptionSpec("fill", "MODE", "What the region holds before the loop starts: none, zero, random.", default: "none"),
         OptionSpec("seed", "N", "Seed of the workload's deterministic data.", default: "1"),
         OptionSpec("source", "ADDR:PORT", "download: fetch the blocks from 'ferry serve-blocks' there (the business network) instead of generating them."),
+        OptionSpec("resume", nil, "Restart the workload recorded in --shared-dir after its owner died (workload, address, size and seed come from the record)."),
+        OptionSpec("owner-gone", nil, "With --resume: the recorded owner is on another host that you know is down (Ferry can only check owners on this host)."),
     ] + hostingOptions
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -77,29 +83,102 @@ struct RunCommand: Command {
         let size = try arguments.bytes("region-size", default: 256 << 20)
         let seed = UInt64(try arguments.integer("seed", default: 1, range: 0...Int.max))
         let rate = try arguments.stepRate("dirty-rate", default: 1000)
-        if let record = try OwnershipRecord.read(in: directory) {
-            throw CommandFailure(status: .failure, message: "\(directory) already has an ownership record (generation \(record.generation), owner \(record.owner)): a workload lives there; use another shared directory, or remove \(OwnershipRecord.fileName) if no host runs it")
-        }
+        let blockSource = try blockServer(arguments).map { server -> any BlockSource in NetworkBlockSource(server: server, seed: seed) }
         let key = keyPath(arguments, sharedDirectory: directory)
         _ = try PresharedKey.createIfAbsent(at: key)
-        let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size))
-        let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed)
-        let workload: any Workload
-        if let source = try blockServer(arguments) {
-            guard kind == .download else { throw UsageError("--source is for the download workload") }
-            workload = try DownloadWorkload(creating: region, options: options, source: NetworkBlockSource(server: source, seed: seed))
+        let started: (workload: any Workload, generation: UInt64, note: String)
+        if arguments.has("resume") {
+            started = try resume(in: directory, ownerGone: arguments.has("owner-gone"), source: blockServer(arguments))
         } else {
-            workload = try kind.create(in: region, options: options)
+            if let record = try OwnershipRecord.read(in: directory) {
+                throw CommandFailure(status: .failure, message: "\(directory) already has an ownership record (generation \(record.generation), owner \(record.owner)): a workload lives there; use another shared directory, 'ferry run --resume' if its owner died, or remove \(OwnershipRecord.fileName) if no host runs it")
+            }
+            guard blockSource == nil || kind == .download else { throw UsageError("--source is for the download workload") }
+            OwnershipClaim.removeClaims(before: .max, in: directory)  // left by a record that was removed
+            let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size))
+            let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed)
+            let workload: any Workload = if let blockSource {
+                try DownloadWorkload(creating: region, options: options, source: blockSource)
+            } else {
+                try kind.create(in: region, options: options)
+            }
+            guard try OwnershipClaim.claim(1, in: directory, by: OwnershipRecord.thisProcess) else {
+                throw CommandFailure(status: .failure, message: "another process claimed generation 1 in \(directory) at the same time; use another shared directory")
+            }
+            try OwnershipRecord(generation: 1, owner: OwnershipRecord.thisProcess, workload: kind.rawValue, regionBase: UInt64(base), regionBytes: size, seed: seed)
+                .write(in: directory)
+            started = (workload, 1, "\(kind) in \(region.layout)")
         }
-        try OwnershipRecord(generation: 1, owner: OwnershipRecord.thisProcess, workload: kind.rawValue).write(in: directory)
         let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate, keyPath: key)
-        process.adopt(WorkloadHost(workload: workload, stepsPerSecond: rate), generation: 1)
+        process.adopt(WorkloadHost(workload: started.workload, stepsPerSecond: rate), generation: started.generation)
         try process.serveControl(at: control)
-        printLine("ferry run: \(kind) in \(region.layout), \(rate.isFinite ? "\(Int(rate))" : "max") steps/s, control \(control), pid \(getpid())")
+        printLine("ferry run: \(started.note), generation \(started.generation), \(rate.isFinite ? "\(Int(rate))" : "max") steps/s, control \(control), pid \(getpid())")
         process.finished.wait()
         unlink(control)
         printLine("ferry run: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
         return .success
+    }
+
+    /// Restarts the workload recorded in `directory` whose owner died: claims the next generation (so neither
+    /// a late destination nor a second resume can run it too) and rebuilds the workload from its files.
+    static func resume(in directory: String, ownerGone: Bool, source: Endpoint?) throws -> (workload: any Workload, generation: UInt64, note: String) {
+        guard let record = try OwnershipRecord.read(in: directory) else {
+            throw CommandFailure(status: .failure, message: "nothing to resume in \(directory): it has no ownership record; start a workload with 'ferry run' (without --resume)")
+        }
+        guard let kind = WorkloadKind(rawValue: record.workload) else {
+            throw CommandFailure(status: .failure, message: "the record in \(directory) names the workload '\(record.workload)', which this build does not know; use the ferry build that started it")
+        }
+        guard let base = record.regionBase, let bytes = record.regionBytes, let seed = record.seed else {
+            throw CommandFailure(status: .failure, message: "the record in \(directory) was written by an older ferry and lacks the region's address, size and seed; resume is not possible with it")
+        }
+        // Who runs the current generation: its claim. Without one, the source committed it but nobody ran it.
+        var generation = record.generation
+        if let owner = OwnershipClaim.owner(of: record.generation, in: directory) {
+            if let alive = processIsAlive(owner), alive {
+                throw CommandFailure(status: .failure, message: "generation \(record.generation) runs in \(owner) on this host, which is alive: nothing to resume; use 'ferry status' on its control socket")
+            } else if processIsAlive(owner) == nil && !ownerGone {
+                throw CommandFailure(status: .failure, message: "generation \(record.generation) is owned by \(owner) on another host, which Ferry cannot check from here; if that host or process is down for good, repeat with --owner-gone")
+            }
+            generation += 1
+        }
+        guard kind.canResumeFromSharedFiles else {
+            throw CommandFailure(status: .failure, message: "cannot resume: the \(kind) workload of generation \(record.generation) kept its whole state in the memory of its owner (\(OwnershipClaim.owner(of: record.generation, in: directory) ?? record.owner)), and nothing on the shared mount holds it; that state is lost. Start a new workload with 'ferry run' in another shared directory (or remove \(OwnershipRecord.fileName) here)")
+        }
+        guard try OwnershipClaim.claim(generation, in: directory, by: OwnershipRecord.thisProcess) else {
+            throw CommandFailure(status: .failure, message: "generation \(generation) was claimed by \(OwnershipClaim.owner(of: generation, in: directory) ?? "another process") first; the workload runs there")
+        }
+        let workload: any Workload
+        let region: MigratableRegion
+        do {
+            region = try MigratableRegion.create(layout: RegionLayout(base: UInt(base), byteCount: bytes))
+            workload = try kind.resume(
+                in: region, options: WorkloadOptions(sharedDirectory: directory, seed: seed),
+                blockSource: source.map { NetworkBlockSource(server: $0, seed: seed) })
+        } catch {
+            unlink(OwnershipClaim.path(generation, in: directory))  // never ran: let the next attempt claim it
+            throw error
+        }
+        var next = record
+        next.generation = generation
+        next.owner = OwnershipRecord.thisProcess
+        next.changedAt = Date().timeIntervalSince1970
+        try next.write(in: directory)
+        OwnershipClaim.removeClaims(before: generation, in: directory)
+        let recovered = (workload as? DownloadWorkload)?.recovery.map { ": \($0)" } ?? ""
+        return (workload, generation, "resumed \(kind) at step \(workload.stepCount) from the shared mount\(recovered), in \(region.layout)")
+    }
+
+    /// Whether the process `host:pid` (a claim's owner) is alive, when it is on this host; nil for another host.
+    static func processIsAlive(_ owner: String) -> Bool? {
+        let identity = owner.split(separator: " ").first.map(String.init) ?? owner
+        let parts = identity.split(separator: ":")
+        guard parts.count == 2, let pid = pid_t(parts[1]) else { return nil }
+        guard String(parts[0]) == OwnershipRecord.thisProcess.split(separator: ":").first.map(String.init) else { return nil }
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        // A killed process its parent has not reaped yet is a zombie: dead, though kill(2) still finds it.
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.range(of: ") ", options: .backwards) else { return true }
+        return !stat[close.upperBound...].hasPrefix("Z")
     }
 }
 

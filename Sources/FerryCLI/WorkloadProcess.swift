@@ -141,6 +141,8 @@ final class WorkloadProcess: Sendable {
         state.withLock {
             $0.role = completed ? .migratedAway : .running
             if completed { $0.host = nil }
+            // A source that took the workload back after a lost handoff runs it under a new generation.
+            if !completed, let generation = report.generation { $0.generation = generation }
             $0.lastMigration = "\(report.outcome.rawValue)\(report.reason.map { ": \($0)" } ?? "")"
         }
         let encoded = ((try? JSONSerialization.jsonObject(with: JSONEncoder().encode(report))) as? [String: any Sendable]) ?? [:]

@@ -17,6 +17,8 @@ public enum MigrationDestination {
         public let host: WorkloadHost
         public let generation: UInt64
         public let source: String
+        /// The workload's step counter when it took over here.
+        public let startStep: UInt64
     }
 
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
@@ -37,6 +39,7 @@ public enum MigrationDestination {
         case .hello(let value): hello = value
         case let other: throw MigrationError.protocolViolation("expected hello, got \(other)")
         }
+        FaultInjection.reached(.hello, link: connection)
         let region: MigratableRegion
         do {
             region = try check(hello, sharedDirectory: sharedDirectory)
@@ -58,6 +61,26 @@ public enum MigrationDestination {
         var incremental = audit ? IncrementalDigest(pageCount: range.pageCount, pageSize: range.pageSize) : nil
         var hasData = [Bool](repeating: false, count: audit ? 0 : range.pageCount)
         var finalRoundApplied = false
+        // Runs the workload as `generation`, if the record names it and this process wins its claim.
+        func takeOver(_ generation: UInt64, why: String) throws -> Received {
+            guard let record = try OwnershipRecord.read(in: sharedDirectory), record.generation == generation else {
+                throw MigrationError.sharedMount("the source announced generation \(generation) but the ownership record in \(sharedDirectory) does not hold it")
+            }
+            guard try OwnershipClaim.claim(generation, in: sharedDirectory, by: OwnershipRecord.thisProcess) else {
+                throw MigrationError.aborted("the source took generation \(generation) back before this host claimed it; the workload runs there; this copy is discarded")
+            }
+            // A source that took the workload back may have removed our claim's file already: the record says.
+            guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
+                throw MigrationError.aborted("the ownership record moved past generation \(generation) while this host claimed it; this copy is discarded")
+            }
+            OwnershipClaim.removeClaims(before: generation, in: sharedDirectory)
+            let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
+            let step = workload.stepCount
+            log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
+            return Received(
+                host: WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond), generation: generation, source: connection.peer, startStep: step)
+        }
+        var fullCopyPhaseReached = false
         while true {
             let frame: Frame
             do {
@@ -68,10 +91,7 @@ public enum MigrationDestination {
                 // workload is ours and we must run it, or nobody would.
                 if finalRoundApplied, let record = try? OwnershipRecord.read(in: sharedDirectory),
                    record.generation == hello.generation + 1 {
-                    log("the link to \(connection.peer) broke after the commit; taking over generation \(record.generation)")
-                    let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
-                    let host = WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond)
-                    return Received(host: host, generation: record.generation, source: connection.peer)
+                    return try takeOver(record.generation, why: "the link to \(connection.peer) broke after the commit (\(error))")
                 }
                 throw error
             }
@@ -82,6 +102,10 @@ public enum MigrationDestination {
                     incremental!.update(range, first: Int(first), count: Int(count))
                 } else {
                     for page in Int(first)..<Int(first + UInt64(count)) { hasData[page] = true }
+                }
+                if !fullCopyDone && !fullCopyPhaseReached {
+                    fullCopyPhaseReached = true
+                    FaultInjection.reached(.fullCopy, link: connection)
                 }
             case .zeroPages(let first, let count):
                 guard count > 0, first < UInt64(range.pageCount), count <= UInt64(range.pageCount) - first else {
@@ -94,6 +118,11 @@ public enum MigrationDestination {
                     for page in Int(first)..<Int(first + count) { hasData[page] = false }
                 }
             case .roundEnd(let summary):
+                if summary.final {
+                    FaultInjection.reached(.stopAndCopy, link: connection)
+                } else if summary.round == 1 {
+                    FaultInjection.reached(.dirtyRound, link: connection)
+                }
                 fullCopyDone = true
                 if summary.final { finalRoundApplied = true }
                 try connection.send(.roundAck(round: summary.round))
@@ -102,20 +131,16 @@ public enum MigrationDestination {
                 for (page, data) in hasData.enumerated() where data { pages.append(page: page) }
                 let digest = incremental?.digest ?? RegionDigest.compute(range, resident: pages)
                 try connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: digest)))
+                FaultInjection.reached(.afterVerify, link: connection)
             case .commit(let generation):
-                guard let record = try OwnershipRecord.read(in: sharedDirectory), record.generation == generation else {
-                    throw MigrationError.sharedMount("the source announced generation \(generation) but the ownership record in \(sharedDirectory) does not hold it")
-                }
-                let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
-                let step = workload.stepCount
+                FaultInjection.reached(.afterCommit, link: connection)
                 let auditDigest = incremental?.digest
-                let host = WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond)
-                try? connection.send(.running(step: step))
+                let received = try takeOver(generation, why: "committed by \(connection.peer)")
+                try? connection.send(.running(step: received.startStep))
                 if let auditDigest {
                     try? connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: auditDigest)))
                 }
-                log("running \(hello.workloadName) at step \(workload.stepCount), generation \(generation)")
-                return Received(host: host, generation: generation, source: connection.peer)
+                return received
             case .abort(let reason):
                 throw MigrationError.aborted("the source: \(reason)")
             case let other:

@@ -133,6 +133,7 @@ public final class MigrationSource: Sendable {
                 pageSize: UInt32(range.pageSize), regionBase: UInt64(range.start), regionSize: UInt64(range.byteCount),
                 workloadName: info.workloadName, layoutVersion: info.layoutVersion, sharedMountToken: tokenName,
                 sharedMountTokenValue: token, generation: generation, auditVerification: options.verification == .audit)))
+            FaultInjection.reached(.hello, link: link)
             switch try link.receive(while: "waiting for the resource check") {
             case .helloReply(.accepted(let setup)): report.setup_seconds = setup
             case .helloReply(.refused(let refusal)): throw MigrationError.refused(refusal)
@@ -204,7 +205,7 @@ public final class MigrationSource: Sendable {
                     guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
                         throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
                     }
-                    let next = OwnershipRecord(generation: generation + 1, owner: "destination \(link.peer)", workload: current.workload)
+                    let next = current.successor(owner: "destination \(link.peer)")
                     let prepared = try next.prepare(in: sharedDirectory)
                     defer { if !committed { prepared.discard() } }
 
@@ -262,6 +263,7 @@ public final class MigrationSource: Sendable {
                         }
                         report.verified = true
                         parts.verify_ms = lap()
+                        FaultInjection.reached(.afterVerify, link: link)
                     }
 
                     // 6. Handoff: the atomic rename of the record is the commit point.
@@ -271,17 +273,19 @@ public final class MigrationSource: Sendable {
                     try prepared.commit()
                     committed = true
                     parts.handoff_ms = lap()
-                    host.stop()
                     report.generation = next.generation
-                    if ProcessInfo.processInfo.environment["FERRY_TEST_FAULT"] == "cut-after-commit" {
-                        // Test-only: the link breaks between the rename and the commit frame.
-                        link.shutdown()
+                    FaultInjection.reached(.afterCommit, link: link)
+                    do {
+                        try link.send(.commit(generation: next.generation))
+                        switch try link.receive(while: "waiting for the destination to run the workload") {
+                        case .running(let step): report.step_at_handoff = step
+                        case let other: throw MigrationError.protocolViolation("expected running, got \(other)")
+                        }
+                    } catch {
+                        // Still paused here, with the region intact: whoever claims g+1 first runs it.
+                        return finished(try settleUnacknowledgedHandoff(next, after: error, report: report))
                     }
-                    try link.send(.commit(generation: next.generation))
-                    switch try link.receive(while: "waiting for the destination to run the workload") {
-                    case .running(let step): report.step_at_handoff = step
-                    case let other: throw MigrationError.protocolViolation("expected running, got \(other)")
-                    }
+                    host.stop()
                     parts.resume_ack_ms = lap()
                     report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
                     report.downtime_parts = parts
@@ -313,7 +317,10 @@ public final class MigrationSource: Sendable {
         } catch {
             report.reason = Self.describe(error)
             if committed {
-                // The destination owns the workload now; only its acknowledgement was lost.
+                // Past the commit this source never runs generation g again: either the destination runs g+1
+                // (it acknowledged, or claimed it) or settling who runs it failed on the shared mount; then
+                // the claim files there tell, and 'ferry run --resume' restarts it if nobody does.
+                if !host.isStopped { host.stop() }
                 report.outcome = .completed
                 return finished(report)
             }
@@ -325,6 +332,38 @@ public final class MigrationSource: Sendable {
             if paused || report.stall == "throttle" { host.setPace(nil) }
             return finished(report)
         }
+    }
+
+    /// How long a source that lost the link after the commit waits before it claims the generation itself:
+    /// time for a destination holding the final round to see the link close and claim it first.
+    static let reclaimGraceSeconds = 1.0
+
+    /// After the commit, the link broke (or the destination died) before "running" arrived. The claim of
+    /// g+1 decides: if the destination claimed it, it runs the workload and this loop stops for good; if not,
+    /// claiming it ourselves bars the destination from ever running it, and the workload resumes here as
+    /// generation g+2.
+    private func settleUnacknowledgedHandoff(_ committed: OwnershipRecord, after error: any Error, report: MigrationReport) throws -> MigrationReport {
+        var report = report
+        let why = Self.describe(error)
+        Thread.sleep(forTimeInterval: Self.reclaimGraceSeconds)
+        let me = OwnershipRecord.thisProcess
+        if try OwnershipClaim.claim(committed.generation, in: sharedDirectory, by: "\(me) (taken back by the source)") {
+            let back = committed.successor(owner: me)
+            guard try OwnershipClaim.claim(back.generation, in: sharedDirectory, by: me) else {
+                throw MigrationError.sharedMount("generation \(back.generation) was claimed by another process while this source took the workload back; the workload stays paused here; check who runs it")
+            }
+            try back.write(in: sharedDirectory)
+            OwnershipClaim.removeClaims(before: back.generation, in: sharedDirectory)
+            host.resume()
+            report.generation = back.generation
+            report.outcome = .failed
+            report.reason = "the destination never confirmed that it runs the workload (\(why)) and had not claimed generation \(committed.generation); the source took it back as generation \(back.generation) and runs it again"
+        } else {
+            host.stop()
+            report.outcome = .completed
+            report.reason = "the link broke before the destination's 'running' (\(why)), but the destination had claimed generation \(committed.generation): it runs the workload"
+        }
+        return report
     }
 
     /// Test-only hook (environment `FERRY_TEST_UNTRACKED_WRITE=1`): changes one byte of the paused region
@@ -355,10 +394,19 @@ public final class MigrationSource: Sendable {
         var dataPages = 0
         var zeroPages = 0
         var cursor = 0
+        // The phase a test fault (FERRY_TEST_FAULT) may break, reached after the round's first frame.
+        let phase: MigrationPhase? = final ? .stopAndCopy : number == 0 ? .fullCopy : number == 1 ? .dirtyRound : nil
+        var phaseReached = false
+        func reachPhase() {
+            guard let phase, !phaseReached else { return }
+            phaseReached = true
+            FaultInjection.reached(phase, link: link)
+        }
         func sendZero(_ first: Int, _ count: Int) throws {
             guard count > 0 else { return }
             try link.send(.zeroPages(firstPage: UInt64(first), pageCount: UInt64(count)))
             zeroPages += count
+            reachPhase()
         }
         for run in pages.runs {
             if allPages != nil { try sendZero(cursor, run.first - cursor) }
@@ -374,11 +422,13 @@ public final class MigrationSource: Sendable {
                 } else {
                     try link.sendPages(of: range, first: page, count: end - page)
                     dataPages += end - page
+                    reachPhase()
                 }
                 page = end
             }
         }
         if let allPages { try sendZero(cursor, allPages - cursor) }
+        reachPhase()
         let summary = RoundSummary(round: UInt32(number), pages: UInt64(dataPages), zeroPages: UInt64(zeroPages), bytes: UInt64(dataPages * range.pageSize), final: final)
         try link.send(.roundEnd(summary))
         switch try link.receive(while: "waiting for round \(number) to be applied") {

@@ -5,32 +5,36 @@ import Foundation
 import FerrySystem
 
 /// The single point where a workload changes hosts: a small file on the shared mount, replaced atomically
-/// (write a temporary file, fsync, rename over the record, fsync the directory).
+/// (write a temporary file, fsync, rename over the record, fsync the directory), together with the claim
+/// files of `OwnershipClaim`.
 ///
-/// A process runs the workload only while the record holds the generation it was given. The source
-/// renames generation g+1 into place exactly once, after the destination applied the last round (and, in
-/// strict mode, proved its region identical); from that rename on, the destination owns the workload and
-/// the source must not resume. Before it, any failure leaves the source the owner.
+/// The record says which generation is current; the claim `ferry-claim-<g>` (created with `O_EXCL`, so one
+/// creator wins) says which process runs it. A process runs the workload only after it created the claim
+/// of the generation the record holds. The source renames generation g+1 into place exactly once, after
+/// the destination applied the last round (and, in strict mode, proved its region identical); from that
+/// rename on, the source never runs generation g again. Before it, any failure leaves the source the owner.
 ///
 /// The handoff as a state machine (g is the source's generation):
 ///
 /// | source state | what it does next | if the source dies here | if the link or the destination fails here |
 /// |---|---|---|---|
-/// | running(g) | accepts `migrate` | workload lost with its memory (only its files remain) | – |
-/// | streaming (hello, auth, rounds) | pauses | destination sees the link close, discards its copy | source resumes: still owner of g |
-/// | paused (final round, strict digest) | renames g+1 into place | as above: nobody committed; the workload is lost with the source | source resumes: still owner of g |
-/// | committed (record = g+1) | sends commit, stops its loop, exits | destination, holding the final round, sees the link close, reads g+1 and runs | destination runs once it sees g+1 (commit frame or, without it, the record); the source exits |
+/// | running(g) | accepts `migrate` | nobody runs it: `ferry run --resume` restarts it if its files hold its state | – |
+/// | streaming (auth, hello, rounds) | pauses | destination sees the link close and discards its copy; as above | source resumes: still owner of g |
+/// | paused (final round, strict digest) | renames g+1 into place | as above | source resumes: still owner of g |
+/// | committed (record = g+1, still paused) | sends commit, waits for "running" | destination, holding the final round, sees the link close, claims g+1, runs | after a grace second, source claims g+1 itself: if it wins, the destination can never run g+1, and the source writes g+2, claims it and resumes; if it loses, the destination runs and the source stops for good |
+/// | handed over | exits | – | – |
 ///
 /// | destination state | what it does next | if it dies here | if the link fails here |
 /// |---|---|---|---|
 /// | listening | challenges, checks hello | nothing was sent | waits for the next source |
 /// | receiving (rounds) | applies rounds | source resumes | discards the copy; source resumes |
-/// | final round applied | waits for commit | before the rename: source resumes; after it: the only owner died, the workload is lost | record = g+1: runs it; otherwise discards |
-/// | running(g+1) | serves its control socket | the only owner died | – |
+/// | final round applied | waits for commit | before the rename: source resumes; after it: the source takes the workload back (g+2) | record = g+1: claims it and runs (unless the source claimed it first: discards); record = g: discards |
+/// | commit received | claims g+1, runs, answers "running" | before the claim: the source takes it back; after it: the only owner died | runs (the claim is won); the source sees the claim and stops |
+/// | running(g+1) | serves its control socket | nobody runs it: `ferry run --resume` as above | – |
 ///
-/// So at no moment do two processes run the workload: the source runs only before the rename, the
-/// destination only after it. After a single failure at most one runs it; none does only when the owner
-/// itself died (the memory died with it).
+/// So at no moment do two processes run the workload: running needs the claim of the current generation,
+/// and each claim has one creator. After a single failure exactly one process runs it, except when that
+/// one process itself died; then its memory died with it and only what the shared mount holds remains.
 public struct OwnershipRecord: Codable, Hashable, Sendable {
     public static let fileName = "ferry-owner.json"
 
@@ -40,12 +44,25 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
     public var workload: String
     /// Seconds since 1970 of the change.
     public var changedAt: Double
+    /// Where the region lives and the workload's seed: what `ferry run --resume` needs to rebuild a workload
+    /// whose files hold its state. Absent in records of older builds.
+    public var regionBase: UInt64?
+    public var regionBytes: Int?
+    public var seed: UInt64?
 
-    public init(generation: UInt64, owner: String, workload: String) {
+    public init(generation: UInt64, owner: String, workload: String, regionBase: UInt64? = nil, regionBytes: Int? = nil, seed: UInt64? = nil) {
         self.generation = generation
         self.owner = owner
         self.workload = workload
+        self.regionBase = regionBase
+        self.regionBytes = regionBytes
+        self.seed = seed
         changedAt = Date().timeIntervalSince1970
+    }
+
+    /// The record of the next generation, owned by `owner`, describing the same workload.
+    public func successor(owner: String) -> OwnershipRecord {
+        OwnershipRecord(generation: generation + 1, owner: owner, workload: workload, regionBase: regionBase, regionBytes: regionBytes, seed: seed)
     }
 
     /// Reads the record in `directory`, nil if there is none.
@@ -103,13 +120,59 @@ public struct PreparedOwnershipRecord: Sendable {
             unlink(temporary)
             throw MigrationError.sharedMount("cannot rename the ownership record into place at \(path): \(error)")
         }
-        let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if directoryFD >= 0 {
-            fsync(directoryFD)
-            close(directoryFD)
-        }
+        syncDirectory(directory)
     }
 
     /// Removes the prepared file when the handoff does not happen.
     public func discard() { unlink(temporary) }
+}
+
+/// Who runs a generation: the one process that created `ferry-claim-<generation>` on the shared mount
+/// (`O_CREAT|O_EXCL`, which exactly one creator wins). The record says which generation is current; the
+/// claim says who runs it. `ferry run` claims generation 1; a destination claims the generation the source
+/// committed before it runs it; a source that never heard "running" claims it too, to take the workload
+/// back. Whoever loses the race must not run it.
+public enum OwnershipClaim {
+    static let prefix = "ferry-claim-"
+
+    public static func path(_ generation: UInt64, in directory: String) -> String { directory + "/" + prefix + "\(generation)" }
+
+    /// Claims `generation` for `owner`. True if this call created the claim, false if it existed already.
+    public static func claim(_ generation: UInt64, in directory: String, by owner: String) throws -> Bool {
+        let path = path(generation, in: directory)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        if fd < 0 {
+            let error = Errno.current
+            if error == Errno(rawValue: EEXIST) { return false }
+            throw MigrationError.sharedMount("cannot create the claim \(path): \(error)")
+        }
+        let data = Array(owner.utf8)
+        _ = write(fd, data, data.count)
+        fsync(fd)
+        close(fd)
+        syncDirectory(directory)
+        return true
+    }
+
+    /// Who claimed `generation` (`host:pid`), nil if nobody has.
+    public static func owner(of generation: UInt64, in directory: String) -> String? {
+        FileManager.default.contents(atPath: path(generation, in: directory)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Removes the claims of generations before `generation`, once the record has moved past them.
+    public static func removeClaims(before generation: UInt64, in directory: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            if let old = UInt64(name.dropFirst(prefix.count)), old < generation { unlink(directory + "/" + name) }
+        }
+    }
+}
+
+/// fsyncs a directory, so a rename or a new file in it survives a crash.
+func syncDirectory(_ directory: String) {
+    let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if directoryFD >= 0 {
+        fsync(directoryFD)
+        close(directoryFD)
+    }
 }

@@ -16,6 +16,28 @@ public final class Lab {
 
     public func socket(_ name: String) -> String { directory + "/\(name).sock" }
 
+    /// A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it).
+    public static func freePort() -> Int {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                _ = bind(fd, $0, length)
+                _ = getsockname(fd, $0, &length)
+            }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// The text a process started with `start(_:log:)` has written so far.
+    public func log(_ name: String) -> String {
+        (try? String(contentsOfFile: directory + "/\(name).log", encoding: .utf8)) ?? ""
+    }
+
     /// Starts `ferry` with `arguments`, its output going to `<directory>/<log>.log`.
     public func start(_ arguments: [String], log: String, environment: [String: String] = [:]) throws -> Process {
         let process = Process()

@@ -1,0 +1,171 @@
+import FerryTestSupport
+import Foundation
+import Testing
+
+/// The fault matrix: each side of a migration is killed (`kill -9`) or loses its link at each phase, between
+/// real `ferry` processes on loopback (`FERRY_TEST_FAULT=PHASE:ACTION` breaks the process at that exact phase).
+/// After each fault exactly one process runs the workload, the ownership record and the claim name it, and
+/// `ferry verify` passes on it; where the only owner died, `ferry run --resume` restarts the workload from
+/// the shared mount (the download workload; a hotset cannot be, and says so).
+@Suite(.serialized) struct FaultMatrixTests {
+    enum Side: String, Sendable, CaseIterable { case source, destination }
+    enum Action: String, Sendable, CaseIterable { case kill, cut }
+    static let phases = ["hello", "full-copy", "dirty-round", "stop-and-copy", "after-verify", "after-commit"]
+
+    /// Who must run the workload once the fault has played out.
+    enum Owner: Equatable, CustomStringConvertible {
+        /// The source, at this generation (1: the migration was abandoned; 3: the source took the workload
+        /// back after committing generation 2 to a destination that never ran it).
+        case source(generation: Int)
+        case destination
+        /// Either the source (generation 3) or the destination (generation 2): the link broke while the
+        /// commit raced the destination's view of the record; both outcomes keep one owner.
+        case either
+        /// Nobody: the only owner died; `ferry run --resume` must restart it.
+        case resumed
+
+        var description: String {
+            switch self {
+            case .source(let generation): "the source at generation \(generation)"
+            case .destination: "the destination"
+            case .either: "one of them"
+            case .resumed: "a resumed process"
+            }
+        }
+    }
+
+    struct Cell: Sendable, CustomTestStringConvertible {
+        let side: Side
+        let phase: String
+        let action: Action
+        var testDescription: String { "\(side.rawValue) \(action.rawValue) at \(phase)" }
+
+        /// A killed source is the only owner before the commit, so those cells use the workload whose state
+        /// the shared mount holds; the rest use the hotset, whose state is all memory.
+        var workload: String { side == .source && action == .kill ? "download" : "hotset" }
+
+        var expected: Owner {
+            let committed = phase == "after-commit"
+            switch (side, action) {
+            case (.source, .kill): return committed ? .destination : .resumed
+            case (.source, .cut): return committed ? .destination : phase == "after-verify" ? .either : .source(generation: 1)
+            case (.destination, .kill): return phase == "after-verify" || committed ? .source(generation: 3) : .source(generation: 1)
+            case (.destination, .cut):
+                return committed ? .destination : phase == "after-verify" ? .either : .source(generation: 1)
+            }
+        }
+    }
+
+    static let cells = Side.allCases.flatMap { side in
+        phases.flatMap { phase in Action.allCases.map { Cell(side: side, phase: phase, action: $0) } }
+    }
+
+    struct Status {
+        let role: String
+        let generation: Int
+        let pid: Int
+    }
+
+    func status(_ control: String) -> Status? {
+        guard let run = try? runFerry(["status", "--control", control, "--json"]), run.status == 0,
+              let object = try? JSONSerialization.jsonObject(with: Data(run.standardOutput.utf8)) as? [String: Any] else { return nil }
+        return Status(role: object["role"] as? String ?? "", generation: object["generation"] as? Int ?? -1, pid: object["pid"] as? Int ?? -1)
+    }
+
+    @Test(arguments: cells)
+    func afterEveryFaultOneProcessRunsTheWorkloadAndItVerifies(cell: Cell) throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let fault = ["FERRY_TEST_FAULT": "\(cell.phase):\(cell.action.rawValue)"]
+        let source = try lab.start(["run", "--workload", cell.workload, "--region-size", "8MiB", "--fill", "random", "--dirty-rate", "3000",
+                                    "--shared-dir", lab.shared, "--control", lab.socket("a")],
+                                   log: "a", environment: cell.side == .source ? fault : [:])
+        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--dirty-rate", "3000",
+                                         "--control", lab.socket("b")], log: "b", environment: cell.side == .destination ? fault : [:])
+        try lab.waitForSocket(lab.socket("a"))
+        try lab.waitForSocket(lab.socket("b"))
+        usleep(200_000)
+        // A target no round can meet and three rounds at most: round 1 is always a dirty round.
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)",
+                                    "--downtime-target", "1us", "--max-rounds", "3"])
+        let context = { "\(cell.testDescription): migrate exited \(migrate.status): \(migrate.standardOutput) \(migrate.standardError)\n--- source\n\(lab.log("a"))\n--- destination\n\(lab.log("b"))" }
+        #expect(lab.log(cell.side == .source ? "a" : "b").contains("test fault: \(cell.action.rawValue) at \(cell.phase)"), "the fault did not fire: \(context())")
+
+        // Let it play out: a source that handed over exits; a destination that gave up waits for the next
+        // source. Then look again half a second later: a late second owner would show there.
+        func owners() -> [(name: String, status: Status)] {
+            [("a", source), ("b", destination)].compactMap { name, process in
+                guard process.isRunning, let status = status(lab.socket(name)) else { return nil }
+                return (name, status)
+            }.filter { $0.status.role == "running" || $0.status.role == "migrating" }
+        }
+        for _ in 0..<100 {
+            let now = owners()
+            if now.count == 1 && now[0].status.role == "running" { break }
+            if cell.expected == .resumed && !source.isRunning { break }
+            usleep(100_000)
+        }
+        usleep(500_000)
+        var running = owners()
+        running.removeAll { $0.status.role != "running" }
+        var owner: (name: String, status: Status)
+        switch cell.expected {
+        case .resumed:
+            #expect(running.isEmpty, "nobody may run a workload whose only owner died: \(running.map(\.name)) \(context())")
+            #expect(!source.isRunning)
+            #expect(destination.isRunning, "the destination discards its copy and waits for the next migration")
+            let resumed = try lab.start(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")], log: "r")
+            try lab.waitForSocket(lab.socket("r"))
+            #expect(lab.log("r").contains("resumed download at step"), "\(lab.log("r"))")
+            owner = ("r", try #require(status(lab.socket("r")), "\(lab.log("r"))"))
+            #expect(owner.status.generation == 2, "the resume claims the generation after the dead owner's")
+            #expect(resumed.isRunning)
+        default:
+            #expect(running.count == 1, "exactly one owner, found \(running.map { "\($0.name) \($0.status.role) g\($0.status.generation)" }): \(context())")
+            owner = try #require(running.first, "\(context())")
+            switch cell.expected {
+            case .source(let generation):
+                #expect(owner.name == "a" && owner.status.generation == generation, "expected \(cell.expected), found \(owner.name) at generation \(owner.status.generation): \(context())")
+            case .destination:
+                #expect(owner.name == "b" && owner.status.generation == 2, "expected the destination at generation 2: \(context())")
+            default:
+                #expect((owner.name == "a" && owner.status.generation == 3) || (owner.name == "b" && owner.status.generation == 2), "\(context())")
+            }
+        }
+        // The record and the claim of the current generation both name the owner.
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: lab.shared + "/ferry-owner.json"))) as? [String: Any]
+        #expect(record?["generation"] as? Int == owner.status.generation, "\(context())")
+        let claim = try String(contentsOfFile: lab.shared + "/ferry-claim-\(owner.status.generation)", encoding: .utf8)
+        #expect(claim.hasSuffix(":\(owner.status.pid)"), "the claim of generation \(owner.status.generation) is \(claim), not pid \(owner.status.pid)")
+        let verify = try runFerry(["verify", "--control", lab.socket(owner.name)])
+        #expect(verify.status == 0, "\(verify.standardOutput) \(verify.standardError) \(context())")
+        for name in ["a", "b", "r"] where FileManager.default.fileExists(atPath: lab.socket(name)) {
+            _ = try? runFerry(["stop", "--control", lab.socket(name)])
+        }
+    }
+
+    @Test func aHotsetWhoseOnlyOwnerDiedCannotBeResumedAndSaysWhy() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "8MiB", "--shared-dir", lab.shared,
+                                    "--control", lab.socket("a")], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        // While the owner lives, resuming is refused: nothing to resume.
+        let early = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")])
+        #expect(early.status == 1 && early.standardError.contains("alive"), "\(early.standardError)")
+        kill(source.processIdentifier, SIGKILL)
+        source.waitUntilExit()
+        let late = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")])
+        #expect(late.status == 1, "\(late.standardOutput) \(late.standardError)")
+        #expect(late.standardError.contains("cannot resume") && late.standardError.contains("memory"), "\(late.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: lab.shared + "/ferry-claim-2"), "a refused resume claims nothing")
+    }
+
+    @Test func resumingAnEmptySharedDirectorySaysThereIsNothingToResume() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let run = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")])
+        #expect(run.status == 1 && run.standardError.contains("nothing to resume"), "\(run.standardError)")
+    }
+}
