@@ -35,6 +35,9 @@ Options:
   --port N                port ferry receive listens on in B (default 7000)
   --mtu N                 MTU of the migration veths (default 1500, as a plain Ethernet NIC)
   --keep-logs DIR         copy the processes' logs to DIR before tearing down
+  --timeout DUR           passed to ferry receive and ferry migrate: how long a silent peer is waited for (default 30s)
+  --cut-link-after SECS   a silent partition: SECS after the migration starts, take B's end of the migration veth
+                          down (no FIN, no RST: both sides only see silence until their --timeout)
   --help                  this text
 
 Environment: FERRY=path/to/ferry (default: .build/release/ferry, built if missing).
@@ -44,7 +47,7 @@ EOF
 }
 
 rate=""; size="256MiB"; workload="hotset"; dirty="0"; fill="random"; maxbw=""; target="50ms"; verify="strict"
-report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500
+report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500; timeout="30s"; cut_after=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
@@ -62,6 +65,8 @@ while [ $# -gt 0 ]; do
     --mtu) mtu=${2:?--mtu needs a value}; shift 2 ;;
     --tcp-baseline) tcp_baseline=1; shift ;;
     --keep-logs) keep_logs=${2:?--keep-logs needs a value}; shift 2 ;;
+    --timeout) timeout=${2:?--timeout needs a value}; shift 2 ;;
+    --cut-link-after) cut_after=${2:?--cut-link-after needs a value}; shift 2 ;;
     *) echo "two-hosts.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -209,7 +214,7 @@ fi
 
 echo "== B: ferry receive on 10.77.3.2:$port"
 ip netns exec "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared" --control "$lab/b.sock" \
-  --dirty-rate "$dirty" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
+  --dirty-rate "$dirty" --timeout "$timeout" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
 pids+=($!)
 echo "== A: ferry run --workload $workload --region-size $size --fill $fill --dirty-rate $dirty"
 ip netns exec "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" \
@@ -223,7 +228,7 @@ done
 echo "== A: ferry migrate --to 10.77.3.2:$port --bind 10.77.3.1"
 json="$lab/report.json"
 migrate_args=(migrate --control "$lab/a.sock" --to "10.77.3.2:$port" --bind 10.77.3.1 --downtime-target "$target"
-              --verify "$verify" --report "$json")
+              --verify "$verify" --timeout "$timeout" --report "$json")
 [ -n "$maxbw" ] && migrate_args+=(--max-bandwidth "$maxbw")
 [ -n "${on_stall:-}" ] && migrate_args+=(--on-stall "$on_stall")
 migrate_status=0
@@ -231,8 +236,20 @@ migrate_status=0
 migrate_started=$(date +%s.%N)
 ip netns exec "$ns_a" "$ferry" "${migrate_args[@]}" &
 clients+=($!)
+if [ -n "$cut_after" ]; then
+  sleep "$cut_after"
+  echo "== partition: B's end of the migration veth goes down (nothing tells either side)"
+  in_ns "$ns_b" ip link set mig down
+fi
 wait "${clients[-1]}" || migrate_status=$?
 migrate_ended=$(date +%s.%N)
+if [ -n "$cut_after" ]; then
+  # B gave up on the stream (it runs with --once): it must not run the workload.
+  for _ in $(seq 1 100); do kill -0 "${pids[-2]}" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "${pids[-2]}" 2>/dev/null; then b_state=running; else b_state=exited; fi
+  echo "== B after the partition: ferry receive $b_state"
+  jq --arg b "$b_state" '. + {partition: {receiver: $b}}' "$json" >"$json.p" && mv "$json.p" "$json"
+fi
 
 if [ "$workload" = download ]; then
   sleep 2
@@ -263,14 +280,14 @@ jq --argjson rate "$rate_bps" --argjson region "$region_bytes" --arg rate_text "
    --arg tcp "${tcp_seconds:-}" --arg maxbw "$maxbw" --argjson mtu "$mtu" \
    --arg ns "$ns_srv $ns_a $ns_b" '
   . as $r
-  | ($r.rounds[0]) as $full
-  | ($r.total_seconds - $r.setup_seconds) as $stream
+  | ($r.rounds[0] // {seconds: 0, bytes: 0}) as $full
+  | ($r.total_seconds - ($r.setup_seconds // 0)) as $stream
   | (if $rate > 0 then $region * 8 / $rate else null end) as $expected
   | $r + {lab: {
       namespaces: $ns, migration_rate: $rate_text, migration_rate_bps: $rate, max_bandwidth: $maxbw, mtu: $mtu,
       region_bytes: $region, expected_seconds: $expected,
       full_copy_seconds: $full.seconds, full_copy_bytes: $full.bytes,
-      full_copy_gbps: ($full.bytes * 8 / $full.seconds / 1e9),
+      full_copy_gbps: (if $full.seconds > 0 then $full.bytes * 8 / $full.seconds / 1e9 else 0 end),
       migration_without_setup_seconds: $stream,
       full_copy_ratio: (if $expected then $full.seconds / $expected else null end),
       migration_ratio: (if $expected then $stream / $expected else null end),
@@ -287,9 +304,10 @@ jq -r '.lab as $l | [
   "migration link               \(if $l.migration_rate == "" then "unshaped" else "\($l.migration_rate) (tc tbf)" end), MTU \($l.mtu)\(if $l.max_bandwidth != "" then ", ferry --max-bandwidth \($l.max_bandwidth)" else "" end)",
   (if $l.expected_seconds then "expected  bytes×8÷rate        \($l.expected_seconds * 1000 | round / 1000) s" else empty end),
   "measured  full copy (round 0) \($l.full_copy_seconds * 1000 | round / 1000) s, \($l.full_copy_bytes) bytes, \($l.full_copy_gbps * 1000 | round / 1000) Gbit/s\(if $l.full_copy_ratio then ", ratio \($l.full_copy_ratio * 1000 | round / 1000)" else "" end)",
-  "measured  migration - setup   \($l.migration_without_setup_seconds * 1000 | round / 1000) s\(if $l.migration_ratio then ", ratio \($l.migration_ratio * 1000 | round / 1000)" else "" end) (setup \(.setup_seconds * 1000 | round / 1000) s, total \(.total_seconds * 1000 | round / 1000) s)",
+  "measured  migration - setup   \($l.migration_without_setup_seconds * 1000 | round / 1000) s\(if $l.migration_ratio then ", ratio \($l.migration_ratio * 1000 | round / 1000)" else "" end) (setup \((.setup_seconds // 0) * 1000 | round / 1000) s, total \(.total_seconds * 1000 | round / 1000) s)",
   (if $l.tcp_seconds then "measured  plain TCP, same bytes \($l.tcp_seconds) s\(if $l.tcp_ratio then ", ratio \($l.tcp_ratio * 1000 | round / 1000)" else "" end)" else empty end),
-  "downtime                     \(.downtime_ms * 10 | round / 10) ms, rounds \(.rounds | length)"
+  "downtime                     \((.downtime_ms // 0) * 10 | round / 10) ms, rounds \(.rounds | length)",
+  (if .outcome != "completed" then "not moved                    \(.reason // "")" else empty end)
 ] | .[]' "$json"
 
 outcome=$(jq -r '.outcome' "$json"); verified=$(jq -r '.verified' "$json")

@@ -324,7 +324,11 @@ public final class MigrationSource: Sendable {
                 report.outcome = .completed
                 return finished(report)
             }
-            try? connection?.send(.abort(reason: report.reason ?? "source failed"))
+            if error is TransportError {
+                connection?.shutdown()  // the link itself failed: an abort frame would only wait for it again
+            } else {
+                try? connection?.send(.abort(reason: report.reason ?? "source failed"))
+            }
             switch error as? MigrationError {
             case .refused?, .notConverging?: report.outcome = .aborted
             default: report.outcome = .failed

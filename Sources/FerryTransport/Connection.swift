@@ -34,6 +34,10 @@ public final class Connection: Sendable {
         var timeout = timeval(tv_sec: Int(microseconds / 1e6), tv_usec: Int(microseconds.truncatingRemainder(dividingBy: 1e6)))
         setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // A silent partition (no FIN, no RST): TCP gives up once sent data stays unacknowledged this long,
+        // instead of retransmitting for minutes; a send blocked on it fails with ETIMEDOUT.
+        var userTimeout = CUnsignedInt(Swift.min(microseconds / 1000, Double(CUnsignedInt.max)).rounded(.up))
+        setsockopt(socket, CInt(IPPROTO_TCP), TCP_USER_TIMEOUT, &userTimeout, socklen_t(MemoryLayout<CUnsignedInt>.size))
     }
 
     deinit { close(socket) }
@@ -166,7 +170,7 @@ public final class Connection: Sendable {
             if written < 0 {
                 let error = Errno.current
                 if error == .interrupted { continue }
-                if error == .wouldBlock { throw .sendTimedOut(peer: peer, what: what, seconds: timeoutSeconds) }
+                if error == .wouldBlock || error.rawValue == ETIMEDOUT { throw .sendTimedOut(peer: peer, what: what, seconds: timeoutSeconds) }
                 if error.rawValue == EPIPE || error.rawValue == ECONNRESET { throw .closed(peer: peer, what: what) }
                 throw .io(peer: peer, SystemCallError("sendmsg", errno: error, subject: peer))
             }
@@ -193,7 +197,7 @@ public final class Connection: Sendable {
             if got == 0 { throw .closed(peer: peer, what: what) }
             let error = Errno.current
             if error == .interrupted { continue }
-            if error == .wouldBlock { throw .timedOut(peer: peer, what: what, seconds: timeoutSeconds) }
+            if error == .wouldBlock || error.rawValue == ETIMEDOUT { throw .timedOut(peer: peer, what: what, seconds: timeoutSeconds) }
             if error.rawValue == ECONNRESET { throw .closed(peer: peer, what: what) }
             throw .io(peer: peer, SystemCallError("recv", errno: error, subject: peer))
         }

@@ -107,6 +107,24 @@ import Testing
         }
     }
 
+    /// A silent partition (B's end of the migration veth goes down: no FIN, no RST) during the full copy: both
+    /// sides notice within their --timeout, the receiver gives up, and the workload runs on in A, verified.
+    @Test(.enabled(if: NamespaceLab.available("TwoHostLabTests.aSilentPartitionMidStreamLeavesTheWorkloadOnTheSource"),
+                   "needs root, ip, tc and jq"), .timeLimit(.minutes(1)))
+    func aSilentPartitionMidStreamLeavesTheWorkloadOnTheSource() throws {
+        let (result, report) = try runLab(["--region-size", "32MiB", "--dirty-rate", "1000", "--migration-rate", "100mbit",
+                                           "--cut-link-after", "1", "--timeout", "2s"])
+        #expect(result.status == 1, "the lab exits 1 when the migration did not complete: \(result.output)")
+        #expect(report["outcome"] as? String == "failed")
+        #expect((report["reason"] as? String ?? "").contains("(timeout)"), "\(report["reason"] ?? "")")
+        #expect((report["partition"] as? [String: Any])?["receiver"] as? String == "exited", "the receiver gave up on the stream")
+        #expect(result.output.contains("the workload must still run here") && result.output.contains("verify: all invariants hold"),
+                "\(result.output)")
+        // 32 MiB at 100 Mbit/s takes 2.7 s, so the cut at 1 s is mid-stream; the failure must come within the
+        // timeout of it (TCP_USER_TIMEOUT), not after minutes of retransmissions.
+        #expect(Self.number(report, "total_seconds") < 1 + 2 * 2 + 1, "\(result.output)")
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func maxBandwidthCapsTheFullCopyOnLoopback() throws {
         let lab = try Lab()
