@@ -362,7 +362,7 @@ struct VerifyCommand: Command {
         if let report = result["report"] as? String { printLine(report) }
         if let error = result["error"] as? String { printError("ferry verify: \(error)") }
         let ok = result["ok"] as? Bool ?? false
-        if result["owner_generation_matches"] as? Bool == false { printError("ferry verify: the ownership record does not name this process's generation") }
+        if result["owner_generation_matches"] as? Bool == false { printError("ferry verify: this process does not hold the current generation (the ownership record or its claim on the shared mount names another)") }
         printLine(ok ? "verify: all invariants hold" : "verify: FAILED")
         return ok ? .success : .failure
     }

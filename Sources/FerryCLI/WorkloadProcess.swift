@@ -93,8 +93,10 @@ final class WorkloadProcess: Sendable {
         guard host.pause() else { return ["event": "result", "ok": false, "error": "the workload loop has stopped: \(host.lastError ?? "unknown")"] }
         defer { host.resume() }
         let report = host.workload.verify()
-        var ownerOK = false
-        if let record = try? OwnershipRecord.read(in: sharedDirectory) { ownerOK = record.generation == state.withLock { $0.generation } }
+        // This process must hold the current generation: the record names it, and the claim is ours.
+        let generation = state.withLock { $0.generation }
+        let recordOK = (try? OwnershipRecord.read(in: sharedDirectory))??.generation == generation
+        let ownerOK = recordOK && OwnershipClaim.owner(of: generation, in: sharedDirectory) == OwnershipRecord.thisProcess
         return [
             "event": "result", "ok": report.passed && ownerOK, "step": Int(host.stepCount), "summary": report.summary,
             "report": report.description, "owner_generation_matches": ownerOK,
