@@ -212,12 +212,16 @@ public final class MigrationSource: Sendable {
                     // 5. Stop-and-copy: pause at a safe point (files flushed), collect what is left, send it all.
                     var parts = MigrationReport.DowntimeParts()
                     var mark = ContinuousClock.now
-                    let pauseStart = mark
                     func lap() -> Double {
                         let now = ContinuousClock.now
                         defer { mark = now }
                         return (now - mark).secondsValue * 1000
                     }
+                    // Flush the workload's files while it still runs, so the flush at the safe point only
+                    // has the last few writes left (the download's fsync was most of its pause).
+                    try? host.workload.flush()
+                    mark = ContinuousClock.now
+                    let pauseStart = mark
                     guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
                     paused = true
                     parts.pause_ms = lap()
