@@ -28,10 +28,16 @@ final class DirtyBitmap: @unchecked Sendable {
     /// Faults the handler resolved so far.
     var faults: UInt64 { CShims_bitmap_load_word(words, wordCount + 1) }
 
-    /// Waits until the handler has set the bit of every fault it had started when this was called.
-    func waitForStartedFaults() {
+    /// Waits until the handler has set the bit of every fault it had started when this was called. Returns
+    /// false, without waiting longer, once `handlerFailed()` is true: a handler that died between its two
+    /// counters never resolves the fault it started.
+    func waitForStartedFaults(unless handlerFailed: () -> Bool) -> Bool {
         let started = CShims_bitmap_load_word(words, wordCount)
-        while CShims_bitmap_load_word(words, wordCount + 1) < started { sched_yield() }
+        while CShims_bitmap_load_word(words, wordCount + 1) < started {
+            if handlerFailed() { return false }
+            sched_yield()
+        }
+        return true
     }
 
     /// Sets the bits of `run` atomically.

@@ -89,10 +89,12 @@ final class UffdSyncMechanism: TrackingMechanism {
     }
 
     func collect() throws(SystemCallError) -> DirtyPages {
-        if let error = handlerStatus.error.withLock({ $0 }) {
+        let status = handlerStatus
+        let finished = bitmap.waitForStartedFaults { status.error.withLock { $0 } != nil }
+        if let error = status.error.withLock({ $0 }) {
             throw SystemCallError("userfaultfd handler thread", errno: error, subject: "\(range)")
         }
-        bitmap.waitForStartedFaults()
+        assert(finished)
         let dirty = bitmap.take()
         try state.withLock { state throws(SystemCallError) in
             guard !state.closed else { return }

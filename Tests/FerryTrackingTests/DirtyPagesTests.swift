@@ -1,4 +1,5 @@
-import FerryTracking
+@testable import FerryTracking
+import Foundation
 import Testing
 
 @Suite struct DirtyPagesTests {
@@ -28,5 +29,30 @@ import Testing
     @Test func allCoversTheRange() {
         #expect(DirtyPages.all(pageCount: 5).runs == [PageRun(first: 0, count: 5)])
         #expect(DirtyPages.all(pageCount: 0).isEmpty)
+    }
+}
+
+/// The collector's wait for a fault handler (uffd-sync) that started a fault and has not resolved it yet.
+@Suite struct DirtyBitmapWaitTests {
+    @Test func theWaitEndsWhenTheHandlerResolvesItsStartedFaults() async {
+        let bitmap = DirtyBitmap(pageCount: 128)
+        bitmap.counters[0] = 1  // a fault started, not resolved yet
+        let resolver = Thread {
+            usleep(20_000)
+            bitmap.set(PageRun(first: 5, count: 1))
+            bitmap.counters[1] = 1
+        }
+        resolver.start()
+        #expect(bitmap.waitForStartedFaults { false })
+        #expect(bitmap.take().runs == [PageRun(first: 5, count: 1)])
+    }
+
+    @Test func aHandlerThatDiedMidFaultEndsTheWaitInsteadOfHangingIt() {
+        let bitmap = DirtyBitmap(pageCount: 128)
+        bitmap.counters[0] = 3
+        bitmap.counters[1] = 2  // the handler died between its two counters
+        var asked = 0
+        #expect(bitmap.waitForStartedFaults { asked += 1; return asked >= 3 } == false)
+        #expect(asked == 3)
     }
 }
