@@ -66,15 +66,18 @@ public enum MigrationDestination {
             guard let record = try OwnershipRecord.read(in: sharedDirectory), record.generation == generation else {
                 throw MigrationError.sharedMount("the source announced generation \(generation) but the ownership record in \(sharedDirectory) does not hold it")
             }
+            // Attach first (it runs no step): if the workload cannot start here, we must not hold its claim,
+            // or the source would see it claimed and stop, and nobody would run it.
+            let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
             guard try OwnershipClaim.claim(generation, in: sharedDirectory, by: OwnershipRecord.thisProcess) else {
                 throw MigrationError.aborted("the source took generation \(generation) back before this host claimed it; the workload runs there; this copy is discarded")
             }
             // A source that took the workload back may have removed our claim's file already: the record says.
             guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
+                unlink(OwnershipClaim.path(generation, in: sharedDirectory))
                 throw MigrationError.aborted("the ownership record moved past generation \(generation) while this host claimed it; this copy is discarded")
             }
             OwnershipClaim.removeClaims(before: generation, in: sharedDirectory)
-            let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
             let step = workload.stepCount
             log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
             return Received(
