@@ -358,10 +358,11 @@ public final class MigrationSource: Sendable {
         if try OwnershipClaim.claim(committed.generation, in: sharedDirectory, by: "\(me) (taken back by the source)") {
             let back = committed.successor(owner: me)
             guard try OwnershipClaim.claim(back.generation, in: sharedDirectory, by: me) else {
-                throw MigrationError.sharedMount("generation \(back.generation) was claimed by another process while this source took the workload back; the workload stays paused here; check who runs it")
+                throw MigrationError.sharedMount("generation \(back.generation) was claimed by another process while this source took the workload back; this source stops; 'ferry status' on that process, or the claim files on the shared mount, say who runs it")
             }
             try back.write(in: sharedDirectory)
             OwnershipClaim.removeClaims(before: back.generation, in: sharedDirectory)
+            host.setPace(nil)  // undo any throttling
             host.resume()
             report.generation = back.generation
             report.outcome = .failed
