@@ -78,13 +78,9 @@ import Testing
         defer { lab.tearDown() }
         let port = Lab.freePort()
         let fault = ["FERRY_TEST_FAULT": "\(cell.phase):\(cell.action.rawValue)"]
-        let source = try lab.start(["run", "--workload", cell.workload, "--region-size", "8MiB", "--fill", "random", "--dirty-rate", "3000",
-                                    "--shared-dir", lab.shared, "--control", lab.socket("a")],
-                                   log: "a", environment: cell.side == .source ? fault : [:])
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--dirty-rate", "3000",
-                                         "--control", lab.socket("b")], log: "b", environment: cell.side == .destination ? fault : [:])
-        try lab.waitForSocket(lab.socket("a"))
-        try lab.waitForSocket(lab.socket("b"))
+        let source = try lab.startSource(workload: cell.workload, regionSize: "8MiB", ["--fill", "random", "--dirty-rate", "3000"],
+                                         environment: cell.side == .source ? fault : [:])
+        let destination = try lab.startReceiver(port: port, ["--dirty-rate", "3000"], environment: cell.side == .destination ? fault : [:])
         usleep(200_000)
         // A target no round can meet and three rounds at most: round 1 is always a dirty round.
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)",
@@ -148,9 +144,7 @@ import Testing
     @Test func aHotsetWhoseOnlyOwnerDiedCannotBeResumedAndSaysWhy() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "8MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a")], log: "a")
-        try lab.waitForSocket(lab.socket("a"))
+        let source = try lab.startSource(regionSize: "8MiB")
         // While the owner lives, resuming is refused: nothing to resume.
         let early = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")])
         #expect(early.status == 1 && early.standardError.contains("alive"), "\(early.standardError)")

@@ -28,16 +28,12 @@ import Testing
     @Test func tenHopsLoseNothingAndKeepTheAddress() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
-        var current = try lab.start(["run", "--workload", "hotset", "--region-size", "32MiB", "--fill", "random", "--dirty-rate", "3000",
-                                     "--shared-dir", lab.shared, "--control", lab.socket("a0")], log: "a0")
+        var current = try lab.startSource(regionSize: "32MiB", ["--fill", "random", "--dirty-rate", "3000"], name: "a0")
         var control = lab.socket("a0")
-        try lab.waitForSocket(control)
         for hop in 1...10 {
             let port = 7400 + Int(getpid() % 500) + hop
             let name = "hop\(hop)"
-            let next = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name),
-                                      "--dirty-rate", "3000", "--once"], log: name)
-            try lab.waitForSocket(lab.socket(name))
+            let next = try lab.startReceiver(port: port, ["--dirty-rate", "3000", "--once"], name: name)
             usleep(300_000)
             let migrate = try runFerry(["migrate", "--control", control, "--to", "127.0.0.1:\(port)"])
             #expect(migrate.status == 0, "hop \(hop): \(migrate.standardOutput) \(migrate.standardError)")
@@ -61,12 +57,8 @@ import Testing
         let otherShared = lab.directory + "/other"
         try FileManager.default.createDirectory(atPath: otherShared, withIntermediateDirectories: true)
         let port = 7950 + Int(getpid() % 40)
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a"), "--key", lab.directory + "/ferry.key"], log: "a")
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", otherShared,
-                                         "--control", lab.socket("b"), "--key", lab.directory + "/ferry.key"], log: "b")
-        try lab.waitForSocket(lab.socket("a"))
-        try lab.waitForSocket(lab.socket("b"))
+        let source = try lab.startSource(["--key", lab.directory + "/ferry.key"])
+        let destination = try lab.startReceiver(port: port, ["--shared-dir", otherShared, "--key", lab.directory + "/ferry.key"])
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
         #expect(migrate.status == 2, "a refusal exits 2: \(migrate.standardError)")
         #expect(migrate.standardError.contains("same shared directory"))
@@ -99,12 +91,8 @@ import Testing
         let lab = try Lab()
         defer { lab.tearDown() }
         let port = 7860 + Int(getpid() % 40)
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a")], log: "a", environment: ["FERRY_TEST_UNTRACKED_WRITE": "1"])
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b"), "--once"], log: "b")
-        try lab.waitForSocket(lab.socket("a"))
-        try lab.waitForSocket(lab.socket("b"))
+        let source = try lab.startSource(environment: ["FERRY_TEST_UNTRACKED_WRITE": "1"])
+        let destination = try lab.startReceiver(port: port, ["--once"])
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--verify", "audit"])
         #expect(migrate.status == 1, "\(migrate.standardOutput) \(migrate.standardError)")
         #expect(migrate.standardError.contains("AUDIT FAILED"))
@@ -155,12 +143,8 @@ import Testing
         let lab = try Lab()
         defer { lab.tearDown() }
         let port = 7700 + Int(getpid() % 30) + ["abort", "force", "throttle"].firstIndex(of: policy)!
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "8MiB", "--dirty-rate", "5000",
-                                    "--shared-dir", lab.shared, "--control", lab.socket("a")], log: "a")
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b"), "--dirty-rate", "5000", "--once"], log: "b")
-        try lab.waitForSocket(lab.socket("a"))
-        try lab.waitForSocket(lab.socket("b"))
+        let source = try lab.startSource(regionSize: "8MiB", ["--dirty-rate", "5000"])
+        let destination = try lab.startReceiver(port: port, ["--dirty-rate", "5000", "--once"])
         let reportPath = lab.directory + "/report.json"
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--max-bandwidth", "40mbit",
                                     "--on-stall", policy, "--report", reportPath])
@@ -198,12 +182,8 @@ import Testing
         let base = 7660 + Int(getpid() % 30)
         let server = try lab.start(["serve-blocks", "--listen", "127.0.0.1:\(base)", "--quiet"], log: "server")
         usleep(300_000)
-        let source = try lab.start(["run", "--workload", "download", "--region-size", "16MiB", "--dirty-rate", "2000",
-                                    "--source", "127.0.0.1:\(base)", "--shared-dir", lab.shared, "--control", lab.socket("a")], log: "a")
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(base + 1)", "--shared-dir", lab.shared, "--control", lab.socket("b"),
-                                         "--dirty-rate", "2000", "--source", "127.0.0.1:\(base)", "--once"], log: "b")
-        try lab.waitForSocket(lab.socket("a"))
-        try lab.waitForSocket(lab.socket("b"))
+        let source = try lab.startSource(workload: "download", ["--dirty-rate", "2000", "--source", "127.0.0.1:\(base)"])
+        let destination = try lab.startReceiver(port: base + 1, ["--dirty-rate", "2000", "--source", "127.0.0.1:\(base)", "--once"])
         usleep(500_000)
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(base + 1)"])
         #expect(migrate.status == 0, "\(migrate.standardError)")
@@ -227,12 +207,8 @@ import Testing
         let lab = try Lab()
         defer { lab.tearDown() }
         let port = 7900 + Int(getpid() % 40)
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a")], log: "a", environment: ["FERRY_TEST_UNTRACKED_WRITE": "1"])
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b")], log: "b")
-        try lab.waitForSocket(lab.socket("a"))
-        try lab.waitForSocket(lab.socket("b"))
+        let source = try lab.startSource(environment: ["FERRY_TEST_UNTRACKED_WRITE": "1"])
+        let destination = try lab.startReceiver(port: port)
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
         #expect(migrate.status == 1, "\(migrate.standardOutput) \(migrate.standardError)")
         #expect(migrate.standardError.contains("differs from the source"))
@@ -251,13 +227,9 @@ import Testing
         defer { lab.tearDown() }
         let port = 7820 + Int(getpid() % 40)
         let otherKey = lab.directory + "/other.key"
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a"), "--key", otherKey], log: "a")
-        try lab.waitForSocket(lab.socket("a"))
+        let source = try lab.startSource(["--key", otherKey])
         // The destination's key is the default one on the shared mount, which only it holds.
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b")], log: "b")
-        try lab.waitForSocket(lab.socket("b"))
+        let destination = try lab.startReceiver(port: port)
         _ = try runFerry(["status", "--control", lab.socket("b")])
         try "0123456789abcdef0123456789abcdef".write(toFile: lab.shared + "/ferry.key", atomically: false, encoding: .utf8)
         chmod(lab.shared + "/ferry.key", 0o600)
@@ -285,9 +257,7 @@ import Testing
         let lab = try Lab()
         defer { lab.tearDown() }
         let port = 7620 + Int(getpid() % 30)
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b")], log: "b")
-        try lab.waitForSocket(lab.socket("b"))
+        let destination = try lab.startReceiver(port: port)
         let key = lab.shared + "/ferry.key"
         try "secret".write(toFile: lab.shared + "/token", atomically: true, encoding: .utf8)
         let hello = Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000,
@@ -325,13 +295,9 @@ import Testing
         #expect(log.contains("expected hello") && log.contains("unexpected") && log.contains("outside the region"), "\(log)")
 
         // Nothing of those attempts stays mapped: a real migration to the same receiver succeeds.
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a")], log: "a")
-        try lab.waitForSocket(lab.socket("a"))
-        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        let (migrate, verify) = try lab.migrateAFreshWorkload(toReceiverOn: port)
         #expect(migrate.status == 0, "\(migrate.standardError)")
-        source.waitUntilExit()
-        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+        #expect(verify.status == 0)
         _ = try runFerry(["stop", "--control", lab.socket("b")])
         destination.waitUntilExit()
     }
@@ -341,9 +307,7 @@ import Testing
         let lab = try Lab()
         defer { lab.tearDown() }
         let port = Lab.freePort()
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b")], log: "b")
-        try lab.waitForSocket(lab.socket("b"))
+        let destination = try lab.startReceiver(port: port)
         try "secret".write(toFile: lab.shared + "/token", atomically: true, encoding: .utf8)
         // A real clash: an address the receiving process has mapped already (its own executable's first mapping).
         let maps = try String(contentsOfFile: "/proc/\(destination.processIdentifier)/maps", encoding: .utf8)

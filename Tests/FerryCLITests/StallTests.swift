@@ -30,9 +30,7 @@ import Testing
         let lab = try Lab()
         defer { lab.tearDown() }
         let port = 8100 + Int(getpid() % 50)
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b"), "--timeout", "1s"], log: "b")
-        try lab.waitForSocket(lab.socket("b"))
+        let destination = try lab.startReceiver(port: port, ["--timeout", "1s"])
         let key = lab.shared + "/ferry.key"
         try "secret".write(toFile: lab.shared + "/token", atomically: true, encoding: .utf8)
         let hello = Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000,
@@ -71,13 +69,9 @@ import Testing
         let status = try runFerry(["status", "--control", lab.socket("b"), "--json"])
         #expect(status.standardOutput.contains("\"role\" : \"waiting\""), "nothing of the stalled attempts was adopted")
         // Nothing of those attempts stays mapped: a real migration to the same receiver succeeds.
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a")], log: "a")
-        try lab.waitForSocket(lab.socket("a"))
-        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--timeout", "10s"])
+        let (migrate, verify) = try lab.migrateAFreshWorkload(toReceiverOn: port, ["--timeout", "10s"])
         #expect(migrate.status == 0, "\(migrate.standardError)")
-        source.waitUntilExit()
-        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+        #expect(verify.status == 0)
         _ = try runFerry(["stop", "--control", lab.socket("b")])
         destination.waitUntilExit()
     }
@@ -88,9 +82,7 @@ import Testing
         let lab = try Lab()
         defer { lab.tearDown() }
         let listener = try Listener(on: Endpoint(host: "127.0.0.1", port: 0))
-        let source = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--shared-dir", lab.shared,
-                                    "--control", lab.socket("a")], log: "a")
-        try lab.waitForSocket(lab.socket("a"))
+        let source = try lab.startSource()
         // Accept and hold the connection open without a word until the attempt is over.
         let held = Thread { _ = try? listener.accept(timeoutSeconds: 20).receive(while: "holding the connection") }
         held.start()

@@ -131,12 +131,8 @@ import Testing
         defer { lab.tearDown() }
         let port = 7300 + Int(getpid() % 90)
         let reportPath = lab.directory + "/report.json"
-        _ = try lab.start(["run", "--workload", "hotset", "--region-size", "16MiB", "--fill", "random", "--dirty-rate", "0",
-                           "--shared-dir", lab.shared, "--control", lab.socket("a")], log: "a")
-        let destination = try lab.start(["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared,
-                                         "--control", lab.socket("b"), "--dirty-rate", "0", "--once"], log: "b")
-        try lab.waitForSocket(lab.socket("a"))
-        try lab.waitForSocket(lab.socket("b"))
+        try lab.startSource(["--fill", "random", "--dirty-rate", "0"])
+        let destination = try lab.startReceiver(port: port, ["--dirty-rate", "0", "--once"])
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--max-bandwidth", "50mbit",
                                     "--report", reportPath])
         #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)")

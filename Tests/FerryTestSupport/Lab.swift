@@ -63,6 +63,39 @@ public final class Lab {
         throw LabError.notReady(path)
     }
 
+    /// Starts `ferry run` with this workload and region size, the lab's shared directory and the control
+    /// socket and log `name`, then `extra`; returns once its control socket exists.
+    @discardableResult
+    public func startSource(workload: String = "hotset", regionSize: String = "16MiB", _ extra: [String] = [],
+                            name: String = "a", environment: [String: String] = [:]) throws -> Process {
+        try startAndWait(["run", "--workload", workload, "--region-size", regionSize], extra, name: name, environment: environment)
+    }
+
+    /// Starts `ferry receive` on 127.0.0.1:`port`, with the lab's shared directory and the control socket and
+    /// log `name`, then `extra`; returns once its control socket exists.
+    public func startReceiver(port: Int, _ extra: [String] = [], name: String = "b",
+                              environment: [String: String] = [:]) throws -> Process {
+        try startAndWait(["receive", "--listen", "127.0.0.1:\(port)"], extra, name: name, environment: environment)
+    }
+
+    /// A `--shared-dir` in `extra` takes the place of the lab's.
+    private func startAndWait(_ command: [String], _ extra: [String], name: String, environment: [String: String]) throws -> Process {
+        let shared = extra.contains("--shared-dir") ? [] : ["--shared-dir", self.shared]
+        let process = try start(command + shared + ["--control", socket(name)] + extra, log: name, environment: environment)
+        try waitForSocket(socket(name))
+        return process
+    }
+
+    /// The receiver takes the next real migration: starts a fresh 16 MiB hotset source (`fresh`), migrates it
+    /// to `port` with `options`, waits for it to exit, and runs `ferry verify` on the receiver.
+    public func migrateAFreshWorkload(toReceiverOn port: Int, receiver: String = "b",
+                                      _ options: [String] = []) throws -> (migrate: FerryRun, verify: FerryRun) {
+        let source = try startSource(name: "fresh")
+        let migrate = try runFerry(["migrate", "--control", socket("fresh"), "--to", "127.0.0.1:\(port)"] + options)
+        source.waitUntilExit()
+        return (migrate, try runFerry(["verify", "--control", socket(receiver)]))
+    }
+
     /// Kills whatever still runs and removes the directory.
     public func tearDown() {
         for process in processes where process.isRunning { process.terminate(); process.waitUntilExit() }
