@@ -72,6 +72,7 @@ let package = Package(
         ),
         .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerryTracking", "FerrySystem"], swiftSettings: strict),
         .testTarget(
             name: "FerryAuthTests",
             dependencies: ["FerryAuth", "FerryTransport", "FerryWire", "FerrySystem", "FerryTestSupport"],

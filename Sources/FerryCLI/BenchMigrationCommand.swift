@@ -42,6 +42,9 @@ struct BenchMigrationCommand: Command {
         let region_bytes: Int
         /// One pass of the region digest over a populated region of this size, on one thread, in this process.
         let digest_seconds: Double
+        /// The same pass on `digest_threads` threads (what a migration's strict verify uses).
+        let digest_parallel_seconds: Double
+        let digest_threads: Int
         let points: [Point]
     }
 
@@ -83,9 +86,11 @@ struct BenchMigrationCommand: Command {
             printLine(rate.padding(to: 12) + String(format: "%7.2f   %11.2f   %6d   %11.2f   %@", point.total_seconds, point.downtime_ms,
                                                     point.rounds, point.sent_ratio, point.verified ? "yes" : "NO"))
         }
-        let digestSeconds = try digestSeconds(size: size)
-        printLine(String(format: "digest of %@ (one pass, one thread): %.1f ms", ByteCount(size).description, digestSeconds * 1000))
-        let report = Report(region_bytes: size, digest_seconds: digestSeconds, points: points)
+        let threads = RegionDigest.defaultThreads
+        let digest = try digestSeconds(size: size, threads: threads)
+        printLine(String(format: "digest of %@ (one pass, medians of 5): one thread %.1f ms, %d threads %.1f ms", ByteCount(size).description,
+                         digest.one * 1000, threads, digest.parallel * 1000))
+        let report = Report(region_bytes: size, digest_seconds: digest.one, digest_parallel_seconds: digest.parallel, digest_threads: threads, points: points)
         if let path = arguments.string("json") { try JSONReport.write(report, to: path) }
         if let path = arguments.string("svg") {
             try Data(Chart.sweep(points: points, regionBytes: size).utf8).write(to: URL(fileURLWithPath: path))
@@ -97,18 +102,23 @@ struct BenchMigrationCommand: Command {
 
 extension BenchMigrationCommand {
     /// The median of three digest passes over a populated region of random bytes.
-    static func digestSeconds(size: Int) throws -> Double {
+    /// Median seconds of one digest pass over `size` bytes of random data, on one thread and on `threads`.
+    static func digestSeconds(size: Int, threads: Int) throws -> (one: Double, parallel: Double) {
         let mapping = try AnonymousMapping(byteCount: size, populate: true)
         var random = SplitMix64(seed: 3)
         let words = mapping.range.baseAddress.assumingMemoryBound(to: UInt64.self)
         for index in 0..<(size / 8) { words[index] = random.next() }
-        var times: [Double] = []
-        for _ in 0..<3 {
-            let start = ContinuousClock.now
-            _ = RegionDigest.compute(mapping.range)
-            times.append((ContinuousClock.now - start).seconds)
+        var one: [Double] = []
+        var parallel: [Double] = []
+        for _ in 0..<5 {
+            for count in [1, threads] {
+                let start = ContinuousClock.now
+                _ = RegionDigest.compute(mapping.range, threads: count)
+                let seconds = (ContinuousClock.now - start).seconds
+                if count == 1 { one.append(seconds) } else { parallel.append(seconds) }
+            }
         }
-        return Statistics.median(times)
+        return (Statistics.median(one), Statistics.median(parallel))
     }
 }
 

@@ -132,7 +132,7 @@ public enum MigrationDestination {
             case .digestRequest:
                 var pages = DirtyPages()
                 for (page, data) in hasData.enumerated() where data { pages.append(page: page) }
-                let digest = incremental?.digest ?? RegionDigest.compute(range, resident: pages)
+                let digest = incremental?.digest ?? RegionDigest.compute(range, resident: pages, threads: RegionDigest.defaultThreads)
                 try connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: digest)))
                 FaultInjection.reached(.afterVerify, link: connection)
             case .commit(let generation):

@@ -1,5 +1,7 @@
 public import FerrySystem
 public import FerryTracking
+import Dispatch
+import Foundation
 
 /// A 64-bit digest of a memory region, computed the same way on both hosts, page by page.
 ///
@@ -44,21 +46,44 @@ public enum RegionDigest {
         mix(hash ^ (UInt64(page) &* 0xFF51_AFD7_ED55_8CCD))
     }
 
+    /// Threads a digest uses when a workload is paused (its cores are idle): every core this process may run on.
+    public static var defaultThreads: Int { ProcessInfo.processInfo.activeProcessorCount }
+
     /// The digest of `range`, reading only the pages in `resident` (all pages when nil); every other page
-    /// counts as zero without being read (it holds no memory, so it reads as zeros).
-    public static func compute(_ range: MemoryRange, resident: DirtyPages? = nil) -> UInt64 {
+    /// counts as zero without being read (it holds no memory, so it reads as zeros). Pages are split into
+    /// `threads` contiguous slices hashed in parallel (the sum does not depend on the split); slices are at
+    /// least 16 MiB, so a small region takes one thread.
+    public static func compute(_ range: MemoryRange, resident: DirtyPages? = nil, threads: Int = 1) -> UInt64 {
+        let runs = resident?.runs ?? [PageRun(first: 0, count: range.pageCount)]
+        let minimumSlice = Swift.max(1, (16 << 20) / range.pageSize)
+        let slices = Swift.max(1, Swift.min(threads, range.pageCount / minimumSlice))
+        if slices == 1 { return compute(range, runs: runs, pages: 0..<range.pageCount) }
+        let sums = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: slices)
+        defer { sums.deallocate() }
+        let pagesPerSlice = (range.pageCount + slices - 1) / slices
+        nonisolated(unsafe) let output = sums
+        DispatchQueue.concurrentPerform(iterations: slices) { slice in
+            let lower = slice * pagesPerSlice
+            output[slice] = compute(range, runs: runs, pages: lower..<Swift.min(range.pageCount, lower + pagesPerSlice))
+        }
+        return sums.reduce(0, &+)
+    }
+
+    /// The digest's share from the pages in `pages`, reading those of them inside `runs`.
+    private static func compute(_ range: MemoryRange, runs: [PageRun], pages: Range<Int>) -> UInt64 {
         let zero = zeroPageHash(byteCount: range.pageSize)
         var digest: UInt64 = 0
-        var cursor = 0
-        let runs = resident?.runs ?? [PageRun(first: 0, count: range.pageCount)]
-        for run in runs {
-            while cursor < run.first { digest &+= contribution(page: cursor, hash: zero); cursor += 1 }
-            for page in run.pages {
+        var cursor = pages.lowerBound
+        for run in runs where run.end > pages.lowerBound && run.first < pages.upperBound {
+            let first = Swift.max(run.first, pages.lowerBound)
+            let end = Swift.min(run.end, pages.upperBound)
+            while cursor < first { digest &+= contribution(page: cursor, hash: zero); cursor += 1 }
+            for page in first..<end {
                 digest &+= contribution(page: page, hash: pageHash(range.baseAddress + page * range.pageSize, byteCount: range.pageSize))
             }
-            cursor = run.end
+            cursor = end
         }
-        while cursor < range.pageCount { digest &+= contribution(page: cursor, hash: zero); cursor += 1 }
+        while cursor < pages.upperBound { digest &+= contribution(page: cursor, hash: zero); cursor += 1 }
         return digest
     }
 
