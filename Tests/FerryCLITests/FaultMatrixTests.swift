@@ -156,6 +156,32 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: lab.shared + "/ferry-claim-2"), "a refused resume claims nothing")
     }
 
+    /// An owner on another host cannot be checked from here: `--resume` asks for `--owner-gone`, then resumes
+    /// the download where its file ends, and a second resume finds the new owner alive.
+    @Test func anOwnerOnAnotherHostNeedsOwnerGoneAndTheDownloadResumesWhereItsFileEnds() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let source = try lab.startSource(workload: "download", regionSize: "8MiB", ["--dirty-rate", "2000"])
+        usleep(300_000)
+        kill(source.processIdentifier, SIGKILL)
+        source.waitUntilExit()
+        try "elsewhere:4242".write(toFile: lab.shared + "/ferry-claim-1", atomically: true, encoding: .utf8)
+        let refused = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")])
+        #expect(refused.status == 1 && refused.standardError.contains("--owner-gone"), "\(refused.standardError)")
+        let file = try #require(try FileManager.default.contentsOfDirectory(atPath: lab.shared).first { $0.hasPrefix("download-") })
+        let blocks = try #require(try FileManager.default.attributesOfItem(atPath: lab.shared + "/" + file)[.size] as? Int) / 4096
+        #expect(blocks > 0, "the download wrote blocks before it was killed")
+        let resumed = try lab.start(["run", "--resume", "--owner-gone", "--dirty-rate", "0", "--shared-dir", lab.shared,
+                                     "--control", lab.socket("r")], log: "r")
+        try lab.waitForSocket(lab.socket("r"))
+        #expect(lab.log("r").contains("resumed download at step \(blocks) "), "every complete block is kept: \(lab.log("r"))")
+        #expect(try runFerry(["verify", "--control", lab.socket("r")]).status == 0)
+        let second = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("s")])
+        #expect(second.status == 1 && second.standardError.contains("alive"), "\(second.standardError)")
+        _ = try runFerry(["stop", "--control", lab.socket("r")])
+        resumed.waitUntilExit()
+    }
+
     @Test func resumingAnEmptySharedDirectorySaysThereIsNothingToResume() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
