@@ -175,7 +175,7 @@ public enum AuthError: Error, Hashable, Sendable, CustomStringConvertible {
         case .unexpected(let peer, let expected, let got):
             "authentication with \(peer) failed: it sent \(got) where \(expected) was expected; are both sides this version of ferry, both with --key?"
         case .transport(_, let error):
-            "authentication failed: \(error)"
+            "during the key handshake, before any state was sent: \(error)"
         case .crypto(let peer, let reason):
             "authentication with \(peer) failed: \(reason)"
         }
