@@ -64,7 +64,7 @@ struct RunCommand: Command {
         OptionSpec("seed", "N", "Seed of the workload's deterministic data.", default: "1"),
         OptionSpec("source", "ADDR:PORT", "download: fetch the blocks from 'ferry serve-blocks' there (the business network) instead of generating them."),
         OptionSpec("resume", nil, "Restart the workload recorded in --shared-dir after its owner died (workload, address, size and seed come from the record)."),
-        OptionSpec("owner-gone", nil, "With --resume: the recorded owner is on another host that you know is down (Ferry can only check owners on this host)."),
+        OptionSpec("owner-gone", nil, "With --resume: the recorded owner is on another host that you know is down, even though it renewed its claim less than 10 s ago."),
     ] + hostingOptions
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -116,7 +116,7 @@ struct RunCommand: Command {
         process.finished.wait()
         unlink(control)
         printLine("ferry run: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
-        return .success
+        return process.exitStatus.withLock { $0 }
     }
 
     /// Restarts the workload recorded in `directory` whose owner died: claims the next generation (so neither
@@ -137,7 +137,12 @@ struct RunCommand: Command {
             if let alive = processIsAlive(owner), alive {
                 throw CommandFailure(status: .failure, message: "generation \(record.generation) runs in \(owner) on this host, which is alive: nothing to resume; use 'ferry status' on its control socket")
             } else if processIsAlive(owner) == nil && !ownerGone {
-                throw CommandFailure(status: .failure, message: "generation \(record.generation) is owned by \(owner) on another host, which Ferry cannot check from here; if that host or process is down for good, repeat with --owner-gone")
+                // Another host: its owner renews the claim every second while it lives.
+                let silent = OwnershipClaim.secondsSinceRenewal(of: record.generation, in: directory) ?? .infinity
+                if silent < Self.ownerLeaseSeconds {
+                    throw CommandFailure(status: .failure, message: "generation \(record.generation) is owned by \(owner) on another host, which renewed its claim \(String(format: "%.0f", silent)) s ago (owners renew it every second): it looks alive. If that host is down for good, repeat with --owner-gone")
+                }
+                printLine("ferry run: the owner of generation \(record.generation), \(owner), has not renewed its claim for \(String(format: "%.0f", silent)) s; taking over")
             }
             generation += 1
         }
@@ -167,6 +172,9 @@ struct RunCommand: Command {
         let recovered = (workload as? DownloadWorkload)?.recovery.map { ": \($0)" } ?? ""
         return (workload, generation, "resumed \(kind) at step \(workload.stepCount) from the shared mount\(recovered), in \(region.layout)")
     }
+
+    /// How long an owner on another host must have been silent (not renewed its claim) to count as gone.
+    static let ownerLeaseSeconds = 10.0
 
     /// Whether the process `host:pid` (a claim's owner) is alive, when it is on this host; nil for another host.
     static func processIsAlive(_ owner: String) -> Bool? {

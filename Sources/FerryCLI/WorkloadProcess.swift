@@ -36,6 +36,39 @@ final class WorkloadProcess: Sendable {
         self.sharedDirectory = sharedDirectory
         self.stepsPerSecond = stepsPerSecond
         self.keyPath = keyPath
+        let watch = Thread { [self] in watchOwnership() }
+        watch.name = "ferry-ownership"
+        watch.start()
+    }
+
+    /// Once a second while this process owns the workload: renews its claim (the heartbeat `ferry run
+    /// --resume` on another host reads), and checks that the record still names its generation. If the record
+    /// moved on while the workload runs here (someone resumed it elsewhere, believing this process dead), the
+    /// workload stops at once and the process exits 1: two owners never overlap for more than a second.
+    private func watchOwnership() {
+        while true {
+            usleep(1_000_000)
+            let (role, generation) = state.withLock { ($0.role, $0.generation) }
+            switch role {
+            case .stopped, .migratedAway: return
+            case .waiting: continue
+            case .running, .migrating: OwnershipClaim.renew(generation, in: sharedDirectory)
+            }
+            // An unreadable or missing record is not proof of another owner: act only on a newer generation.
+            guard role == .running, let record = try? OwnershipRecord.read(in: sharedDirectory), record.generation > generation else { continue }
+            let fenced = state.withLock { state -> WorkloadHost? in
+                guard state.role == .running, state.generation == generation else { return nil }  // a migration began meanwhile
+                state.role = .stopped
+                state.lastMigration = "fenced: the ownership record names generation \(record.generation) (\(record.owner)), not this process's \(generation); the workload was stopped here"
+                return state.host
+            }
+            guard let host = fenced else { continue }
+            host.stop()
+            printError("ferry: the ownership record in \(sharedDirectory) moved to generation \(record.generation) (\(record.owner)) while this process ran generation \(generation): another process owns the workload now; stopped it here")
+            exitStatus.withLock { $0 = .failure }
+            finished.signal()
+            return
+        }
     }
 
     func adopt(_ host: WorkloadHost, generation: UInt64) {

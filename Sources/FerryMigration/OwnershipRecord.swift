@@ -32,6 +32,10 @@ import FerrySystem
 /// | commit received | claims g+1, runs, answers "running" | before the claim: the source takes it back; after it: the only owner died | runs (the claim is won); the source sees the claim and stops |
 /// | running(g+1) | serves its control socket | nobody runs it: `ferry run --resume` as above | – |
 ///
+/// An owner renews its claim (modification time) every second; `ferry run --resume` treats a claim silent for
+/// 10 s as a dead owner's. An owner that finds the record past its generation (it was resumed elsewhere while
+/// hung) stops its workload within a second.
+///
 /// So at no moment do two processes run the workload: running needs the claim of the current generation,
 /// and each claim has one creator. After a single failure exactly one process runs it, except when that
 /// one process itself died; then its memory died with it and only what the shared mount holds remains.
@@ -157,6 +161,20 @@ public enum OwnershipClaim {
     /// Who claimed `generation` (`host:pid`), nil if nobody has.
     public static func owner(of generation: UInt64, in directory: String) -> String? {
         FileManager.default.contents(atPath: path(generation, in: directory)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Marks the claim of `generation` as renewed now (its modification time): the owner's heartbeat, which
+    /// `ferry run --resume` on another host reads to tell a live owner from a dead one.
+    public static func renew(_ generation: UInt64, in directory: String) {
+        _ = utimensat(AT_FDCWD, path(generation, in: directory), nil, 0)
+    }
+
+    /// Seconds since the claim of `generation` was created or last renewed; nil if there is no claim.
+    public static func secondsSinceRenewal(of generation: UInt64, in directory: String) -> Double? {
+        var status = stat()
+        guard stat(path(generation, in: directory), &status) == 0 else { return nil }
+        let modified = Double(status.st_mtim.tv_sec) + Double(status.st_mtim.tv_nsec) / 1e9
+        return Date().timeIntervalSince1970 - modified
     }
 
     /// Removes the claims of generations before `generation`, once the record has moved past them.

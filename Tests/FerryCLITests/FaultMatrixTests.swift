@@ -156,30 +156,57 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: lab.shared + "/ferry-claim-2"), "a refused resume claims nothing")
     }
 
-    /// An owner on another host cannot be checked from here: `--resume` asks for `--owner-gone`, then resumes
-    /// the download where its file ends, and a second resume finds the new owner alive.
-    @Test func anOwnerOnAnotherHostNeedsOwnerGoneAndTheDownloadResumesWhereItsFileEnds() throws {
+    /// An owner on another host is judged by its heartbeat (owners renew their claim every second): a fresh
+    /// claim is refused unless `--owner-gone`; a claim silent for a minute is taken over, and the download
+    /// resumes exactly where its file ends. A second resume then finds the new owner alive.
+    @Test func anOwnerOnAnotherHostIsJudgedByItsHeartbeatAndTheDownloadResumesWhereItsFileEnds() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
         let source = try lab.startSource(workload: "download", regionSize: "8MiB", ["--dirty-rate", "2000"])
         usleep(300_000)
         kill(source.processIdentifier, SIGKILL)
         source.waitUntilExit()
-        try "elsewhere:4242".write(toFile: lab.shared + "/ferry-claim-1", atomically: true, encoding: .utf8)
+        let claim = lab.shared + "/ferry-claim-1"
+        try "elsewhere:4242".write(toFile: claim, atomically: true, encoding: .utf8)
         let refused = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")])
-        #expect(refused.status == 1 && refused.standardError.contains("--owner-gone"), "\(refused.standardError)")
+        #expect(refused.status == 1 && refused.standardError.contains("looks alive") && refused.standardError.contains("--owner-gone"),
+                "\(refused.standardError)")
+        // Silent for a minute: gone.
+        let minuteAgo = Date().addingTimeInterval(-60)
+        try FileManager.default.setAttributes([.modificationDate: minuteAgo], ofItemAtPath: claim)
         let file = try #require(try FileManager.default.contentsOfDirectory(atPath: lab.shared).first { $0.hasPrefix("download-") })
         let blocks = try #require(try FileManager.default.attributesOfItem(atPath: lab.shared + "/" + file)[.size] as? Int) / 4096
         #expect(blocks > 0, "the download wrote blocks before it was killed")
-        let resumed = try lab.start(["run", "--resume", "--owner-gone", "--dirty-rate", "0", "--shared-dir", lab.shared,
-                                     "--control", lab.socket("r")], log: "r")
+        let resumed = try lab.start(["run", "--resume", "--dirty-rate", "0", "--shared-dir", lab.shared, "--control", lab.socket("r")], log: "r")
         try lab.waitForSocket(lab.socket("r"))
+        #expect(lab.log("r").contains("has not renewed its claim for 60 s"), "\(lab.log("r"))")
         #expect(lab.log("r").contains("resumed download at step \(blocks) "), "every complete block is kept: \(lab.log("r"))")
         #expect(try runFerry(["verify", "--control", lab.socket("r")]).status == 0)
         let second = try runFerry(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("s")])
         #expect(second.status == 1 && second.standardError.contains("alive"), "\(second.standardError)")
         _ = try runFerry(["stop", "--control", lab.socket("r")])
         resumed.waitUntilExit()
+    }
+
+    /// A running owner renews its claim every second, and stops its workload within a second or two once the
+    /// record names a newer generation (someone resumed the workload elsewhere, wrongly believing it dead).
+    @Test func anOwnerRenewsItsClaimAndStopsWhenTheRecordMovesPastIt() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let source = try lab.startSource(regionSize: "8MiB", ["--dirty-rate", "2000"])
+        let claim = lab.shared + "/ferry-claim-1"
+        let created = try #require(try FileManager.default.attributesOfItem(atPath: claim)[.modificationDate] as? Date)
+        usleep(2_500_000)
+        let renewed = try #require(try FileManager.default.attributesOfItem(atPath: claim)[.modificationDate] as? Date)
+        #expect(renewed.timeIntervalSince(created) >= 1, "the claim is renewed while the owner runs")
+        #expect(source.isRunning)
+        try #"{"generation":7,"owner":"elsewhere:1","workload":"hotset","changedAt":0}"#
+            .write(toFile: lab.shared + "/ferry-owner.json", atomically: true, encoding: .utf8)
+        for _ in 0..<50 where source.isRunning { usleep(100_000) }
+        #expect(!source.isRunning, "the fenced owner stops")
+        source.waitUntilExit()
+        #expect(source.terminationStatus == 1)
+        #expect(lab.log("a").contains("another process owns the workload now"), "\(lab.log("a"))")
     }
 
     @Test func resumingAnEmptySharedDirectorySaysThereIsNothingToResume() throws {
