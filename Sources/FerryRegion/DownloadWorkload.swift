@@ -200,8 +200,19 @@ public final class DownloadWorkload: Workload {
 
     /// Creates a fresh download in `region`, truncating (or creating) its file.
     /// - Parameter source: where blocks come from; nil for `DeterministicBlockSource(seed: options.seed)`.
-    public init(creating region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
+    public convenience init(creating region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
         try Self.checkFreshRegion(region, options: options)
+        let path = Self.path(options.sharedDirectory, seed: options.seed)
+        let file: OwnedDescriptor
+        do {
+            file = try OwnedDescriptor(opening: path, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o644)
+        } catch { throw .file(error) }
+        try self.init(fresh: region, options: options, source: source, file: file, recovery: nil)
+    }
+
+    /// Sets up a fresh region (header, state words at zero blocks, fill) for `file`, already open.
+    private init(fresh region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?, file: consuming OwnedDescriptor,
+                 recovery: DownloadRecovery?) throws(WorkloadError) {
         self.region = region
         seed = options.seed
         sharedDirectory = options.sharedDirectory
@@ -209,10 +220,8 @@ public final class DownloadWorkload: Workload {
         ringOffset = region.range.pageSize
         slots = Self.ringSlots
         self.source = source ?? DeterministicBlockSource(seed: seed)
-        recovery = nil
-        do {
-            file = try OwnedDescriptor(opening: filePath, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o644)
-        } catch { throw .file(error) }
+        self.file = file
+        self.recovery = recovery
         try initializeRegion(fill: options.fill)
     }
 
@@ -227,27 +236,19 @@ public final class DownloadWorkload: Workload {
     /// - Parameter source: where blocks come from; nil for `DeterministicBlockSource(seed: options.seed)`.
     /// - Throws: `WorkloadError.notResumable` when the file does not exist, `.regionTooSmall`,
     ///   `.invalidOptions`, `.file`, `.sharedFileInconsistent` (the file shrank while being read), `.region`.
-    public init(resuming region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
+    public convenience init(resuming region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
         try Self.checkFreshRegion(region, options: options)
-        self.region = region
-        seed = options.seed
-        sharedDirectory = options.sharedDirectory
-        filePath = Self.path(sharedDirectory, seed: seed)
-        ringOffset = region.range.pageSize
-        slots = Self.ringSlots
-        self.source = source ?? DeterministicBlockSource(seed: seed)
-        file = try Self.openExisting(filePath, flags: O_RDWR)
+        let path = Self.path(options.sharedDirectory, seed: options.seed)
+        let file = try Self.openExisting(path, flags: O_RDWR)
         let fd = file.rawValue
-        let path = filePath
-        let kept = try Self.scan(fd, path: path, seed: seed)
+        let kept = try Self.scan(fd, path: path, seed: options.seed)
         let keptLength = kept.blockCount * UInt64(DownloadBlock.size)
         if kept.droppedBytes > 0 {
             do {
                 _ = try systemCall("ftruncate", subject: path) { ftruncate(fd, off_t(keptLength)) }
             } catch { throw .file(error) }
         }
-        recovery = kept
-        try initializeRegion(fill: options.fill)
+        try self.init(fresh: region, options: options, source: source, file: file, recovery: kept)
         try loadRing(blockCount: kept.blockCount)
         let header = region.header
         header.setState(State.fileLength, keptLength)
