@@ -134,15 +134,18 @@ struct RunCommand: Command {
         // Who runs the current generation: its claim. Without one, the source committed it but nobody ran it.
         var generation = record.generation
         if let owner = OwnershipClaim.owner(of: record.generation, in: directory) {
-            if let alive = processIsAlive(owner), alive {
+            switch processIsAlive(owner) {
+            case true?:
                 throw CommandFailure(status: .failure, message: "generation \(record.generation) runs in \(owner) on this host, which is alive: nothing to resume; use 'ferry status' on its control socket")
-            } else if processIsAlive(owner) == nil && !ownerGone {
+            case nil where !ownerGone:
                 // Another host: its owner renews the claim every second while it lives.
                 let silent = OwnershipClaim.secondsSinceRenewal(of: record.generation, in: directory) ?? .infinity
                 if silent < Self.ownerLeaseSeconds {
                     throw CommandFailure(status: .failure, message: "generation \(record.generation) is owned by \(owner) on another host, which renewed its claim \(String(format: "%.0f", silent)) s ago (owners renew it every second): it looks alive. If that host is down for good, repeat with --owner-gone")
                 }
                 printLine("ferry run: the owner of generation \(record.generation), \(owner), has not renewed its claim for \(String(format: "%.0f", silent)) s; taking over")
+            default:
+                break  // dead on this host, or declared gone
             }
             generation += 1
         }

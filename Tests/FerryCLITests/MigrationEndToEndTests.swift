@@ -237,7 +237,7 @@ import Testing
         #expect(migrate.status == 2, "\(migrate.standardOutput) \(migrate.standardError)")
         #expect(migrate.standardError.contains("key"))
         #expect(try runFerry(["verify", "--control", lab.socket("a")]).status == 0, "the source runs on, unchanged")
-        let log = try String(contentsOfFile: lab.directory + "/b.log", encoding: .utf8)
+        let log = lab.log("b")
         #expect(log.contains("refused 127.0.0.1:"), "the refusal names the peer: \(log)")
         let status = try runFerry(["status", "--control", lab.socket("b"), "--json"])
         #expect(status.standardOutput.contains("\"role\" : \"waiting\""), "no state was accepted")
@@ -291,7 +291,7 @@ import Testing
         try bytes.withUnsafeBytes { try noise.sendBytes($0) }
         expectClosed(noise, "random bytes")
         #expect(destination.isRunning)
-        let log = try String(contentsOfFile: lab.directory + "/b.log", encoding: .utf8)
+        let log = lab.log("b")
         #expect(log.contains("expected hello") && log.contains("unexpected") && log.contains("outside the region"), "\(log)")
 
         // Nothing of those attempts stays mapped: a real migration to the same receiver succeeds.
