@@ -2,7 +2,8 @@
 // Ferry: live migration of a running Linux process's memory region.
 //
 // Modules, in the one direction data flows:
-//   CShims -> FerrySystem -> FerryTracking -> (region, wire, transport, migration) -> FerryCLI -> ferry
+//   CShims -> FerrySystem -> FerryTracking -> FerryRegion -> (wire, transport, auth) -> FerryMigration
+//     -> Ferry (the C API, libFerry.so) and FerryWorkloads (the shipped workloads) -> FerryCLI -> ferry
 import PackageDescription
 
 let strict: [SwiftSetting] = [
@@ -15,6 +16,11 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "ferry", targets: ["ferry"]),
+        // The C API (`ferry.h`): `swift build -c release` leaves libFerry.so in `--show-bin-path`.
+        .library(name: "Ferry", type: .dynamic, targets: ["Ferry"]),
+        // The Swift API: link these to make your own program's region migratable.
+        .library(name: "FerryMigration", targets: ["FerryMigration"]),
+        .library(name: "FerryRegion", targets: ["FerryRegion"]),
         .library(name: "FerryTracking", targets: ["FerryTracking"]),
         // For the fuzz harness in demo/fuzz, a package of its own.
         .library(name: "FerryWire", targets: ["FerryWire"]),
@@ -31,8 +37,10 @@ let package = Package(
         .target(name: "FerrySystem", dependencies: ["CShims"], swiftSettings: strict),
         // Write tracking of a memory range: uffd-async, uffd-sync, mprotect.
         .target(name: "FerryTracking", dependencies: ["FerrySystem", "CShims"], swiftSettings: strict),
-        // The migratable region at a fixed address, its header, and the workloads that live in it.
+        // The migratable region at a fixed address, its header, the heap inside it, the workload interface.
         .target(name: "FerryRegion", dependencies: ["FerrySystem", "FerryTracking"], swiftSettings: strict),
+        // The workloads Ferry ships (download, hotset): clients of the public region API like any program's.
+        .target(name: "FerryWorkloads", dependencies: ["FerrySystem", "FerryRegion", "FerryTransport"], swiftSettings: strict),
         // Migration protocol frames and their codec: pure functions over bytes, no I/O.
         .target(name: "FerryWire", swiftSettings: strict),
         // Sockets for the migration stream: frames, pages sent from and received into the region, rate limits.
@@ -44,18 +52,25 @@ let package = Package(
             swiftSettings: strict
         ),
         // The migration itself: source and destination engines, stop policy, digest, ownership handoff, report.
+        // FERRY_TEST_HOOKS (debug builds only): the fault-matrix and untracked-write hooks the tests drive through
+        // the environment. Release builds, what libFerry.so and `ferry` ship as, do not contain them.
         .target(
             name: "FerryMigration",
             dependencies: ["FerrySystem", "FerryTracking", "FerryRegion", "FerryWire", "FerryTransport", "FerryAuth"],
-            swiftSettings: strict
+            swiftSettings: strict + [.define("FERRY_TEST_HOOKS", .when(configuration: .debug))]
         ),
+        // ferry.h, the C API's header; the functions are Swift (`Ferry`).
+        .target(name: "CFerry"),
+        // The C API over the embedding API of FerryMigration: `@_cdecl` functions, built as libFerry.so.
+        .target(name: "Ferry", dependencies: ["CFerry", "FerryMigration", "FerryRegion", "FerrySystem"], swiftSettings: strict),
         // Plain C loops that measure each tracking mechanism: the benchmarks' baseline.
         .target(name: "CFerryBaseline", cSettings: [.define("_GNU_SOURCE")]),
         // Argument parsing and commands of the `ferry` executable.
         .target(
             name: "FerryCLI",
             dependencies: [
-                "FerryMigration", "FerryAuth", "FerryTracking", "FerrySystem", "FerryRegion", "FerryTransport", "CFerryBaseline",
+                "FerryMigration", "FerryWorkloads", "FerryAuth", "FerryTracking", "FerrySystem", "FerryRegion", "FerryTransport",
+                "CFerryBaseline",
             ],
             swiftSettings: strict
         ),
@@ -71,8 +86,11 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "FerryWorkloadsTests", dependencies: ["FerryWorkloads", "FerryRegion", "FerrySystem", "FerryTestSupport"],
+            swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], swiftSettings: strict),
-        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerryTracking", "FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerryWorkloads", "FerryRegion", "FerryTracking", "FerrySystem"], swiftSettings: strict),
         .testTarget(
             name: "FerryAuthTests",
             dependencies: ["FerryAuth", "FerryTransport", "FerryWire", "FerrySystem", "FerryTestSupport"],

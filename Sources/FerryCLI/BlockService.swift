@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import FerryRegion
+import FerryWorkloads
 import FerryTransport
 import Synchronization
 

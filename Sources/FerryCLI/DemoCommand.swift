@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import FerryMigration
 import FerrySystem
 import FerryTransport
 

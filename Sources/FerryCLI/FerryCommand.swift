@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import FerryMigration
 
 /// The `ferry` executable: dispatches to a subcommand, prints help and usage errors, sets the exit status.
 public enum FerryCommand {
@@ -68,6 +69,9 @@ public enum FerryCommand {
         } catch let error as UsageError {
             printError("ferry \(command.path.joined(separator: " ")): \(error)\nRun 'ferry \(command.path.joined(separator: " ")) --help' for usage.")
             return .usage
+        } catch let error as AgentError {
+            printError("ferry \(command.path.joined(separator: " ")): \(error)")
+            return error.isUsage ? .usage : .failure
         } catch let error as CommandFailure {
             printError("ferry \(command.path.joined(separator: " ")): \(error.message)")
             return error.status

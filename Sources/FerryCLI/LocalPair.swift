@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import FerryMigration
 import FerryTransport
 
 /// A source (`ferry run`) and a destination (`ferry receive --once`) as two real processes on this
@@ -23,7 +24,7 @@ final class LocalPair {
         port = try Listener(on: Endpoint(host: "127.0.0.1", port: 0)).endpoint.port
         let executable = Self.executable
         destination = try Self.spawn(executable, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", directory + "/shared",
-                                                  "--control", directory + "/destination.sock", "--dirty-rate", dirtyRate, "--once"],
+                                                  "--control", directory + "/destination.sock", "--once"],
                                      log: directory + "/destination.log")
         source = try Self.spawn(executable, ["run", "--workload", workload, "--region-size", regionSize, "--fill", fill,
                                              "--shared-dir", directory + "/shared", "--control", directory + "/source.sock",

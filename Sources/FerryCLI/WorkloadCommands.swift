@@ -5,6 +5,7 @@ import Foundation
 import FerryAuth
 import FerryMigration
 import FerryRegion
+import FerryWorkloads
 import FerrySystem
 import FerryTransport
 import FerryWire
@@ -14,7 +15,6 @@ private let hostingOptions = [
     OptionSpec("shared-dir", "DIR", "The shared mount both hosts see: the workload's files and the ownership record.", default: "required"),
     OptionSpec("control", "SOCKET", "Unix socket to control this process through.", default: "required"),
     OptionSpec("key", "FILE", "Pre-shared key (mode 0600) both hosts must hold; 'ferry run' creates it when absent.", default: "DIR/ferry.key on the shared mount"),
-    OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties 2-3 pages); 0 = idle, max = flat out.", default: "1000"),
 ]
 
 private func keyPath(_ arguments: ParsedArguments, sharedDirectory: String) -> String {
@@ -47,6 +47,14 @@ private func sharedDirectory(_ arguments: ParsedArguments) throws -> String {
     return path
 }
 
+/// Serves the agent's control socket until it finishes, then reports how it ended.
+private func serveUntilFinished(_ agent: MigrationAgent, control: String, command: String) -> ExitStatus {
+    agent.waitUntilFinished()
+    agent.closeControl()
+    printLine("ferry \(command): \(agent.lastMigration ?? agent.role.rawValue)")
+    return agent.failed ? .failure : .success
+}
+
 /// `ferry run`: start a workload in a region at a fixed address and keep it running until it migrates away.
 struct RunCommand: Command {
     static let path = ["run"]
@@ -55,15 +63,18 @@ struct RunCommand: Command {
         The process runs until the workload migrates away ('ferry migrate') or is stopped.
         With --resume it restarts the workload of a shared directory whose only owner died, from what the shared mount
         holds (possible for download, whose blocks are in its file; not for hotset, whose state lived only in memory).
+        The pace (--dirty-rate) is the workload's own: it is kept in the region, and the workload keeps it after every
+        migration and resume.
         """
     static let options = [
         OptionSpec("workload", "NAME", "download or hotset.", default: "hotset"),
-        OptionSpec("region-size", "SIZE", "Size of the region.", default: "256MiB"),
+        OptionSpec("region-size", "SIZE", "Size of the region (at most the memory available on this host).", default: "256MiB"),
         OptionSpec("base", "ADDRESS", "Fixed address of the region (hex).", default: "0x7e0000000000"),
         OptionSpec("fill", "MODE", "What the region holds before the loop starts: none, zero, random.", default: "none"),
         OptionSpec("seed", "N", "Seed of the workload's deterministic data.", default: "1"),
+        OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties 2-3 pages); 0 = idle, max = flat out. With --resume: the recorded pace unless given.", default: "1000"),
         OptionSpec("source", "ADDR:PORT", "download: fetch the blocks from 'ferry serve-blocks' there (the business network) instead of generating them."),
-        OptionSpec("resume", nil, "Restart the workload recorded in --shared-dir after its owner died (workload, address, size and seed come from the record)."),
+        OptionSpec("resume", nil, "Restart the workload recorded in --shared-dir after its owner died (workload, address, size, seed and pace come from the record)."),
         OptionSpec("owner-gone", nil, "With --resume: the recorded owner is on another host that you know is down, even though it renewed its claim less than 10 s ago."),
     ] + hostingOptions
 
@@ -83,113 +94,34 @@ struct RunCommand: Command {
         let size = try arguments.bytes("region-size", default: 256 << 20)
         let seed = UInt64(try arguments.integer("seed", default: 1, range: 0...Int.max))
         let rate = try arguments.stepRate("dirty-rate", default: 1000)
-        let blockSource = try blockServer(arguments).map { server -> any BlockSource in NetworkBlockSource(server: server, seed: seed) }
+        let server = try blockServer(arguments)
         let key = keyPath(arguments, sharedDirectory: directory)
         _ = try PresharedKey.createIfAbsent(at: key)
-        let started: (workload: any Workload, generation: UInt64, note: String)
+        let agent = MigrationAgent(sharedDirectory: directory, keyPath: key)
+        let note: String
         if arguments.has("resume") {
-            started = try resume(in: directory, ownerGone: arguments.has("owner-gone"), source: blockServer(arguments))
+            let pace = arguments.string("dirty-rate") == nil ? nil : rate
+            let resumer = ShippedWorkloads.resumer(sharedDirectory: directory, blockServer: server, stepsPerSecond: pace)
+            let (host, generation) = try agent.resume(ownerGone: arguments.has("owner-gone"), with: resumer) { printLine("ferry run: \($0)") }
+            let recovered = (host.workload as? DownloadWorkload)?.recovery.map { ": \($0)" } ?? ""
+            note = "resumed \(host.workload.workloadName) at step \(host.stepCount) from the shared mount\(recovered), in \(host.workload.region.layout), generation \(generation)"
         } else {
-            if let record = try OwnershipRecord.read(in: directory) {
-                throw CommandFailure(status: .failure, message: "\(directory) already has an ownership record (generation \(record.generation), owner \(record.owner)): a workload lives there; use another shared directory, 'ferry run --resume' if its owner died, or remove \(OwnershipRecord.fileName) if no host runs it")
-            }
-            guard blockSource == nil || kind == .download else { throw UsageError("--source is for the download workload") }
-            OwnershipClaim.removeClaims(before: .max, in: directory)  // left by a record that was removed
+            guard server == nil || kind == .download else { throw UsageError("--source is for the download workload") }
+            try agent.ensureVacant()
             let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size))
-            let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed)
-            let workload: any Workload = if let blockSource {
-                try DownloadWorkload(creating: region, options: options, source: blockSource)
+            let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed, stepsPerSecond: rate)
+            let workload: any Workload = if let server {
+                try DownloadWorkload(creating: region, options: options, source: NetworkBlockSource(server: server, seed: seed))
             } else {
                 try kind.create(in: region, options: options)
             }
-            guard try OwnershipClaim.claim(1, in: directory, by: OwnershipRecord.thisProcess) else {
-                throw CommandFailure(status: .failure, message: "another process claimed generation 1 in \(directory) at the same time; use another shared directory")
-            }
-            try OwnershipRecord(generation: 1, owner: OwnershipRecord.thisProcess, workload: kind.rawValue, regionBase: UInt64(base), regionBytes: size, seed: seed)
-                .write(in: directory)
-            started = (workload, 1, "\(kind) in \(region.layout)")
+            _ = try agent.start(workload, seed: seed, run: ShippedWorkloads.run)
+            note = "\(kind) in \(region.layout), generation 1"
         }
-        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate, keyPath: key)
-        process.adopt(WorkloadHost(workload: started.workload, stepsPerSecond: rate), generation: started.generation)
-        try process.serveControl(at: control)
-        printLine("ferry run: \(started.note), generation \(started.generation), \(rate.isFinite ? "\(Int(rate))" : "max") steps/s, control \(control), pid \(getpid())")
-        process.finished.wait()
-        unlink(control)
-        printLine("ferry run: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
-        return process.exitStatus.withLock { $0 }
-    }
-
-    /// Restarts the workload recorded in `directory` whose owner died: claims the next generation (so neither
-    /// a late destination nor a second resume can run it too) and rebuilds the workload from its files.
-    static func resume(in directory: String, ownerGone: Bool, source: Endpoint?) throws -> (workload: any Workload, generation: UInt64, note: String) {
-        guard let record = try OwnershipRecord.read(in: directory) else {
-            throw CommandFailure(status: .failure, message: "nothing to resume in \(directory): it has no ownership record; start a workload with 'ferry run' (without --resume)")
-        }
-        guard let kind = WorkloadKind(rawValue: record.workload) else {
-            throw CommandFailure(status: .failure, message: "the record in \(directory) names the workload '\(record.workload)', which this build does not know; use the ferry build that started it")
-        }
-        guard let base = record.regionBase, let bytes = record.regionBytes, let seed = record.seed else {
-            throw CommandFailure(status: .failure, message: "the record in \(directory) was written by an older ferry and lacks the region's address, size and seed; resume is not possible with it")
-        }
-        // Who runs the current generation: its claim. Without one, the source committed it but nobody ran it.
-        var generation = record.generation
-        if let owner = OwnershipClaim.owner(of: record.generation, in: directory) {
-            switch processIsAlive(owner) {
-            case true?:
-                throw CommandFailure(status: .failure, message: "generation \(record.generation) runs in \(owner) on this host, which is alive: nothing to resume; use 'ferry status' on its control socket")
-            case nil where !ownerGone:
-                // Another host: its owner renews the claim every second while it lives.
-                let silent = OwnershipClaim.secondsSinceRenewal(of: record.generation, in: directory) ?? .infinity
-                if silent < Self.ownerLeaseSeconds {
-                    throw CommandFailure(status: .failure, message: "generation \(record.generation) is owned by \(owner) on another host, which renewed its claim \(String(format: "%.0f", silent)) s ago (owners renew it every second): it looks alive. If that host is down for good, repeat with --owner-gone")
-                }
-                printLine("ferry run: the owner of generation \(record.generation), \(owner), has not renewed its claim for \(String(format: "%.0f", silent)) s; taking over")
-            default:
-                break  // dead on this host, or declared gone
-            }
-            generation += 1
-        }
-        guard kind.canResumeFromSharedFiles else {
-            throw CommandFailure(status: .failure, message: "cannot resume: the \(kind) workload of generation \(record.generation) kept its whole state in the memory of its owner (\(OwnershipClaim.owner(of: record.generation, in: directory) ?? record.owner)), and nothing on the shared mount holds it; that state is lost. Start a new workload with 'ferry run' in another shared directory (or remove \(OwnershipRecord.fileName) here)")
-        }
-        guard try OwnershipClaim.claim(generation, in: directory, by: OwnershipRecord.thisProcess) else {
-            throw CommandFailure(status: .failure, message: "generation \(generation) was claimed by \(OwnershipClaim.owner(of: generation, in: directory) ?? "another process") first; the workload runs there")
-        }
-        let workload: any Workload
-        let region: MigratableRegion
-        do {
-            region = try MigratableRegion.create(layout: RegionLayout(base: UInt(base), byteCount: bytes))
-            workload = try kind.resume(
-                in: region, options: WorkloadOptions(sharedDirectory: directory, seed: seed),
-                blockSource: source.map { NetworkBlockSource(server: $0, seed: seed) })
-        } catch {
-            unlink(OwnershipClaim.path(generation, in: directory))  // never ran: let the next attempt claim it
-            throw error
-        }
-        var next = record
-        next.generation = generation
-        next.owner = OwnershipRecord.thisProcess
-        next.changedAt = Date().timeIntervalSince1970
-        try next.write(in: directory)
-        OwnershipClaim.removeClaims(before: generation, in: directory)
-        let recovered = (workload as? DownloadWorkload)?.recovery.map { ": \($0)" } ?? ""
-        return (workload, generation, "resumed \(kind) at step \(workload.stepCount) from the shared mount\(recovered), in \(region.layout)")
-    }
-
-    /// How long an owner on another host must have been silent (not renewed its claim) to count as gone.
-    static let ownerLeaseSeconds = 10.0
-
-    /// Whether the process `host:pid` (a claim's owner) is alive, when it is on this host; nil for another host.
-    static func processIsAlive(_ owner: String) -> Bool? {
-        let identity = owner.split(separator: " ").first.map(String.init) ?? owner
-        let parts = identity.split(separator: ":")
-        guard parts.count == 2, let pid = pid_t(parts[1]) else { return nil }
-        guard String(parts[0]) == OwnershipRecord.thisProcess.split(separator: ":").first.map(String.init) else { return nil }
-        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
-        // A killed process its parent has not reaped yet is a zombie: dead, though kill(2) still finds it.
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.range(of: ") ", options: .backwards) else { return true }
-        return !stat[close.upperBound...].hasPrefix("Z")
+        try agent.serveControl(at: control)
+        let pace = agent.host?.stepsPerSecond ?? rate
+        printLine("ferry run: \(note), \(pace.isFinite ? "\(Int(pace))" : "max") steps/s, control \(control), pid \(getpid())")
+        return serveUntilFinished(agent, control: control, command: "run")
     }
 }
 
@@ -197,6 +129,9 @@ struct RunCommand: Command {
 struct ReceiveCommand: Command {
     static let path = ["receive"]
     static let summary = "Wait for a migration on the migration network, then run the workload here."
+    static let discussion = """
+        The workload runs here at the pace it had on the source (kept in its region).
+        """
     static let options = [
         OptionSpec("listen", "ADDR:PORT", "Address to accept the migration stream on.", default: "required"),
         OptionSpec("once", nil, "Exit (status 1) if the first migration attempt fails, instead of waiting for the next."),
@@ -209,65 +144,17 @@ struct ReceiveCommand: Command {
         let control = try controlPath(arguments)
         let listenText = try arguments.required("listen")
         guard let endpoint = Endpoint(listenText) else { throw UsageError("--listen \(listenText): expected ADDR:PORT") }
-        let rate = try arguments.stepRate("dirty-rate", default: 1000)
         let timeout = try streamTimeout(arguments)
-        let listener = try Listener(on: endpoint)
-        let key = keyPath(arguments, sharedDirectory: directory)
-        let process = WorkloadProcess(sharedDirectory: directory, stepsPerSecond: rate, keyPath: key)
-        try process.serveControl(at: control)
+        let listener: Listener
+        do { listener = try Listener(on: endpoint) } catch { throw AgentError.listen(error) }
+        let agent = MigrationAgent(sharedDirectory: directory, keyPath: keyPath(arguments, sharedDirectory: directory))
+        try agent.serveControl(at: control)
         printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
-        let once = arguments.has("once")
-        let server = try blockServer(arguments)
-        let blockSource = server.map(Self.blockSourceFactory)
-        // Accept on a thread of its own, so 'ferry stop' ends the process even while it waits.
-        let acceptor = Thread {
-            while true {
-                do {
-                    let connection = try listener.accept(connectionTimeoutSeconds: timeout)
-                    do {
-                        // Loaded per attempt: the key may appear on the shared mount after we started.
-                        let presharedKey: PresharedKey
-                        do {
-                            presharedKey = try PresharedKey(loadingFrom: key)
-                        } catch {
-                            try? connection.send(.helloReply(.refused(Refusal(
-                                code: .authentication, reason: "the destination has no usable key: \(error)"))))
-                            throw error
-                        }
-                        let received = try MigrationDestination.receive(
-                            on: connection, sharedDirectory: directory, key: presharedKey, stepsPerSecond: rate,
-                            blockSource: blockSource
-                        ) { printLine("ferry receive: \($0)") }
-                        process.adopt(received.host, generation: received.generation)
-                        return
-                    } catch {
-                        printError("ferry receive: migration from \(connection.peer) failed: \(error)")
-                        if once {
-                            process.exitStatus.withLock { $0 = .failure }
-                            process.finished.signal()
-                            return
-                        }
-                    }
-                } catch {
-                    printError("ferry receive: \(error)")
-                    process.exitStatus.withLock { $0 = .failure }
-                    process.finished.signal()
-                    return
-                }
-            }
-        }
-        acceptor.start()
-        process.finished.wait()
-        unlink(control)
-        printLine("ferry receive: \(process.state.withLock { $0.lastMigration ?? $0.role.rawValue })")
-        return process.exitStatus.withLock { $0 }
-    }
-}
-
-extension ReceiveCommand {
-    /// Makes the `download` workload's block source for its seed, fetching from `server`.
-    static func blockSourceFactory(_ server: Endpoint) -> @Sendable (UInt64) -> any BlockSource {
-        { seed in NetworkBlockSource(server: server, seed: seed) }
+        agent.receive(
+            on: listener, timeoutSeconds: timeout, once: arguments.has("once"),
+            workloads: ShippedWorkloads.receivable(sharedDirectory: directory, blockServer: try blockServer(arguments))
+        ) { printLine("ferry receive: \($0)") }
+        return serveUntilFinished(agent, control: control, command: "receive")
     }
 }
 

@@ -20,11 +20,14 @@ public enum MigrationPhase: String, Sendable, CaseIterable {
     case afterCommit = "after-commit"
 }
 
-/// Test-only fault injection: with `FERRY_TEST_FAULT=PHASE:ACTION` in its environment, a `ferry` process
-/// breaks itself when its side of a migration reaches `PHASE` (a `MigrationPhase` raw value). `kill`
-/// sends itself SIGKILL (the host dies: nothing is cleaned up); `cut` shuts the migration connection
-/// down in both directions and carries on (the link dies). Without the variable this does nothing.
+/// Test-only fault injection, compiled into debug builds only (`FERRY_TEST_HOOKS`, see Package.swift): with
+/// `FERRY_TEST_FAULT=PHASE:ACTION` in its environment, a debug `ferry` process breaks itself when its side of a
+/// migration reaches `PHASE` (a `MigrationPhase` raw value). `kill` sends itself SIGKILL (the host dies:
+/// nothing is cleaned up); `cut` shuts the migration connection down in both directions and carries on (the
+/// link dies). Without the variable this does nothing; in a release build (what `libFerry.so` and `ferry` ship
+/// as) it does not exist, so no stray variable can break an embedding program.
 enum FaultInjection {
+    #if FERRY_TEST_HOOKS
     enum Action: String { case kill, cut }
 
     static let planned: (phase: MigrationPhase, action: Action)? = {
@@ -46,4 +49,9 @@ enum FaultInjection {
         case .cut: link.shutdown()
         }
     }
+    #else
+    /// Release builds: no fault can be injected.
+    @inline(__always)
+    static func reached(_ phase: MigrationPhase, link: Connection) {}
+    #endif
 }

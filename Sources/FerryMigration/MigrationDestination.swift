@@ -9,6 +9,27 @@ import FerryTracking
 import FerryWire
 public import FerryAuth
 
+/// The workloads a receiving process can run, and how it runs one that arrived. The engine knows no workload
+/// by name: a `ferry receive` passes the shipped ones, an embedding program its own.
+public struct ReceivableWorkloads: Sendable {
+    /// The names a hello may carry; any other is refused before anything is mapped.
+    public var names: [String]
+    /// Attaches the workload of a region that arrived complete (validating its header, reopening its
+    /// files); runs nothing yet, so a workload that cannot start here is never claimed.
+    public var attach: @Sendable (MigratableRegion) throws -> any MigratableWorkload
+    /// Starts the attached workload here, once this process owns its generation.
+    public var run: @Sendable (any MigratableWorkload) -> WorkloadHost
+
+    public init(
+        names: [String], attach: @escaping @Sendable (MigratableRegion) throws -> any MigratableWorkload,
+        run: @escaping @Sendable (any MigratableWorkload) -> WorkloadHost
+    ) {
+        self.names = names
+        self.attach = attach
+        self.run = run
+    }
+}
+
 /// The destination side: checks a source's hello, rebuilds the region at the same address from the
 /// stream, proves it matches, and takes the workload over at the ownership commit.
 public enum MigrationDestination {
@@ -24,8 +45,8 @@ public enum MigrationDestination {
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
     /// refusal or failure, after which nothing of the attempt remains mapped here.
     public static func receive(
-        on connection: Connection, sharedDirectory: String, key: PresharedKey, stepsPerSecond: Double,
-        blockSource: (@Sendable (UInt64) -> any BlockSource)? = nil, log: @Sendable (String) -> Void
+        on connection: Connection, sharedDirectory: String, key: PresharedKey, workloads: ReceivableWorkloads,
+        log: @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
         do throws(AuthError) {
@@ -42,7 +63,7 @@ public enum MigrationDestination {
         FaultInjection.reached(.hello, link: connection)
         let region: MigratableRegion
         do {
-            region = try check(hello, sharedDirectory: sharedDirectory)
+            region = try check(hello, sharedDirectory: sharedDirectory, workloads: workloads.names)
         } catch let refusal as Refusal {
             log("refused \(connection.peer): \(refusal.reason)")
             try? connection.send(.helloReply(.refused(refusal)))
@@ -68,7 +89,7 @@ public enum MigrationDestination {
             }
             // Attach first (it runs no step): if the workload cannot start here, we must not hold its claim,
             // or the source would see it claimed and stop, and nobody would run it.
-            let workload = try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource)
+            let workload = try workloads.attach(region)
             guard try OwnershipClaim.claim(generation, in: sharedDirectory, by: OwnershipRecord.thisProcess) else {
                 throw MigrationError.aborted("the source took generation \(generation) back before this host claimed it; the workload runs there; this copy is discarded")
             }
@@ -81,7 +102,7 @@ public enum MigrationDestination {
             let step = workload.stepCount
             log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
             return Received(
-                host: WorkloadHost(workload: workload, stepsPerSecond: stepsPerSecond), generation: generation, source: connection.peer, startStep: step)
+                host: workloads.run(workload), generation: generation, source: connection.peer, startStep: step)
         }
         var fullCopyPhaseReached = false
         while true {
@@ -153,7 +174,7 @@ public enum MigrationDestination {
     }
 
     /// The resource check of DESIGN §3.3 step 1. Maps (and populates) the region on success.
-    static func check(_ hello: Hello, sharedDirectory: String) throws -> MigratableRegion {
+    static func check(_ hello: Hello, sharedDirectory: String, workloads: [String]) throws -> MigratableRegion {
         guard hello.protocolVersion == wireProtocolVersion else {
             throw Refusal(code: .protocolVersion, reason: "protocol version \(hello.protocolVersion) is not \(wireProtocolVersion); run the same ferry build on both hosts")
         }
@@ -163,9 +184,10 @@ public enum MigrationDestination {
         guard Int(hello.pageSize) == Kernel.pageSize else {
             throw Refusal(code: .pageSize, reason: "page size \(hello.pageSize) differs from this host's \(Kernel.pageSize)")
         }
-        guard WorkloadKind(rawValue: hello.workloadName) != nil else {
-            throw Refusal(code: .workload, reason: "this build does not know the workload '\(hello.workloadName)'; install the same ferry version")
+        guard workloads.contains(hello.workloadName) else {
+            throw Refusal(code: .workload, reason: "this process runs \(workloads.map { "'\($0)'" }.joined(separator: " or ")), not the workload '\(hello.workloadName)'; receive it with the program that started it")
         }
+        if let refusal = ProgramIdentity.refusal(sourceImages: hello.images, fixedLayout: hello.fixedLayout) { throw refusal }
         guard hello.layoutVersion == RegionHeader.currentLayoutVersion else {
             throw Refusal(code: .layoutVersion, reason: "region layout version \(hello.layoutVersion) is not this build's \(RegionHeader.currentLayoutVersion); install the same ferry version on both hosts")
         }
@@ -175,8 +197,8 @@ public enum MigrationDestination {
               String(decoding: token, as: UTF8.self) == hello.sharedMountTokenValue else {
             throw Refusal(code: .sharedMount, reason: "the source's token \(hello.sharedMountToken) is not in \(sharedDirectory) here: both hosts must mount the same shared directory (pass the same mount to --shared-dir)")
         }
-        let available = availableMemory()
-        if let available, available < Int(hello.regionSize) + (64 << 20) {
+        let available = Kernel.availableMemory()
+        if let available, available < Int(hello.regionSize) + MigratableRegion.memoryMargin {
             throw Refusal(code: .memory, reason: "the region needs \(ByteCount(Int(hello.regionSize))) but only \(ByteCount(available)) is available here; free memory or pick a larger host")
         }
         let layout = RegionLayout(base: UInt(hello.regionBase), byteCount: Int(hello.regionSize))
@@ -187,15 +209,5 @@ public enum MigrationDestination {
         } catch {
             throw Refusal(code: .memory, reason: "cannot map the region \(layout): \(error)")
         }
-    }
-
-    /// MemAvailable from /proc/meminfo, in bytes.
-    static func availableMemory() -> Int? {
-        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
-            let fields = line.split(separator: " ")
-            if fields.count >= 2, let kib = Int(fields[1]) { return kib * 1024 }
-        }
-        return nil
     }
 }

@@ -24,7 +24,6 @@ public struct MigrationOptions: Sendable {
     public var maximumBytesPerSecond: Double?
     public var tracker: TrackerChoice = .auto
     public var timeoutSeconds = 30.0
-    public var buildIdentity = "ferry 0.1"
     /// When the destination's copy is proven identical: before the handoff, or after it.
     public var verification = VerificationMode.strict
     /// What to do when the workload dirties memory faster than the link drains it.
@@ -83,7 +82,7 @@ public final class MigrationSource: Sendable {
         let region = host.workload.region
         let range = region.range
         var report = MigrationReport(
-            outcome: .failed, reason: nil, tracker: "\(options.tracker)", workload: type(of: host.workload).name,
+            outcome: .failed, reason: nil, tracker: "\(options.tracker)", workload: host.workload.workloadName,
             region_bytes: range.byteCount, destination: options.destination.description, total_seconds: 0,
             downtime_ms: nil, setup_seconds: nil, bytes_sent: 0, verify: options.verification.rawValue, verified: false, rounds: [])
         var paused = false
@@ -129,10 +128,11 @@ public final class MigrationSource: Sendable {
             }
             let info = try region.readHeader()
             try link.send(.hello(Hello(
-                protocolVersion: wireProtocolVersion, buildIdentity: options.buildIdentity, architecture: Kernel.architecture,
+                protocolVersion: wireProtocolVersion, buildIdentity: ProgramIdentity.buildIdentity(), architecture: Kernel.architecture,
                 pageSize: UInt32(range.pageSize), regionBase: UInt64(range.start), regionSize: UInt64(range.byteCount),
                 workloadName: info.workloadName, layoutVersion: info.layoutVersion, sharedMountToken: tokenName,
-                sharedMountTokenValue: token, generation: generation, auditVerification: options.verification == .audit)))
+                sharedMountTokenValue: token, generation: generation, auditVerification: options.verification == .audit,
+                images: ProgramIdentity.currentImages(), fixedLayout: ProgramIdentity.fixedLayoutRequested)))
             FaultInjection.reached(.hello, link: link)
             switch try link.receive(while: "waiting for the resource check") {
             case .helloReply(.accepted(let setup)): report.setup_seconds = setup
@@ -219,7 +219,7 @@ public final class MigrationSource: Sendable {
                     }
                     // Flush the workload's files while it still runs, so the flush at the safe point only
                     // has the last few writes left (the download's fsync was most of its pause).
-                    try? host.workload.flush()
+                    host.flushAhead()
                     mark = ContinuousClock.now
                     let pauseStart = mark
                     guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
@@ -289,7 +289,7 @@ public final class MigrationSource: Sendable {
                         // Still paused here, with the region intact: whoever claims g+1 first runs it.
                         return finished(try settleUnacknowledgedHandoff(next, after: error, report: report))
                     }
-                    host.stop()
+                    host.stop(flush: false, reason: .handedOver)
                     parts.resume_ack_ms = lap()
                     report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
                     report.downtime_parts = parts
@@ -324,7 +324,7 @@ public final class MigrationSource: Sendable {
                 // Past the commit this source never runs generation g again: either the destination runs g+1
                 // (it acknowledged, or claimed it) or settling who runs it failed on the shared mount; then
                 // the claim files there tell, and 'ferry run --resume' restarts it if nobody does.
-                if !host.isStopped { host.stop() }
+                if !host.isStopped { host.stop(flush: false, reason: .handedOver) }
                 report.outcome = .completed
                 return finished(report)
             }
@@ -368,23 +368,28 @@ public final class MigrationSource: Sendable {
             report.outcome = .failed
             report.reason = "the destination never confirmed that it runs the workload (\(why)) and had not claimed generation \(committed.generation); the source took it back as generation \(back.generation) and runs it again"
         } else {
-            host.stop()
+            host.stop(flush: false, reason: .handedOver)
             report.outcome = .completed
             report.reason = "the link broke before the destination's 'running' (\(why)), but the destination had claimed generation \(committed.generation): it runs the workload"
         }
         return report
     }
 
-    /// Test-only hook (environment `FERRY_TEST_UNTRACKED_WRITE=1`): changes one byte of the paused region
-    /// behind the tracker's back while `body` runs, then restores it, as a write no tracker sees would
-    /// (DMA, a second mapping). The digest check must catch it and abort the handoff.
+    /// Test-only hook (debug builds only, environment `FERRY_TEST_UNTRACKED_WRITE=1`): changes one byte of the
+    /// paused region behind the tracker's back while `body` runs, then restores it, as a write no tracker sees
+    /// would (DMA, a second mapping). The digest check must catch it and abort the handoff. Release builds do
+    /// not contain it (`FERRY_TEST_HOOKS` is defined for debug builds only).
     static func withInjectedUntrackedWrite<T>(_ range: MemoryRange, _ body: () throws -> T) rethrows -> T {
+        #if FERRY_TEST_HOOKS
         guard ProcessInfo.processInfo.environment["FERRY_TEST_UNTRACKED_WRITE"] == "1" else { return try body() }
         let address = range.baseAddress + range.byteCount - 1
         let saved = address.load(as: UInt8.self)
         address.storeBytes(of: saved ^ 0x5A, as: UInt8.self)
         defer { address.storeBytes(of: saved, as: UInt8.self) }
         return try body()
+        #else
+        return try body()
+        #endif
     }
 
     static func describe(_ error: any Error) -> String {

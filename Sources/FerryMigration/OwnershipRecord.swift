@@ -53,20 +53,31 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
     public var regionBase: UInt64?
     public var regionBytes: Int?
     public var seed: UInt64?
+    /// The workload's pace in steps per second, for a resume (absent: the program paces itself).
+    public var stepsPerSecond: Double?
 
-    public init(generation: UInt64, owner: String, workload: String, regionBase: UInt64? = nil, regionBytes: Int? = nil, seed: UInt64? = nil) {
+    public init(
+        generation: UInt64, owner: String, workload: String, regionBase: UInt64? = nil, regionBytes: Int? = nil,
+        seed: UInt64? = nil, stepsPerSecond: Double? = nil
+    ) {
         self.generation = generation
         self.owner = owner
         self.workload = workload
         self.regionBase = regionBase
         self.regionBytes = regionBytes
         self.seed = seed
+        self.stepsPerSecond = stepsPerSecond.map { $0.isFinite ? $0 : -1 }
         changedAt = Date().timeIntervalSince1970
     }
 
+    /// The recorded pace (`.infinity` is stored as -1, which JSON can hold).
+    public var pace: Double? { stepsPerSecond.map { $0 < 0 ? .infinity : $0 } }
+
     /// The record of the next generation, owned by `owner`, describing the same workload.
     public func successor(owner: String) -> OwnershipRecord {
-        OwnershipRecord(generation: generation + 1, owner: owner, workload: workload, regionBase: regionBase, regionBytes: regionBytes, seed: seed)
+        OwnershipRecord(
+            generation: generation + 1, owner: owner, workload: workload, regionBase: regionBase, regionBytes: regionBytes,
+            seed: seed, stepsPerSecond: pace)
     }
 
     /// Reads the record in `directory`, nil if there is none.

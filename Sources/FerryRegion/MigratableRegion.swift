@@ -87,10 +87,25 @@ public final class MigratableRegion: Sendable {
     }
 
     /// Maps a fresh, zeroed region for a workload to be created in (the source's side).
-    /// - Throws: `RegionError.addressInUse` when anything is mapped in the way, `.invalidLayout`,
-    ///   `.mapFailed`.
+    ///
+    /// A region larger than the memory this host can give it (`Kernel.availableMemory()`, less a 64 MiB
+    /// margin) is refused before anything is mapped: it would only grow until the OOM killer ends the process.
+    /// - Throws: `RegionError.insufficientMemory` with the figures, `.addressInUse` when anything is mapped in
+    ///   the way, `.invalidLayout`, `.mapFailed`.
     public static func create(layout: RegionLayout) throws(RegionError) -> MigratableRegion {
-        try MigratableRegion(layout: layout, populate: false)
+        try checkMemory(for: layout.byteCount)
+        return try MigratableRegion(layout: layout, populate: false)
+    }
+
+    /// Memory kept free beside a region, for the process itself.
+    public static let memoryMargin = 64 << 20
+
+    /// Throws `.insufficientMemory` unless this host has `byteCount` plus `memoryMargin` available.
+    public static func checkMemory(for byteCount: Int) throws(RegionError) {
+        guard let available = Kernel.availableMemory() else { return }
+        guard byteCount <= available - memoryMargin else {
+            throw .insufficientMemory(required: byteCount, available: available)
+        }
     }
 
     /// Maps the region at the same address on the destination, before any page arrives.
@@ -115,10 +130,11 @@ public final class MigratableRegion: Sendable {
         try header.read()
     }
 
-    var bytes: RegionBytes { RegionBytes(range) }
+    /// Bounds-checked access to the region's bytes.
+    public var bytes: RegionBytes { RegionBytes(range) }
 
     /// Fills `count` bytes at `offset` (page-aligned) as `fill` says.
-    func fill(_ fill: RegionFill, offset: Int, count: Int, seed: UInt64) throws(RegionError) {
+    public func fill(_ fill: RegionFill, offset: Int, count: Int, seed: UInt64) throws(RegionError) {
         guard count > 0 else { return }
         switch fill {
         case .none:

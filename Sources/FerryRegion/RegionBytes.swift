@@ -6,33 +6,33 @@ public import FerrySystem
 /// Values are stored in the machine's native byte order (little-endian on x86-64 and arm64); source and
 /// destination of a migration must share the architecture anyway. Loads and stores are unaligned-safe.
 /// A view does not own the memory: its region must stay mapped while the view is used.
-struct RegionBytes {
+public struct RegionBytes: Sendable {
     /// First byte's address.
-    let start: UInt
+    public let start: UInt
     /// Number of bytes the view covers.
-    let count: Int
+    public let count: Int
 
-    init(_ range: MemoryRange) {
+    public init(_ range: MemoryRange) {
         start = range.start
         count = range.byteCount
     }
 
-    var base: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: start)! }
+    public var base: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: start)! }
 
     @inline(__always)
-    func load<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int) -> T {
+    public func load<T: FixedWidthInteger>(_: T.Type = T.self, at offset: Int) -> T {
         precondition(offset >= 0 && offset <= count - MemoryLayout<T>.size, "region access out of bounds")
         return base.loadUnaligned(fromByteOffset: offset, as: T.self)
     }
 
     @inline(__always)
-    func store<T: FixedWidthInteger>(_ value: T, at offset: Int) {
+    public func store<T: FixedWidthInteger>(_ value: T, at offset: Int) {
         precondition(offset >= 0 && offset <= count - MemoryLayout<T>.size, "region access out of bounds")
         base.storeBytes(of: value, toByteOffset: offset, as: T.self)
     }
 
     /// Runs `body` over `length` bytes at `offset`.
-    func withBytes<R, E: Error>(
+    public func withBytes<R, E: Error>(
         at offset: Int, count length: Int, _ body: (UnsafeMutableRawBufferPointer) throws(E) -> R
     ) throws(E) -> R {
         precondition(offset >= 0 && length >= 0 && offset <= count - length, "region access out of bounds")
@@ -40,10 +40,10 @@ struct RegionBytes {
     }
 
     /// The absolute address of the byte at `offset`.
-    func address(at offset: Int) -> UInt { start + UInt(offset) }
+    public func address(at offset: Int) -> UInt { start + UInt(offset) }
 
     /// The offset of `address`, or nil when `address .. address + length` does not lie inside the view.
-    func offset(ofAddress address: UInt, length: Int = 1) -> Int? {
+    public func offset(ofAddress address: UInt, length: Int = 1) -> Int? {
         guard address >= start, address - start <= UInt(count - length) else { return nil }
         return Int(address - start)
     }

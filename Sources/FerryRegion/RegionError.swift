@@ -16,6 +16,8 @@ public enum RegionError: Error, Hashable, Sendable, CustomStringConvertible {
     case unsupportedLayoutVersion(found: UInt32, supported: UInt32)
     /// The magic is right but a field is impossible (the region is damaged or only partly transferred).
     case malformedHeader(String)
+    /// The region is larger than the memory this host can give it (`MemAvailable`).
+    case insufficientMemory(required: Int, available: Int)
 
     public var description: String {
         switch self {
@@ -38,6 +40,9 @@ public enum RegionError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .unsupportedLayoutVersion(found, supported):
             return "the region's layout version is \(found) but this build understands version \(supported); "
                 + "run the same ferry build on both hosts"
+        case let .insufficientMemory(required, available):
+            return "the region needs \(ByteCount(required)) but this host has only \(ByteCount(available)) of memory "
+                + "available; make the region smaller or free memory first"
         case let .malformedHeader(reason):
             return "the region header is damaged: \(reason); the region was corrupted or only partly "
                 + "transferred: migrate it again from the source"

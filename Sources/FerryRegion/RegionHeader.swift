@@ -17,6 +17,8 @@ public struct RegionHeaderInfo: Hashable, Sendable, CustomStringConvertible {
     public var fill: RegionFill
     /// The workload's parameters, fixed at creation (their meaning is the workload's).
     public var parameters: [UInt64]
+    /// The pace the workload runs at, in steps per second (0 idle, `.infinity` flat out, nil: the program's own).
+    public var stepsPerSecond: Double?
 
     public var description: String {
         "\(workloadName) (layout \(layoutVersion)): \(stepCount) steps, seed 0x\(String(seed, radix: 16)), "
@@ -28,6 +30,8 @@ public struct RegionHeaderInfo: Hashable, Sendable, CustomStringConvertible {
 ///
 /// Byte layout (native byte order, which is little-endian on every architecture ferry supports; both
 /// hosts of a migration must share the architecture):
+///
+/// Layout version 2 added the pace and the root.
 ///
 /// | offset | size | field |
 /// |---|---|---|
@@ -42,13 +46,15 @@ public struct RegionHeaderInfo: Hashable, Sendable, CustomStringConvertible {
 /// | 0x50 | 4 | fill, `UInt32`: 0 none, 1 zero, 2 random |
 /// | 0x54 | 4 | reserved, 0 |
 /// | 0x58 | 64 | 8 workload parameters, `UInt64` each, fixed at creation (independent of the dirty rate) |
-/// | 0x98 | 104 | reserved, 0 |
+/// | 0x98 | 8 | pace: steps per second as a `Double`'s bits; NaN (all ones) = the program paces itself |
+/// | 0xA0 | 8 | root: an absolute address inside the region chosen by the program (`ferry_root`), 0 = none |
+/// | 0xA8 | 88 | reserved, 0 |
 /// | 0x100 | to the end of page 0 | workload state (`stateOffset`), laid out by the workload |
 ///
 /// The view does not own the memory; the region must stay mapped while it is used.
 public struct RegionHeader {
     public static let magic: [UInt8] = Array("FERRYRG1".utf8)
-    public static let currentLayoutVersion: UInt32 = 1
+    public static let currentLayoutVersion: UInt32 = 2
     /// Longest workload name, in UTF-8 bytes.
     public static let maximumNameLength = 31
     public static let parameterCount = 8
@@ -67,11 +73,14 @@ public struct RegionHeader {
         static let dataOffset = 0x48
         static let fill = 0x50
         static let parameters = 0x58
+        static let pace = 0x98
+        static let root = 0xA0
     }
 
-    let bytes: RegionBytes
+    /// The bytes of the whole region the header heads.
+    public let bytes: RegionBytes
     /// The page size of the mapping the header lies in.
-    let pageSize: Int
+    public let pageSize: Int
 
     /// A view of the header of the region mapped at `range`.
     public init(range: MemoryRange) {
@@ -81,7 +90,7 @@ public struct RegionHeader {
     }
 
     /// Steps completed so far.
-    public internal(set) var stepCount: UInt64 {
+    public var stepCount: UInt64 {
         get { bytes.load(at: Offset.stepCount) }
         nonmutating set { bytes.store(newValue, at: Offset.stepCount) }
     }
@@ -92,16 +101,42 @@ public struct RegionHeader {
         return bytes.load(at: Offset.parameters + 8 * index)
     }
 
-    /// The workload-state word at `offset` bytes past `stateOffset`.
-    func state(_ offset: Int) -> UInt64 { bytes.load(at: Self.stateOffset + offset) }
-    func setState(_ offset: Int, _ value: UInt64) { bytes.store(value, at: Self.stateOffset + offset) }
+    /// The pace the workload runs at, in steps per second; nil when the program paces itself.
+    public var stepsPerSecond: Double? {
+        get {
+            let value = Double(bitPattern: bytes.load(at: Offset.pace))
+            return value.isNaN ? nil : value
+        }
+        nonmutating set { bytes.store((newValue ?? .nan).bitPattern, at: Offset.pace) }
+    }
 
-    /// Writes a fresh header (step counter 0, empty state).
-    func initialize(
-        workloadName: String, seed: UInt64, dataOffset: Int, fill: RegionFill, parameters: [UInt64]
+    /// The program's root pointer (an absolute address inside the region), 0 when none was set.
+    public var root: UInt64 {
+        get { bytes.load(at: Offset.root) }
+        nonmutating set { bytes.store(newValue, at: Offset.root) }
+    }
+
+    /// The workload-state word at `offset` bytes past `stateOffset`.
+    public func state(_ offset: Int) -> UInt64 { bytes.load(at: Self.stateOffset + offset) }
+    public func setState(_ offset: Int, _ value: UInt64) { bytes.store(value, at: Self.stateOffset + offset) }
+
+    /// Whether `name` can be a workload name: 1 to `maximumNameLength` UTF-8 bytes, no NUL.
+    public static func isValidName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        return !bytes.isEmpty && bytes.count <= maximumNameLength && !bytes.contains(0)
+    }
+
+    /// Writes a fresh header (step counter 0, empty state, no root).
+    /// - Parameters:
+    ///   - workloadName: 1 to `maximumNameLength` UTF-8 bytes (check with `isValidName`).
+    ///   - dataOffset: where the workload's data area starts, a page boundary past the header page.
+    ///   - stepsPerSecond: the workload's pace (nil: the program paces itself).
+    public func initialize(
+        workloadName: String, seed: UInt64, dataOffset: Int, fill: RegionFill, parameters: [UInt64],
+        stepsPerSecond: Double? = nil
     ) {
         let name = Array(workloadName.utf8)
-        precondition(!name.isEmpty && name.count <= Self.maximumNameLength && !name.contains(0), "bad name")
+        precondition(Self.isValidName(workloadName), "bad workload name")
         precondition(parameters.count <= Self.parameterCount)
         bytes.withBytes(at: 0, count: Self.stateOffset) { _ = $0.initializeMemory(as: UInt8.self, repeating: 0) }
         for (index, byte) in Self.magic.enumerated() { bytes.store(byte, at: Offset.magic + index) }
@@ -114,6 +149,7 @@ public struct RegionHeader {
         bytes.store(UInt64(dataOffset), at: Offset.dataOffset)
         bytes.store(fill.code, at: Offset.fill)
         for (index, value) in parameters.enumerated() { bytes.store(value, at: Offset.parameters + 8 * index) }
+        self.stepsPerSecond = stepsPerSecond
     }
 
     /// The header's fields, validated against the mapping it lies in.
@@ -150,6 +186,6 @@ public struct RegionHeader {
         return RegionHeaderInfo(
             layoutVersion: version, workloadName: name, stepCount: stepCount, regionSize: regionSize,
             pageSize: headerPageSize, seed: bytes.load(at: Offset.seed), dataOffset: dataOffset, fill: fill,
-            parameters: (0..<Self.parameterCount).map(parameter))
+            parameters: (0..<Self.parameterCount).map(parameter), stepsPerSecond: stepsPerSecond)
     }
 }

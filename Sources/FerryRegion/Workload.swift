@@ -29,8 +29,7 @@ public enum RegionFill: String, CaseIterable, Hashable, Sendable, CustomStringCo
     public var description: String { rawValue }
 }
 
-/// Settings for creating a workload. Nothing here depends on the dirty rate: that is the pacing of
-/// `step()`, which belongs to whoever runs the workload.
+/// Settings for creating a workload.
 public struct WorkloadOptions: Hashable, Sendable {
     /// The directory on the shared mount where the workload keeps its files.
     public var sharedDirectory: String
@@ -40,12 +39,19 @@ public struct WorkloadOptions: Hashable, Sendable {
     public var workingSetPages: Int?
     /// Determines all of the workload's deterministic content.
     public var seed: UInt64
+    /// The pace of `step()`s, kept in the region header so the workload keeps it after a move or a resume
+    /// (0 idle, `.infinity` flat out; nil: whoever runs it decides).
+    public var stepsPerSecond: Double?
 
-    public init(sharedDirectory: String, fill: RegionFill = .none, workingSetPages: Int? = nil, seed: UInt64 = 1) {
+    public init(
+        sharedDirectory: String, fill: RegionFill = .none, workingSetPages: Int? = nil, seed: UInt64 = 1,
+        stepsPerSecond: Double? = nil
+    ) {
         self.sharedDirectory = sharedDirectory
         self.fill = fill
         self.workingSetPages = workingSetPages
         self.seed = seed
+        self.stepsPerSecond = stepsPerSecond
     }
 }
 
@@ -71,6 +77,8 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
     case corruptState(String)
     /// Where the workload's input comes from failed (e.g. the block server of `download`).
     case source(String)
+    /// The program's own callback (flush) reported a failure.
+    case program(String)
     /// Nothing outside the memory of the process that ran the workload holds its progress, so it cannot be
     /// resumed after that process died: `path` is the file that should have (nil if the workload keeps none).
     case notResumable(workload: String, path: String?, reason: String)
@@ -82,9 +90,8 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .wrongWorkload(expected, found):
             return "the region holds the \"\(found)\" workload, not \"\(expected)\"; attach it as \(found)"
         case let .unknownWorkload(name):
-            let known = WorkloadKind.allCases.map(\.rawValue).joined(separator: ", ")
-            return "the region holds an unknown workload \"\(name)\" (this build knows \(known)); "
-                + "run the same ferry build on both hosts"
+            return "the region holds the workload \"\(name)\", which this program does not run; "
+                + "receive it with the program that started it (the same build on both hosts)"
         case let .regionTooSmall(workload, required, actual):
             return "the \(workload) workload needs a region of at least \(ByteCount(required)), "
                 + "not \(ByteCount(actual)); give a larger --size"
@@ -101,6 +108,8 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
             return "the workload's state in the region is damaged: \(reason); run `ferry verify` for details"
         case let .source(reason):
             return "the workload's input failed: \(reason)"
+        case let .program(reason):
+            return "the program reported: \(reason)"
         case let .notResumable(workload, path, reason):
             return "the \(workload) workload cannot be resumed: \(path.map { "\($0) " } ?? "")\(reason); "
                 + "create it afresh"
@@ -147,18 +156,42 @@ public struct VerificationReport: Hashable, Sendable, CustomStringConvertible {
         ([summary] + checks.map { "  \($0)" }).joined(separator: "\n")
     }
 
-    mutating func record(_ name: String, _ passed: Bool, _ detail: String) {
+    /// Appends one check.
+    public mutating func record(_ name: String, _ passed: Bool, _ detail: String) {
         checks.append(VerificationCheck(name: name, passed: passed, detail: detail))
     }
 }
 
-/// A program whose whole state lives in a `MigratableRegion`, run as a sequence of steps.
+/// What the migration engine needs of a workload, whoever runs it: the region that holds all of its state,
+/// its files made durable at a safe point, and a check of its invariants.
 ///
-/// Between two steps is a **safe point**: the workload may be paused there, its files flushed, its region
-/// copied to another host and the workload attached and continued there. Implementations keep every
-/// mutable value in the region (the object caches only values derived from it and immutable settings), and
-/// store pointers inside the region as absolute addresses. One thread at a time calls `step()`.
-public protocol Workload: AnyObject, Sendable {
+/// Implementations keep every mutable value in the region (the object caches only values derived from it
+/// and immutable settings), store pointers inside the region as absolute addresses, and count their safe
+/// points in the header's step counter. `flush()` and `verify()` are called only while the workload waits
+/// at a safe point (or has stopped).
+public protocol MigratableWorkload: AnyObject, Sendable {
+    /// The name stored in the region header, e.g. `download`.
+    var workloadName: String { get }
+
+    /// The region the workload lives in.
+    var region: MigratableRegion { get }
+
+    /// Steps (safe points passed) so far, as the region header records them.
+    var stepCount: UInt64 { get }
+
+    /// Makes the workload's files durable (`fsync`). Called at a safe point before pausing or migrating.
+    func flush() throws(WorkloadError)
+
+    /// Checks every invariant of the workload's state and files, naming what is wrong.
+    func verify() -> VerificationReport
+}
+
+/// A workload run as a sequence of `step()`s by Ferry's own loop (`WorkloadHost`): between two steps is a
+/// **safe point**, where it may be paused, its files flushed, its region copied to another host and the
+/// workload attached and continued there. One thread at a time calls `step()`.
+///
+/// A program with its own loop instead calls the safe point itself (`EmbeddedWorkload` in FerryMigration).
+public protocol Workload: MigratableWorkload {
     /// The name stored in the region header, e.g. `download`.
     static var name: String { get }
 
@@ -174,23 +207,13 @@ public protocol Workload: AnyObject, Sendable {
     /// - Throws: `WorkloadError.region`, `.wrongWorkload`, `.corruptState`, `.sharedFileInconsistent`, `.file`.
     init(attaching region: MigratableRegion, sharedDirectory: String) throws(WorkloadError)
 
-    /// The region the workload lives in.
-    var region: MigratableRegion { get }
-
-    /// Steps completed, as the region header records them.
-    var stepCount: UInt64 { get }
-
     /// Does one unit of work. All state changes land in the region; the step counter is incremented last.
     func step() throws(WorkloadError)
-
-    /// Makes the workload's files durable (`fsync`). Call it at a safe point before pausing or migrating.
-    func flush() throws(WorkloadError)
-
-    /// Checks every invariant of the workload's state and files, naming what is wrong.
-    func verify() -> VerificationReport
 }
 
 extension Workload {
+    public var workloadName: String { Self.name }
+
     public var stepCount: UInt64 { region.header.stepCount }
 
     /// Runs `count` steps (a convenience for tests and tools; real runs pace steps themselves).
@@ -199,86 +222,13 @@ extension Workload {
     }
 }
 
-/// The workloads this build ships, by the name stored in the region header.
-public enum WorkloadKind: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
-    case download
-    case hotset
-
-    /// The implementing type.
-    public var type: any Workload.Type {
-        switch self {
-        case .download: DownloadWorkload.self
-        case .hotset: HotsetWorkload.self
-        }
-    }
-
-    /// Creates this workload fresh in `region`.
-    public func create(in region: MigratableRegion, options: WorkloadOptions) throws(WorkloadError) -> any Workload {
-        try type.init(creating: region, options: options)
-    }
-
-    /// Whether the workload's progress survives its process in files on the shared mount, so that
-    /// `resume(in:options:blockSource:)` can rebuild it after the process died.
-    public var canResumeFromSharedFiles: Bool {
-        switch self {
-        case .download: true
-        case .hotset: false
-        }
-    }
-
-    /// Rebuilds this workload in a fresh `region` from the files a dead process left under
-    /// `options.sharedDirectory` (see `DownloadWorkload.init(resuming:options:source:)`).
-    /// - Parameter blockSource: a `download`'s block source; nil for the deterministic one.
-    /// - Throws: `WorkloadError.notResumable` when `canResumeFromSharedFiles` is false or there is no file,
-    ///   or what the workload's resuming initialiser throws.
-    public func resume(
-        in region: MigratableRegion, options: WorkloadOptions, blockSource: (any BlockSource)? = nil
-    ) throws(WorkloadError) -> any Workload {
-        switch self {
-        case .download:
-            return try DownloadWorkload(resuming: region, options: options, source: blockSource)
-        case .hotset:
-            throw .notResumable(
-                workload: rawValue, path: nil,
-                reason: "its whole state lived only in the memory of the process that died")
-        }
-    }
-
-    /// Attaches to whatever workload `region`'s header names, giving a `download` the block source
-    /// `blockSource` makes for its seed.
-    public static func attach(
-        to region: MigratableRegion, sharedDirectory: String, blockSource: (@Sendable (UInt64) -> any BlockSource)?
-    ) throws(WorkloadError) -> any Workload {
-        guard let blockSource else { return try attach(to: region, sharedDirectory: sharedDirectory) }
-        let info: RegionHeaderInfo
-        do { info = try region.readHeader() } catch { throw .region(error) }
-        guard info.workloadName == DownloadWorkload.name else { return try attach(to: region, sharedDirectory: sharedDirectory) }
-        return try DownloadWorkload(attaching: region, sharedDirectory: sharedDirectory, source: blockSource(info.seed))
-    }
-
-    /// Attaches to whatever workload `region`'s header names.
-    /// - Throws: `WorkloadError.region` for a bad header, `.unknownWorkload` for a name this build does not
-    ///   know, or what the workload's `init(attaching:sharedDirectory:)` throws.
-    public static func attach(to region: MigratableRegion, sharedDirectory: String) throws(WorkloadError) -> any Workload {
-        let info: RegionHeaderInfo
-        do { info = try region.readHeader() } catch { throw .region(error) }
-        guard let kind = WorkloadKind(rawValue: info.workloadName) else { throw .unknownWorkload(info.workloadName) }
-        return try kind.type.init(attaching: region, sharedDirectory: sharedDirectory)
-    }
-
-    /// The smallest region this workload fits in.
-    public func minimumRegionSize(pageSize: Int = Kernel.pageSize) -> Int { type.minimumRegionSize(pageSize: pageSize) }
-
-    public var description: String { rawValue }
-}
-
-extension Workload {
+extension MigratableWorkload {
     /// A verification report whose first check is the region header naming this workload.
-    func headerVerification() -> VerificationReport {
-        var report = VerificationReport(workload: Self.name)
+    public func headerVerification() -> VerificationReport {
+        var report = VerificationReport(workload: workloadName)
         do {
             let info = try region.readHeader()
-            report.record("header", info.workloadName == Self.name, info.description)
+            report.record("header", info.workloadName == workloadName, info.description)
         } catch {
             report.record("header", false, error.description)
         }
@@ -287,7 +237,8 @@ extension Workload {
 }
 
 /// Reads and checks the header of `region` for workload `name`.
-func attachHeader(_ region: MigratableRegion, workload name: String) throws(WorkloadError) -> RegionHeaderInfo {
+/// - Throws: `WorkloadError.region` for a bad header, `.wrongWorkload` for another workload's region.
+public func attachHeader(_ region: MigratableRegion, workload name: String) throws(WorkloadError) -> RegionHeaderInfo {
     let info: RegionHeaderInfo
     do { info = try region.readHeader() } catch { throw .region(error) }
     guard info.workloadName == name else { throw .wrongWorkload(expected: name, found: info.workloadName) }

@@ -45,6 +45,33 @@ public enum Kernel {
         firstLine(of: path).flatMap { Int($0.filter { !$0.isWhitespace }) }
     }
 
+    /// The memory this host can still give a process without swapping (`MemAvailable` of /proc/meminfo), in
+    /// bytes; nil if it cannot be read.
+    public static func availableMemory() -> Int? {
+        guard let text = try? readSmallFile("/proc/meminfo") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kib = Int(fields[1]) { return kib * 1024 }
+        }
+        return nil
+    }
+
+    /// The whole text of a small file under /proc or /sys (at most 1 MiB).
+    static func readSmallFile(_ path: String) throws(SystemCallError) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemCallError("open", errno: .current, subject: path) }
+        defer { close(fd) }
+        var data = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while data.count < 1 << 20 {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 && Errno.current == .interrupted { continue }
+            guard count > 0 else { break }
+            data += buffer[..<count]
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
     private static func unameField(_ field: (inout utsname) -> String) -> String {
         var name = utsname()
         return uname(&name) == 0 ? field(&name) : "unknown"

@@ -1,12 +1,42 @@
 /// The version of the migration protocol this build speaks; the first field of every ``Hello``.
-public let wireProtocolVersion: UInt16 = 1
+///
+/// Version 2 added the loaded objects (``Hello/images``) and ``Hello/fixedLayout`` at the end of the hello.
+public let wireProtocolVersion: UInt16 = 2
+
+/// One object loaded in the source process, the executable or a shared library, as the hello reports it.
+///
+/// A decoded image has a valid UTF-8 `path` of at most ``Frame/maximumPathLength`` bytes and a `buildID`
+/// of at most ``Frame/maximumDigestLength`` bytes.
+public struct ImageIdentity: Hashable, Sendable {
+    /// The object's path on the source: the executable's real path, or a library's path as the dynamic
+    /// linker names it.
+    public var path: String
+    /// The object's ELF build id (`NT_GNU_BUILD_ID`), empty if it has none.
+    public var buildID: [UInt8]
+    /// The object's load bias on the source: the address a shared library or a position-independent
+    /// executable is loaded at, 0 for a fixed-address executable.
+    public var loadAddress: UInt64
+
+    public init(path: String, buildID: [UInt8], loadAddress: UInt64) {
+        self.path = path
+        self.buildID = buildID
+        self.loadAddress = loadAddress
+    }
+}
 
 /// Everything the source says about itself and the region in its first frame.
 ///
 /// The codec guarantees only the shape of the fields: every string is valid UTF-8 within
-/// ``Frame/maximumNameLength`` bytes. Whether the values are acceptable (same architecture, page size,
+/// ``Frame/maximumNameLength`` bytes, and `images` holds at most ``Frame/maximumImages`` entries, each
+/// within the limits ``ImageIdentity`` states (the encoder sends only the first ``Frame/maximumImages``).
+/// Whether the values are acceptable (same architecture, page size,
 /// a mappable address, a plain file name for the token) is the destination's decision, answered with a
 /// ``Refusal`` a person can act on.
+///
+/// The body, in version 2: `u16 protocolVersion | buildIdentity | architecture | u32 pageSize |
+/// u64 regionBase | u64 regionSize | workloadName | u32 layoutVersion | sharedMountToken |
+/// sharedMountTokenValue | u64 generation | u8 auditVerification | u16 imageCount |
+/// imageCount × (path | buildID | u64 loadAddress) | u8 fixedLayout`.
 public struct Hello: Hashable, Sendable {
     /// The protocol version the source speaks; a destination that does not speak it refuses with
     /// ``Refusal/Code-swift.enum/protocolVersion``.
@@ -35,6 +65,12 @@ public struct Hello: Hashable, Sendable {
     /// Whether the destination resumes before the digests are compared (`audit`): it must then keep
     /// per-page hashes as pages arrive. `false` is `strict`: digests are compared before the handoff.
     public var auditVerification: Bool
+    /// The objects loaded in the source process, the executable first: the destination must run the
+    /// same builds. Empty when the source does not say.
+    public var images: [ImageIdentity]
+    /// Whether the program asked for the same load addresses on both hosts (it keeps pointers outside
+    /// its region): the destination must then have every object of `images` at the same `loadAddress`.
+    public var fixedLayout: Bool
 
     public init(
         protocolVersion: UInt16 = wireProtocolVersion,
@@ -48,7 +84,9 @@ public struct Hello: Hashable, Sendable {
         sharedMountToken: String,
         sharedMountTokenValue: String,
         generation: UInt64,
-        auditVerification: Bool = false
+        auditVerification: Bool = false,
+        images: [ImageIdentity] = [],
+        fixedLayout: Bool = false
     ) {
         self.protocolVersion = protocolVersion
         self.buildIdentity = buildIdentity
@@ -62,6 +100,8 @@ public struct Hello: Hashable, Sendable {
         self.sharedMountTokenValue = sharedMountTokenValue
         self.generation = generation
         self.auditVerification = auditVerification
+        self.images = images
+        self.fixedLayout = fixedLayout
     }
 }
 
@@ -81,10 +121,14 @@ public enum HelloReply: Hashable, Sendable {
 /// A decoded refusal always has a known ``Code-swift.enum`` and a valid UTF-8 reason of at most
 /// ``Frame/maximumReasonLength`` bytes (the encoder truncates a longer one at a character boundary).
 public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
-    /// The kind of refusal, stable on the wire so the source can react to it.
+    /// The kind of refusal, stable on the wire so the source can react to it. Never renumber: add new
+    /// codes at the end.
     public enum Code: UInt16, Sendable {
         case protocolVersion = 1, architecture, pageSize, memory, address, sharedMount, workload, layoutVersion,
             busy, authentication, other
+        /// The destination runs another build of the program or of a library in ``Hello/images``, or, with
+        /// ``Hello/fixedLayout``, loads one at another address (since protocol version 2).
+        case build = 12
     }
 
     /// The kind of refusal.
@@ -166,8 +210,13 @@ public enum Frame: Hashable, Sendable {
     public static let maximumNameLength = 256
     /// The limit, in UTF-8 bytes, of reasons (refusals and aborts).
     public static let maximumReasonLength = 4096
-    /// The limit, in bytes, of a digest value, an authentication nonce, and a MAC.
+    /// The limit, in bytes, of a digest value, an authentication nonce, a MAC, and a build id.
     public static let maximumDigestLength = 64
+    /// The limit, in UTF-8 bytes, of the path of an ``ImageIdentity``.
+    public static let maximumPathLength = maximumNameLength * 4
+    /// The most ``Hello/images`` a hello carries. A hello with this many images of the longest paths and
+    /// build ids stays within ``maximumLength`` (512 × 1,100 bytes, about 550 KB).
+    public static let maximumImages = 512
 
     /// The type byte of this frame on the wire.
     public var typeCode: UInt8 { kind.rawValue }

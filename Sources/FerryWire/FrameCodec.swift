@@ -39,6 +39,14 @@ public enum FrameCodec {
             writer.write(hello.sharedMountTokenValue, limit: Frame.maximumNameLength)
             writer.write(hello.generation)
             writer.write(UInt8(hello.auditVerification ? 1 : 0))
+            let images = hello.images.prefix(Frame.maximumImages)
+            writer.write(UInt16(images.count))
+            for image in images {
+                writer.write(image.path, limit: Frame.maximumPathLength)
+                writer.write(bytes: image.buildID, limit: Frame.maximumDigestLength)
+                writer.write(image.loadAddress)
+            }
+            writer.write(hello.fixedLayout)
         case .helloReply(.accepted(let setupSeconds)):
             writer.write(UInt8(0))
             writer.write((setupSeconds.isFinite && setupSeconds >= 0 ? setupSeconds : 0).bitPattern)
@@ -209,7 +217,8 @@ public enum FrameCodec {
 
     /// Reads a whole `Hello` body. When the body does not fit this version's layout and its protocol
     /// version is not ours, the error says so (`fieldOutOfRange(protocolVersionField, …)`), so the
-    /// destination can refuse with a reason instead of a parse error.
+    /// destination can refuse with a reason instead of a parse error: a version 1 hello, which ends
+    /// before the image list, is one.
     private static func decodeHello(_ reader: inout ByteReader) throws(WireError) -> Hello {
         let version = try reader.read(UInt16.self)
         do throws(WireError) {
@@ -226,7 +235,9 @@ public enum FrameCodec {
                 sharedMountToken: try reader.readString(field: "hello.sharedMountToken", limit: name),
                 sharedMountTokenValue: try reader.readString(field: "hello.sharedMountTokenValue", limit: name),
                 generation: try reader.read(UInt64.self),
-                auditVerification: try reader.readBool(field: "hello.auditVerification")
+                auditVerification: try reader.readBool(field: "hello.auditVerification"),
+                images: try decodeImages(&reader),
+                fixedLayout: try reader.readBool(field: "hello.fixedLayout")
             )
             try reader.finish()
             return hello
@@ -236,6 +247,28 @@ public enum FrameCodec {
             }
             throw error
         }
+    }
+
+    /// The image list of a hello: a `u16` count of at most ``Frame/maximumImages``, then per image
+    /// `path | buildID | u64 loadAddress`.
+    private static func decodeImages(_ reader: inout ByteReader) throws(WireError) -> [ImageIdentity] {
+        let count = Int(try reader.read(UInt16.self))
+        guard count <= Frame.maximumImages else {
+            throw .fieldOutOfRange(field: "hello.imageCount", value: UInt64(count))
+        }
+        // Each image takes at least 12 bytes: do not reserve for more than the body can hold.
+        var images: [ImageIdentity] = []
+        images.reserveCapacity(min(count, reader.remaining / 12))
+        for _ in 0..<count {
+            images.append(
+                ImageIdentity(
+                    path: try reader.readString(field: "hello.images.path", limit: Frame.maximumPathLength),
+                    buildID: try reader.readBytes(field: "hello.images.buildID", limit: Frame.maximumDigestLength),
+                    loadAddress: try reader.read(UInt64.self)
+                )
+            )
+        }
+        return images
     }
 
     private static func decodeHelloReply(_ reader: inout ByteReader) throws(WireError) -> HelloReply {

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import FerrySystem
+public import FerryRegion
 
 /// Where the download's blocks come from.
 ///
@@ -222,7 +223,7 @@ public final class DownloadWorkload: Workload {
         self.source = source ?? DeterministicBlockSource(seed: seed)
         self.file = file
         self.recovery = recovery
-        try initializeRegion(fill: options.fill)
+        try initializeRegion(fill: options.fill, stepsPerSecond: options.stepsPerSecond)
     }
 
     /// Rebuilds a download in a fresh `region` from the file its previous owner left in
@@ -323,12 +324,13 @@ public final class DownloadWorkload: Workload {
     }
 
     /// Writes a fresh header with the state of zero blocks, and fills the data area (ring included).
-    private func initializeRegion(fill: RegionFill) throws(WorkloadError) {
+    private func initializeRegion(fill: RegionFill, stepsPerSecond: Double?) throws(WorkloadError) {
         let ringBytes = Self.ringBytes(pageSize: region.range.pageSize)
         let header = region.header
         header.initialize(
             workloadName: Self.name, seed: seed, dataOffset: ringOffset, fill: fill,
-            parameters: [UInt64(DownloadBlock.size), UInt64(slots), UInt64(ringOffset), UInt64(ringBytes)])
+            parameters: [UInt64(DownloadBlock.size), UInt64(slots), UInt64(ringOffset), UInt64(ringBytes)],
+            stepsPerSecond: stepsPerSecond)
         header.setState(State.nextIndex, 0)
         header.setState(State.fileLength, 0)
         header.setState(State.runningChecksum, FNV1a64.offsetBasis)

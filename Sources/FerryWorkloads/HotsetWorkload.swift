@@ -1,4 +1,5 @@
 import FerrySystem
+public import FerryRegion
 
 /// A memory-consistency workload: random writes to a working set of versioned pages, a ledger that must
 /// equal the sum of the versions, and a linked list whose nodes point at each other by absolute address.
@@ -88,7 +89,8 @@ public final class HotsetWorkload: Workload {
         let header = region.header
         header.initialize(
             workloadName: Self.name, seed: seed, dataOffset: dataOffset, fill: options.fill,
-            parameters: [UInt64(workingSet), UInt64(nodeCount), UInt64(listOffset), versionZeroHasContent ? 1 : 0])
+            parameters: [UInt64(workingSet), UInt64(nodeCount), UInt64(listOffset), versionZeroHasContent ? 1 : 0],
+            stepsPerSecond: options.stepsPerSecond)
         header.setState(State.ledger, 0)
         header.setState(State.random, RegionRandom.mix(seed, 0x5E7))
         header.setState(State.lastPage, 0)

@@ -1,0 +1,480 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import FerryAuth
+public import FerryRegion
+import FerrySystem
+import FerryTracking
+public import FerryTransport
+import FerryWire
+import Synchronization
+
+/// The part of a process that owns a migratable workload: it claims and renews ownership on the shared mount,
+/// fences itself when another process took the workload over, serves the control socket (`ferry status`,
+/// `verify`, `migrate`, `stop`), moves the workload away, receives one, and resumes one whose owner died.
+///
+/// `ferry run`, `ferry receive` and every program embedding Ferry (`ferry_start`, `ferry_receive`) go through
+/// it, so all of them keep the same promise: this process runs the workload only while it holds the claim of
+/// the generation the ownership record names (see `OwnershipRecord` for the state machine), and it stops
+/// within a second when the record moves past it.
+public final class MigrationAgent: Sendable {
+    /// What this process is doing with the workload.
+    public enum Role: String, Sendable {
+        /// Waiting for a migration to arrive.
+        case waiting
+        case running
+        /// Moving the workload away (it still runs here until the pause).
+        case migrating
+        /// The workload now runs elsewhere; this process must not touch the region.
+        case migratedAway = "migrated-away"
+        /// Stopped by `ferry stop` (files flushed), or a receive that gave up.
+        case stopped
+        /// Another process took the workload over (the record moved past this process's generation).
+        case fenced
+    }
+
+    struct State {
+        var role = Role.waiting
+        var host: WorkloadHost?
+        var generation: UInt64 = 0
+        var lastMigration: String?
+        var failed = false
+        var control: ControlServer?
+        /// Control requests that may finish the agent (`migrate`, `stop`) and have not replied yet.
+        var pendingReplies = 0
+    }
+
+    /// The shared mount: ownership record, claims, key, the workload's files.
+    public let sharedDirectory: String
+    /// The pre-shared key file.
+    public let keyPath: String
+    let state = Mutex(State())
+    private let changed = NSCondition()
+
+    /// How long an owner on another host must have been silent (not renewed its claim) to count as gone.
+    public static let ownerLeaseSeconds = 10.0
+
+    /// An agent for workloads kept in `sharedDirectory`; `keyPath` nil means `<sharedDirectory>/ferry.key`.
+    /// Starts the ownership heartbeat thread (idle until a workload runs here).
+    public init(sharedDirectory: String, keyPath: String? = nil) {
+        self.sharedDirectory = sharedDirectory
+        self.keyPath = keyPath ?? sharedDirectory + "/ferry.key"
+        let watch = Thread { [self] in watchOwnership() }
+        watch.name = "ferry-ownership"
+        watch.start()
+    }
+
+    // MARK: State
+
+    public var role: Role { state.withLock { $0.role } }
+    /// The generation this process holds (0 before it ran the workload).
+    public var generation: UInt64 { state.withLock { $0.generation } }
+    /// The running workload's host, if a workload runs (or migrates) here.
+    public var host: WorkloadHost? { state.withLock { $0.host } }
+    /// The last migration's outcome, or why the workload stopped, in words.
+    public var lastMigration: String? { state.withLock { $0.lastMigration } }
+    /// Whether the process should exit with a failure (fenced, a receive that gave up with `once`).
+    public var failed: Bool { state.withLock { $0.failed } }
+    /// Whether the agent is done: the workload moved away, was stopped or fenced.
+    public var isFinished: Bool { [.migratedAway, .stopped, .fenced].contains(role) }
+
+    /// Blocks until the agent is done (`isFinished`) and the control request that finished it has replied, so
+    /// the process may exit.
+    public func waitUntilFinished() {
+        changed.lock()
+        while !isFinished || state.withLock({ $0.pendingReplies > 0 }) { changed.wait() }
+        changed.unlock()
+    }
+
+    /// Blocks until a workload runs here or the agent is done; returns the role then.
+    public func waitUntilRunningOrFinished() -> Role {
+        changed.lock()
+        defer { changed.unlock() }
+        while true {
+            let role = self.role
+            if role == .running || role == .migrating || isFinished { return role }
+            changed.wait()
+        }
+    }
+
+    private func update(_ body: (inout State) -> Void) {
+        changed.lock()
+        state.withLock { body(&$0) }
+        changed.broadcast()
+        changed.unlock()
+    }
+
+    /// Makes `host` this process's running workload, as `generation`.
+    func adopt(_ host: WorkloadHost, generation: UInt64) {
+        update {
+            $0.host = host
+            $0.generation = generation
+            $0.role = .running
+        }
+    }
+
+    // MARK: Starting
+
+    /// Throws `AgentError.alreadyOwned` if the shared directory already holds a workload's record.
+    public func ensureVacant() throws(AgentError) {
+        if let record = try readRecord() {
+            throw .alreadyOwned(directory: sharedDirectory, generation: record.generation, owner: record.owner)
+        }
+    }
+
+    /// Starts a freshly created workload as generation 1: claims it, writes the ownership record, then runs it.
+    /// - Parameters:
+    ///   - seed: recorded for `resume` (the shipped workloads rebuild from it); nil for others.
+    ///   - run: starts the workload's loop (a `WorkloadHost`).
+    /// - Throws: `AgentError.alreadyOwned`, `.sharedMount`; nothing is claimed then.
+    public func start(
+        _ workload: any MigratableWorkload, seed: UInt64? = nil, run: (any MigratableWorkload) -> WorkloadHost
+    ) throws(AgentError) -> WorkloadHost {
+        try ensureVacant()
+        OwnershipClaim.removeClaims(before: .max, in: sharedDirectory)  // left by a record that was removed
+        let me = OwnershipRecord.thisProcess
+        guard try sharedMount({ try OwnershipClaim.claim(1, in: sharedDirectory, by: me) }) else {
+            throw .sharedMount("another process claimed generation 1 in \(sharedDirectory) at the same time; use another shared directory")
+        }
+        let range = workload.region.range
+        let record = OwnershipRecord(
+            generation: 1, owner: me, workload: workload.workloadName, regionBase: UInt64(range.start),
+            regionBytes: range.byteCount, seed: seed, stepsPerSecond: workload.region.header.stepsPerSecond)
+        do {
+            try record.write(in: sharedDirectory)
+        } catch {
+            unlink(OwnershipClaim.path(1, in: sharedDirectory))
+            throw .sharedMount("\(error)")
+        }
+        let host = run(workload)
+        adopt(host, generation: 1)
+        return host
+    }
+
+    /// How a workload whose owner died is rebuilt from what the shared mount holds.
+    public struct Resumer: Sendable {
+        /// Why the workload named in the record cannot be rebuilt (nil: it can).
+        public var refusal: @Sendable (OwnershipRecord) -> String?
+        /// Rebuilds the workload in a fresh region mapped at the recorded address.
+        public var rebuild: @Sendable (OwnershipRecord, MigratableRegion) throws -> any MigratableWorkload
+        /// Starts its loop.
+        public var run: @Sendable (any MigratableWorkload) -> WorkloadHost
+
+        public init(
+            refusal: @escaping @Sendable (OwnershipRecord) -> String?,
+            rebuild: @escaping @Sendable (OwnershipRecord, MigratableRegion) throws -> any MigratableWorkload,
+            run: @escaping @Sendable (any MigratableWorkload) -> WorkloadHost
+        ) {
+            self.refusal = refusal
+            self.rebuild = rebuild
+            self.run = run
+        }
+    }
+
+    /// Restarts the workload recorded in the shared directory whose owner died: claims the next generation (so
+    /// neither a late destination nor a second resume can run it too), rebuilds the workload from its files and
+    /// runs it. Refuses while the recorded owner looks alive: on this host its process is checked; an owner on
+    /// another host renews its claim every second, so one renewed in the last `ownerLeaseSeconds` counts as
+    /// alive unless `ownerGone`.
+    /// - Returns: the host and the generation it runs as.
+    public func resume(ownerGone: Bool, with resumer: Resumer, log: (String) -> Void) throws(AgentError) -> (host: WorkloadHost, generation: UInt64) {
+        let directory = sharedDirectory
+        guard let record = try readRecord() else {
+            throw .cannotResume("nothing to resume in \(directory): it has no ownership record; start a workload with 'ferry run' (without --resume)")
+        }
+        guard let base = record.regionBase, let bytes = record.regionBytes else {
+            throw .cannotResume("the record in \(directory) was written by an older ferry and lacks the region's address and size; resume is not possible with it")
+        }
+        // Who runs the current generation: its claim. Without one, the source committed it but nobody ran it.
+        var generation = record.generation
+        if let owner = OwnershipClaim.owner(of: record.generation, in: directory) {
+            switch Self.processIsAlive(owner) {
+            case true?:
+                throw .cannotResume("generation \(record.generation) runs in \(owner) on this host, which is alive: nothing to resume; use 'ferry status' on its control socket")
+            case nil where !ownerGone:
+                let silent = OwnershipClaim.secondsSinceRenewal(of: record.generation, in: directory) ?? .infinity
+                if silent < Self.ownerLeaseSeconds {
+                    throw .cannotResume("generation \(record.generation) is owned by \(owner) on another host, which renewed its claim \(String(format: "%.0f", silent)) s ago (owners renew it every second): it looks alive. If that host is down for good, repeat with --owner-gone")
+                }
+                log("the owner of generation \(record.generation), \(owner), has not renewed its claim for \(String(format: "%.0f", silent)) s; taking over")
+            default:
+                break  // dead on this host, or declared gone
+            }
+            generation += 1
+        }
+        if let reason = resumer.refusal(record) {
+            throw .cannotResume("cannot resume: the \(record.workload) workload of generation \(record.generation) \(reason) (its owner was \(OwnershipClaim.owner(of: record.generation, in: directory) ?? record.owner)). Start a new workload in another shared directory (or remove \(OwnershipRecord.fileName) here)")
+        }
+        let me = OwnershipRecord.thisProcess
+        guard try sharedMount({ try OwnershipClaim.claim(generation, in: directory, by: me) }) else {
+            throw .cannotResume("generation \(generation) was claimed by \(OwnershipClaim.owner(of: generation, in: directory) ?? "another process") first; the workload runs there")
+        }
+        let workload: any MigratableWorkload
+        do {
+            let region = try MigratableRegion.create(layout: RegionLayout(base: UInt(base), byteCount: bytes))
+            workload = try resumer.rebuild(record, region)
+        } catch {
+            unlink(OwnershipClaim.path(generation, in: directory))  // never ran: let the next attempt claim it
+            switch error {
+            case let error as RegionError: throw .region(error)
+            case let error as WorkloadError: throw .workload(error)
+            default: throw .cannotResume("\(error)")
+            }
+        }
+        var next = record
+        next.generation = generation
+        next.owner = me
+        next.changedAt = Date().timeIntervalSince1970
+        do { try next.write(in: directory) } catch { throw .sharedMount("\(error)") }
+        OwnershipClaim.removeClaims(before: generation, in: directory)
+        let host = resumer.run(workload)
+        adopt(host, generation: generation)
+        return (host, generation)
+    }
+
+    // MARK: Receiving
+
+    /// Accepts migrations on `listener` on a thread of its own until one commits here, then runs the workload
+    /// (`waitUntilRunningOrFinished` tells when). A failed attempt is logged and the next one awaited, unless
+    /// `once`: then the agent finishes, failed.
+    public func receive(
+        on listener: Listener, timeoutSeconds: Double, once: Bool, workloads: ReceivableWorkloads,
+        log: @escaping @Sendable (String) -> Void
+    ) {
+        let acceptor = Thread { [self] in
+            while role == .waiting {
+                do {
+                    let connection = try listener.accept(connectionTimeoutSeconds: timeoutSeconds)
+                    do {
+                        // Loaded per attempt: the key may appear on the shared mount after we started.
+                        let key: PresharedKey
+                        do {
+                            key = try PresharedKey(loadingFrom: keyPath)
+                        } catch {
+                            try? connection.send(.helloReply(.refused(Refusal(
+                                code: .authentication, reason: "the destination has no usable key: \(error)"))))
+                            throw error
+                        }
+                        let received = try MigrationDestination.receive(
+                            on: connection, sharedDirectory: sharedDirectory, key: key, workloads: workloads, log: log)
+                        // `ferry stop` may have ended the wait meanwhile: then nobody else runs what we claimed.
+                        adopt(received.host, generation: received.generation)
+                        return
+                    } catch {
+                        log("migration from \(connection.peer) failed: \(error)")
+                        if once {
+                            update { $0.role = .stopped; $0.failed = true; $0.lastMigration = "the migration from \(connection.peer) failed: \(error)" }
+                            return
+                        }
+                    }
+                } catch {
+                    if role != .waiting { return }
+                    log("\(error)")
+                    update { $0.role = .stopped; $0.failed = true; $0.lastMigration = "\(error)" }
+                    return
+                }
+            }
+        }
+        acceptor.name = "ferry-receive"
+        acceptor.start()
+    }
+
+    // MARK: Control socket
+
+    /// Serves `status`, `verify`, `migrate` and `stop` on the Unix socket `path` until `closeControl()`.
+    public func serveControl(at path: String) throws(AgentError) {
+        let server = try ControlChannel.serve(at: path) { [self] request, reply in
+            let command = request["command"] as? String ?? ""
+            // A request that may finish the agent holds the process until its reply is out.
+            let finishing = command == "migrate" || command == "stop"
+            if finishing { update { $0.pendingReplies += 1 } }
+            defer { if finishing { update { $0.pendingReplies -= 1 } } }
+            switch command {
+            case "status": reply(status())
+            case "verify": reply(verify())
+            case "migrate": reply(migrate(request, progress: reply))
+            case "stop":
+                stop()
+                reply(["event": "result", "ok": true])
+            default: reply(["event": "result", "ok": false, "error": "unknown control command '\(command)'"])
+            }
+        }
+        state.withLock { $0.control = server }
+    }
+
+    /// Stops serving the control socket and removes it.
+    public func closeControl() {
+        state.withLock { state -> ControlServer? in
+            defer { state.control = nil }
+            return state.control
+        }?.close()
+    }
+
+    /// Ends the workload here (files flushed) and finishes the agent; a receiver stops waiting.
+    public func stop() {
+        let host = state.withLock { state -> WorkloadHost? in
+            if ![.migratedAway, .fenced].contains(state.role) { state.role = .stopped }
+            return state.host
+        }
+        update { _ in }
+        host?.stop()
+    }
+
+    /// The `status` reply: role, pid, generation, and the workload's name, step, region and pace.
+    public func status() -> ControlChannel.Message {
+        let (role, host, generation, last) = state.withLock { ($0.role, $0.host, $0.generation, $0.lastMigration) }
+        var message: ControlChannel.Message = ["event": "result", "ok": true, "role": role.rawValue, "pid": Int(getpid()), "generation": Int(generation)]
+        if let host, ![.migratedAway, .fenced].contains(role) {
+            message["workload"] = host.workload.workloadName
+            message["step"] = Int(host.stepCount)
+            message["region_base"] = "0x" + String(host.workload.region.range.start, radix: 16)
+            message["region_bytes"] = host.workload.region.range.byteCount
+            switch host.stepsPerSecond {
+            case let pace? where pace.isFinite: message["steps_per_second"] = pace
+            case .some: message["steps_per_second"] = "max"
+            case nil: message["steps_per_second"] = "the program's own"
+            }
+            message["throttle"] = host.throttle
+            if let error = host.lastError { message["error"] = error }
+        }
+        if let last { message["last_migration"] = last }
+        return message
+    }
+
+    /// The `verify` reply: pauses the workload at a safe point, checks its invariants and that this process
+    /// holds the current generation (the record names it and the claim is ours), lets it go on.
+    public func verify() -> ControlChannel.Message {
+        guard let host = state.withLock({ $0.role == .running ? $0.host : nil }) else {
+            return ["event": "result", "ok": false, "error": "no workload runs in this process (\(role.rawValue))"]
+        }
+        guard host.pause() else { return ["event": "result", "ok": false, "error": "the workload loop has stopped: \(host.lastError ?? "unknown")"] }
+        defer { host.resume() }
+        let report = host.workload.verify()
+        let generation = self.generation
+        let recordOK = (try? OwnershipRecord.read(in: sharedDirectory))??.generation == generation
+        let ownerOK = recordOK && OwnershipClaim.owner(of: generation, in: sharedDirectory) == OwnershipRecord.thisProcess
+        return [
+            "event": "result", "ok": report.passed && ownerOK, "step": Int(host.stepCount), "summary": report.summary,
+            "report": report.description, "owner_generation_matches": ownerOK,
+        ]
+    }
+
+    /// Exit statuses of a `migrate` reply, as `ferry migrate` uses them.
+    public enum MigrateStatus: Int, Sendable {
+        case completed = 0, failed = 1, refused = 2, usage = 64
+    }
+
+    /// The `migrate` reply: moves the workload to `request["to"]` with the settings of the request
+    /// (`downtime_target`, `max_rounds`, `max_bandwidth`, `bind`, `timeout`, `tracker`, `verify`, `on_stall`),
+    /// sending each round to `progress`. On success the agent is finished (the workload runs elsewhere).
+    public func migrate(_ request: ControlChannel.Message, progress: @escaping @Sendable (ControlChannel.Message) -> Void) -> ControlChannel.Message {
+        func failure(_ status: MigrateStatus, _ error: String) -> ControlChannel.Message {
+            ["event": "result", "ok": false, "status": status.rawValue, "error": error]
+        }
+        guard let to = request["to"] as? String, let endpoint = Endpoint(to) else {
+            return failure(.usage, "'to' must be HOST:PORT")
+        }
+        let claimed = state.withLock { state -> (WorkloadHost, UInt64)? in
+            guard state.role == .running, let host = state.host else { return nil }
+            state.role = .migrating
+            return (host, state.generation)
+        }
+        guard let (host, generation) = claimed else {
+            return failure(.failed, "no workload runs here to migrate (\(role.rawValue))")
+        }
+        let key: PresharedKey
+        do throws(KeyError) {
+            key = try PresharedKey(loadingFrom: keyPath)
+        } catch {
+            update { $0.role = .running }
+            return failure(.failed, "\(error)")
+        }
+        var options = MigrationOptions(destination: endpoint, key: key)
+        if let value = request["downtime_target"] as? Double { options.downtimeTarget = value }
+        if let value = request["max_rounds"] as? Int { options.maximumRounds = value }
+        if let value = request["max_bandwidth"] as? Double { options.maximumBytesPerSecond = value }
+        if let value = request["bind"] as? String { options.bindAddress = value }
+        if let value = request["timeout"] as? Double, value > 0 { options.timeoutSeconds = value }
+        if let value = request["tracker"] as? String, let choice = TrackerChoice(value) { options.tracker = choice }
+        if let value = request["verify"] as? String, let mode = VerificationMode(rawValue: value) { options.verification = mode }
+        if let value = request["on_stall"] as? String, let policy = StallPolicy(rawValue: value) { options.onStall = policy }
+        let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
+        let report = source.migrate(options) { round in
+            progress([
+                "event": "progress", "round": round.round, "pages": round.pages, "zero_pages": round.zero_pages,
+                "bytes": round.bytes, "seconds": round.seconds, "bandwidth_mbps": round.bandwidth_mbps,
+                "dirty_rate": round.dirty_rate, "predicted_downtime_ms": round.predicted_downtime_ms, "final": round.final,
+            ])
+        }
+        let completed = report.outcome == .completed
+        let encoded = ((try? JSONSerialization.jsonObject(with: JSONEncoder().encode(report))) as? [String: any Sendable]) ?? [:]
+        // A refusal by the destination exits 2; a migration given up on (non-convergence) or failed exits 1.
+        let status: MigrateStatus = completed ? .completed : (report.outcome == .aborted && report.stall == nil ? .refused : .failed)
+        let reply: ControlChannel.Message = ["event": "result", "ok": completed, "status": status.rawValue, "report": encoded, "error": report.reason ?? ""]
+        update {
+            if completed {
+                $0.role = .migratedAway
+            } else if $0.role == .migrating {
+                $0.role = .running  // a stop that came in meanwhile stands
+            }
+            // A source that took the workload back after a lost handoff runs it under a new generation.
+            if !completed, let generation = report.generation { $0.generation = generation }
+            $0.lastMigration = "\(report.outcome.rawValue)\(report.reason.map { ": \($0)" } ?? "")"
+        }
+        return reply
+    }
+
+    // MARK: Ownership
+
+    /// Once a second while this process owns the workload: renews its claim (the heartbeat `resume` on another
+    /// host reads), and checks that the record still names its generation. If the record moved on while the
+    /// workload runs here (someone resumed it elsewhere, believing this process dead), the workload stops at
+    /// once and the agent finishes as `.fenced`: two owners never overlap for more than a second.
+    private func watchOwnership() {
+        while true {
+            usleep(1_000_000)
+            let (role, generation) = state.withLock { ($0.role, $0.generation) }
+            switch role {
+            case .stopped, .migratedAway, .fenced: return
+            case .waiting: continue
+            case .running, .migrating: OwnershipClaim.renew(generation, in: sharedDirectory)
+            }
+            // An unreadable or missing record is not proof of another owner: act only on a newer generation.
+            guard role == .running, let record = try? OwnershipRecord.read(in: sharedDirectory), record.generation > generation else { continue }
+            let fenced = state.withLock { state -> WorkloadHost? in
+                guard state.role == .running, state.generation == generation else { return nil }  // a migration began meanwhile
+                state.role = .fenced
+                state.failed = true
+                state.lastMigration = "fenced: the ownership record names generation \(record.generation) (\(record.owner)), not this process's \(generation); the workload was stopped here"
+                return state.host
+            }
+            guard let host = fenced else { continue }
+            host.stop(flush: false, reason: .fenced)
+            update { _ in }
+            FileHandle.standardError.write(Data("ferry: the ownership record in \(sharedDirectory) moved to generation \(record.generation) (\(record.owner)) while this process ran generation \(generation): another process owns the workload now; stopped it here\n".utf8))
+            return
+        }
+    }
+
+    private func readRecord() throws(AgentError) -> OwnershipRecord? {
+        do { return try OwnershipRecord.read(in: sharedDirectory) } catch { throw .sharedMount("\(error)") }
+    }
+
+    private func sharedMount<T>(_ body: () throws -> T) throws(AgentError) -> T {
+        do { return try body() } catch { throw .sharedMount("\(error)") }
+    }
+
+    /// Whether the process `host:pid` (a claim's owner) is alive, when it is on this host; nil for another host.
+    public static func processIsAlive(_ owner: String) -> Bool? {
+        let identity = owner.split(separator: " ").first.map(String.init) ?? owner
+        let parts = identity.split(separator: ":")
+        guard parts.count == 2, let pid = pid_t(parts[1]) else { return nil }
+        guard String(parts[0]) == OwnershipRecord.thisProcess.split(separator: ":").first.map(String.init) else { return nil }
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        // A killed process its parent has not reaped yet is a zombie: dead, though kill(2) still finds it.
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.range(of: ") ", options: .backwards) else { return true }
+        return !stat[close.upperBound...].hasPrefix("Z")
+    }
+}
