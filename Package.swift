@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(name: "ferry", dependencies: ["FerryCLI"], swiftSettings: strict),
 
         // Helpers shared by the test targets: writer threads, temporary directories, running `ferry`.
-        .target(name: "FerryTestSupport", dependencies: ["FerrySystem", "FerryWire", "FerryAuth", "FerryTransport"], path: "Tests/FerryTestSupport",
+        .target(name: "FerryTestSupport", dependencies: ["FerrySystem", "FerryRegion", "FerryWire", "FerryAuth", "FerryTransport"], path: "Tests/FerryTestSupport",
                 swiftSettings: strict),
         .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
         .testTarget(
@@ -85,7 +85,7 @@ let package = Package(
             dependencies: ["FerryTracking", "FerrySystem", "FerryTestSupport"],
             swiftSettings: strict
         ),
-        .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryTestSupport"], swiftSettings: strict),
+        .testTarget(name: "FerryRegionTests", dependencies: ["FerryRegion", "FerryWorkloads", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "FerryWorkloadsTests", dependencies: ["FerryWorkloads", "FerryRegion", "FerrySystem", "FerryTestSupport"],
             swiftSettings: strict),

@@ -14,7 +14,7 @@ until [ -S "$lab/0.sock" ]; do sleep 0.1; done
 for hop in $(seq 1 "$hops"); do
   port=$((7600 + hop))
   "$ferry" receive --listen 127.0.0.1:$port --shared-dir "$lab/shared" --control "$lab/$hop.sock" \
-    --dirty-rate "$rate" --once >"$lab/$hop.log" 2>&1 &
+    --once >"$lab/$hop.log" 2>&1 &
   until [ -S "$lab/$hop.sock" ]; do sleep 0.1; done
   sleep 0.5
   "$ferry" migrate --control "$lab/$((hop - 1)).sock" --to 127.0.0.1:$port --report "$lab/hop$hop.json" | grep -E "^completed|failed|aborted"

@@ -214,7 +214,7 @@ fi
 
 echo "== B: ferry receive on 10.77.3.2:$port"
 ip netns exec "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared" --control "$lab/b.sock" \
-  --dirty-rate "$dirty" --timeout "$timeout" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
+  --timeout "$timeout" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
 pids+=($!)
 echo "== A: ferry run --workload $workload --region-size $size --fill $fill --dirty-rate $dirty"
 ip netns exec "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" \

@@ -118,9 +118,10 @@ struct RunCommand: Command {
             _ = try agent.start(workload, seed: seed, run: ShippedWorkloads.run)
             note = "\(kind) in \(region.layout), generation 1"
         }
-        try agent.serveControl(at: control)
         let pace = agent.host?.stepsPerSecond ?? rate
+        // Said before the control socket appears: whoever waits for the socket finds the line in the log.
         printLine("ferry run: \(note), \(pace.isFinite ? "\(Int(pace))" : "max") steps/s, control \(control), pid \(getpid())")
+        try agent.serveControl(at: control)
         return serveUntilFinished(agent, control: control, command: "run")
     }
 }

@@ -124,7 +124,7 @@ import Testing
     @Test func aSourceThatSendsHelloFirstIsRefused() throws {
         let hello = Hello(
             buildIdentity: "old ferry", architecture: "x86_64", pageSize: 4096, regionBase: 0, regionSize: 4096,
-            workloadName: "hotset", layoutVersion: 1, sharedMountToken: "t", sharedMountTokenValue: "v", generation: 1
+            workloadName: "hotset", layoutVersion: 2, sharedMountToken: "t", sharedMountTokenValue: "v", generation: 1
         )
         let outcome = try rawSource { _, socket in try socket.send(FrameCodec.encode(.hello(hello))) }
         guard case .unexpected(_, _, let got) = outcome.error else {

@@ -80,7 +80,7 @@ import Testing
         let fault = ["FERRY_TEST_FAULT": "\(cell.phase):\(cell.action.rawValue)"]
         let source = try lab.startSource(workload: cell.workload, regionSize: "8MiB", ["--fill", "random", "--dirty-rate", "3000"],
                                          environment: cell.side == .source ? fault : [:])
-        let destination = try lab.startReceiver(port: port, ["--dirty-rate", "3000"], environment: cell.side == .destination ? fault : [:])
+        let destination = try lab.startReceiver(port: port, [], environment: cell.side == .destination ? fault : [:])
         usleep(200_000)
         // A target no round can meet and three rounds at most: round 1 is always a dirty round.
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)",

@@ -33,7 +33,7 @@ import Testing
         for hop in 1...10 {
             let port = 7400 + Int(getpid() % 500) + hop
             let name = "hop\(hop)"
-            let next = try lab.startReceiver(port: port, ["--dirty-rate", "3000", "--once"], name: name)
+            let next = try lab.startReceiver(port: port, ["--once"], name: name)
             usleep(300_000)
             let migrate = try runFerry(["migrate", "--control", control, "--to", "127.0.0.1:\(port)"])
             #expect(migrate.status == 0, "hop \(hop): \(migrate.standardOutput) \(migrate.standardError)")
@@ -137,6 +137,40 @@ import Testing
         #expect(object["region_bytes"] as? Int == 32 << 20)
     }
 
+    /// The pace is the workload's: the destination runs it at the rate it had on the source, and `ferry
+    /// receive` has no pace of its own.
+    @Test func theWorkloadKeepsItsPaceAcrossAMigration() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = 7740 + Int(getpid() % 20)
+        try lab.startSource(regionSize: "8MiB", ["--dirty-rate", "345"])
+        _ = try lab.startReceiver(port: port, ["--once"])
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 0, "\(migrate.standardError)")
+        let status = try runFerry(["status", "--control", lab.socket("b"), "--json"])
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(status.standardOutput.utf8)) as? [String: Any])
+        #expect(object["steps_per_second"] as? Double == 345, "\(status.standardOutput)")
+        // And it really runs at that pace there: about 345 steps a second (wide bounds: the machine is shared).
+        let before = object["step"] as? Int ?? 0
+        usleep(1_000_000)
+        let after = try #require(try JSONSerialization.jsonObject(with: Data(runFerry(["status", "--control", lab.socket("b"), "--json"]).standardOutput.utf8)) as? [String: Any])
+        let steps = (after["step"] as? Int ?? 0) - before
+        #expect(steps > 100 && steps < 800, "\(steps) steps in a second at 345 steps/s")
+        let oldOption = try runFerry(["receive", "--listen", "127.0.0.1:1", "--shared-dir", lab.shared, "--control", lab.socket("x"), "--dirty-rate", "10"])
+        #expect(oldOption.status == 64, "ferry receive takes the pace from the workload, not an option")
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+    }
+
+    /// A region larger than the host's memory is refused before anything is mapped or claimed, with the figures.
+    @Test func aRegionLargerThanTheMemoryIsRefusedWithTheFigures() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let run = try runFerry(["run", "--region-size", "1TiB", "--shared-dir", lab.shared, "--control", lab.socket("a")])
+        #expect(run.status == 1)
+        #expect(run.standardError.contains("the region needs 1 TiB but this host has only"), "\(run.standardError)")
+        #expect(!FileManager.default.fileExists(atPath: lab.shared + "/ferry-owner.json"), "nothing claimed")
+    }
+
     /// A workload dirtying its whole 8 MiB region faster than a 40 Mbit/s (5 MB/s) link drains it.
     @Test(arguments: ["abort", "force", "throttle"])
     func aWorkloadThatCannotConvergeIsHandledAsTheUserChose(policy: String) throws {
@@ -144,7 +178,7 @@ import Testing
         defer { lab.tearDown() }
         let port = 7700 + Int(getpid() % 30) + ["abort", "force", "throttle"].firstIndex(of: policy)!
         let source = try lab.startSource(regionSize: "8MiB", ["--dirty-rate", "5000"])
-        let destination = try lab.startReceiver(port: port, ["--dirty-rate", "5000", "--once"])
+        let destination = try lab.startReceiver(port: port, ["--once"])
         let reportPath = lab.directory + "/report.json"
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--max-bandwidth", "40mbit",
                                     "--on-stall", policy, "--report", reportPath])
@@ -183,7 +217,7 @@ import Testing
         let server = try lab.start(["serve-blocks", "--listen", "127.0.0.1:\(base)", "--quiet"], log: "server")
         usleep(300_000)
         let source = try lab.startSource(workload: "download", ["--dirty-rate", "2000", "--source", "127.0.0.1:\(base)"])
-        let destination = try lab.startReceiver(port: base + 1, ["--dirty-rate", "2000", "--source", "127.0.0.1:\(base)", "--once"])
+        let destination = try lab.startReceiver(port: base + 1, ["--source", "127.0.0.1:\(base)", "--once"])
         usleep(500_000)
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(base + 1)"])
         #expect(migrate.status == 0, "\(migrate.standardError)")
@@ -243,7 +277,7 @@ import Testing
         #expect(status.standardOutput.contains("\"role\" : \"waiting\""), "no state was accepted")
         // A raw peer without the key gets no further than the challenge.
         let hello = Hello(buildIdentity: "t", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000, regionSize: 1 << 20,
-                          workloadName: "hotset", layoutVersion: 1, sharedMountToken: "t", sharedMountTokenValue: "t", generation: 1)
+                          workloadName: "hotset", layoutVersion: 2, sharedMountToken: "t", sharedMountTokenValue: "t", generation: 1)
         let answer = try RawPeer.exchangeWithoutKey(port: port, hello: hello)
         guard case .helloReply(.refused(let refusal)) = answer else { Issue.record("expected a refusal, got \(answer)"); return }
         #expect(refusal.code == .authentication)
@@ -261,7 +295,7 @@ import Testing
         let key = lab.shared + "/ferry.key"
         try "secret".write(toFile: lab.shared + "/token", atomically: true, encoding: .utf8)
         let hello = Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000,
-                          regionSize: 16 << 20, workloadName: "hotset", layoutVersion: 1, sharedMountToken: "token",
+                          regionSize: 16 << 20, workloadName: "hotset", layoutVersion: 2, sharedMountToken: "token",
                           sharedMountTokenValue: "secret", generation: 1)
         func expectClosed(_ connection: Connection, _ what: String) {
             #expect(throws: (any Error).self, "\(what): the receiver must drop the connection") {
@@ -313,7 +347,7 @@ import Testing
         let maps = try String(contentsOfFile: "/proc/\(destination.processIdentifier)/maps", encoding: .utf8)
         let taken = try #require(maps.split(separator: "\n").first.flatMap { UInt64($0.prefix { $0 != "-" }, radix: 16) })
         let good = Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000, regionSize: 1 << 20,
-                         workloadName: "hotset", layoutVersion: 1, sharedMountToken: "token", sharedMountTokenValue: "secret", generation: 1)
+                         workloadName: "hotset", layoutVersion: 2, sharedMountToken: "token", sharedMountTokenValue: "secret", generation: 1)
         func variant(_ change: (inout Hello) -> Void) -> Hello {
             var hello = good
             change(&hello)
@@ -323,7 +357,9 @@ import Testing
             ("protocol version", variant { $0.protocolVersion = 99 }, .protocolVersion, "same ferry build"),
             ("architecture", variant { $0.architecture = "riscv64" }, .architecture, "between architectures"),
             ("page size", variant { $0.pageSize = 65536 }, .pageSize, "page size"),
-            ("workload", variant { $0.workloadName = "database" }, .workload, "same ferry version"),
+            ("workload", variant { $0.workloadName = "database" }, .workload, "program that started it"),
+            ("build", variant { $0.images = [ImageIdentity(path: "/usr/bin/ferry", buildID: [1, 2, 3], loadAddress: 0)] }, .build,
+             "start the receiver from the same build"),
             ("layout version", variant { $0.layoutVersion = 99 }, .layoutVersion, "same ferry version"),
             ("shared mount", variant { $0.sharedMountTokenValue = "another mount" }, .sharedMount, "same shared directory"),
             ("memory", variant { $0.regionSize = 1 << 46 }, .memory, "free memory or pick a larger host"),

@@ -34,7 +34,7 @@ import Testing
         let key = lab.shared + "/ferry.key"
         try "secret".write(toFile: lab.shared + "/token", atomically: true, encoding: .utf8)
         let hello = Hello(buildIdentity: "test", architecture: "x86_64", pageSize: 4096, regionBase: 0x7e00_0000_0000,
-                          regionSize: 16 << 20, workloadName: "hotset", layoutVersion: 1, sharedMountToken: "token",
+                          regionSize: 16 << 20, workloadName: "hotset", layoutVersion: 2, sharedMountToken: "token",
                           sharedMountTokenValue: "secret", generation: 1)
         let logPath = lab.directory + "/b.log"
 

@@ -132,7 +132,7 @@ import Testing
         let port = 7300 + Int(getpid() % 90)
         let reportPath = lab.directory + "/report.json"
         try lab.startSource(["--fill", "random", "--dirty-rate", "0"])
-        let destination = try lab.startReceiver(port: port, ["--dirty-rate", "0", "--once"])
+        let destination = try lab.startReceiver(port: port, ["--once"])
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--max-bandwidth", "50mbit",
                                     "--report", reportPath])
         #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)")

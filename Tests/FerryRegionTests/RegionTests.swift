@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import FerryRegion
+import FerryTestSupport
+import FerryWorkloads
 import FerrySystem
 import Testing
 
@@ -95,11 +97,11 @@ import Testing
                 _ = try HotsetWorkload(attaching: region, sharedDirectory: directory)
                 Issue.record("a wrong layout version must be refused")
             } catch {
-                #expect(error == .region(.unsupportedLayoutVersion(found: 99, supported: 1)))
+                #expect(error == .region(.unsupportedLayoutVersion(found: 99, supported: RegionHeader.currentLayoutVersion)))
                 #expect(error.description.contains("same ferry build"))
             }
-            #expect(throws: RegionError.unsupportedLayoutVersion(found: 99, supported: 1)) { try region.readHeader() }
-            poke(region, 8, UInt32(1))
+            #expect(throws: RegionError.unsupportedLayoutVersion(found: 99, supported: RegionHeader.currentLayoutVersion)) { try region.readHeader() }
+            poke(region, 8, RegionHeader.currentLayoutVersion)
             #expect(try region.readHeader().workloadName == "hotset")
         }
     }

@@ -17,10 +17,25 @@ import Testing
     @Test func theCorpusHoldsFramesOfEveryType() throws {
         #expect(Self.seeds.count >= 30)
         var types = Set<UInt8>()
+        var hellos: [Hello] = []
         for name in Self.seeds where !name.hasPrefix("bad-") {
-            for frame in try frames(in: name) { types.insert(frame.typeCode) }
+            for frame in try frames(in: name) {
+                types.insert(frame.typeCode)
+                if case .hello(let hello) = frame { hellos.append(hello) }
+            }
         }
         #expect(types == Set(1...12))
+        // The hellos are of this protocol version's layout, with images and a fixed layout among them.
+        #expect(hellos.contains { $0.protocolVersion == wireProtocolVersion && $0.images.count >= 2 })
+        #expect(hellos.contains { $0.fixedLayout })
+        #expect(hellos.contains { $0.images.isEmpty })
+    }
+
+    /// A hello of the version before the image list is refused for its version, not misread.
+    @Test func aVersionOneHelloIsRefusedForItsVersion() throws {
+        let bytes = try [UInt8](Data(contentsOf: Self.directory.appendingPathComponent("bad-hello-version-1.bin")))
+        let error = #expect(throws: WireError.self) { try decodeAll(bytes) }
+        #expect(error?.unsupportedProtocolVersion == 1)
     }
 
     @Test(arguments: seeds) func eachSeedDecodesAsItsNameSays(name: String) throws {

@@ -13,6 +13,10 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
     }
 }
 
+/// A hello body of this protocol version up to its image list: every field before it, with short values.
+private let helloHead: [UInt8] = [0, 2] + field("b") + field("a") + [0, 0, 16, 0] + Array(repeating: 0, count: 16)
+    + field("w") + [0, 0, 0, 1] + field("t") + field("v") + Array(repeating: 0, count: 8) + [0]
+
 @Suite struct MalformedTests {
     @Test func oversizedLengthIsRejectedFromTheHeaderAlone() {
         let tooLong = Frame.maximumLength + 1
@@ -75,9 +79,11 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
         #expect(
             streamError(frameBytes(type: 8, body: field(bad) + field([1]))) == .invalidUTF8(field: "digest.algorithm")
         )
-        let hello = [0, 1] + field("b") + field("a") + [0, 0, 16, 0] + Array(repeating: 0, count: 16) + field(bad)
+        let hello = [0, 2] + field("b") + field("a") + [0, 0, 16, 0] + Array(repeating: 0, count: 16) + field(bad)
             + [0, 0, 0, 1] + field("t") + field("v") + Array(repeating: 0, count: 8)
         #expect(streamError(frameBytes(type: 1, body: hello)) == .invalidUTF8(field: "hello.workloadName"))
+        let image = helloHead + [0, 2] + field("/ok") + field([]) + u64(1) + field(bad) + field([]) + u64(2) + [0]
+        #expect(streamError(frameBytes(type: 1, body: image)) == .invalidUTF8(field: "hello.images.path"))
         let refused: [UInt8] = [1, 0, 1] + field(bad)
         #expect(streamError(frameBytes(type: 2, body: refused)) == .invalidUTF8(field: "helloReply.reason"))
     }
@@ -110,15 +116,64 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
             streamError(frameBytes(type: 12, body: field([]) + field(digest)))
                 == .stringTooLong(field: "auth.mac", length: 65, limit: 64)
         )
-        let hello = [0, 1] + field(name)
+        let hello = [0, 2] + field(name)
         #expect(
             streamError(frameBytes(type: 1, body: hello))
                 == .stringTooLong(field: "hello.buildIdentity", length: 257, limit: 256)
+        )
+        let path = [UInt8](repeating: 0x2F, count: Frame.maximumPathLength + 1)
+        #expect(
+            streamError(frameBytes(type: 1, body: helloHead + [0, 1] + field(path) + field([]) + u64(0) + [0]))
+                == .stringTooLong(field: "hello.images.path", length: 1025, limit: 1024)
+        )
+        // Exactly the limit is fine.
+        #expect(
+            streamError(frameBytes(type: 1, body: helloHead + [0, 1] + field(Array(path.dropLast())) + field([]) + u64(0) + [0]))
+                == nil
+        )
+        #expect(
+            streamError(frameBytes(type: 1, body: helloHead + [0, 1] + field("/a") + field(digest) + u64(0) + [0]))
+                == .stringTooLong(field: "hello.images.buildID", length: 65, limit: 64)
         )
         #expect(
             WireError.stringTooLong(field: "abort.reason", length: 4097, limit: 4096).description
                 == "abort.reason is 4097 bytes, the limit is 4096"
         )
+    }
+
+    /// The image count is judged on its own, before any image is read: 513 is too many even when 513
+    /// images follow.
+    @Test func helloWithTooManyImagesIsRejected() {
+        let oneImage = field("/x") + field([1]) + u64(1)
+        let images = (0..<513).flatMap { _ in oneImage }
+        #expect(
+            streamError(frameBytes(type: 1, body: helloHead + [0x02, 0x01] + images + [0]))
+                == .fieldOutOfRange(field: "hello.imageCount", value: 513)
+        )
+        #expect(throws: WireError.fieldOutOfRange(field: "hello.imageCount", value: 0xFFFF)) {
+            try decodeBody(type: 1, helloHead + [0xFF, 0xFF])
+        }
+        // 512 is the limit, and fits.
+        let frame = try? decodeBody(type: 1, helloHead + [0x02, 0x00] + images.dropLast(oneImage.count) + [1])
+        guard case .hello(let hello) = frame else { Issue.record("512 images must decode"); return }
+        #expect(hello.images.count == 512 && hello.fixedLayout)
+    }
+
+    /// A hello cut anywhere in its image list or before its last byte is truncated, never misread.
+    @Test func helloTruncatedInsideItsImagesIsTruncated() throws {
+        let full = helloHead + [0, 2] + field("/bin/p") + field([1, 2, 3]) + u64(0x5555_0000) + field("/lib/c")
+            + field([4]) + u64(0x7F00_0000) + [1]
+        guard case .hello(let hello) = try decodeBody(type: 1, full) else { Issue.record("not a hello"); return }
+        #expect(hello.images.map(\.path) == ["/bin/p", "/lib/c"] && hello.fixedLayout)
+        for cut in helloHead.count..<full.count {
+            let error = #expect(throws: WireError.self) { try decodeBody(type: 1, Array(full[..<cut])) }
+            guard case .truncated(type: 1, let needed, available: cut) = error else {
+                Issue.record("cut at \(cut): \(String(describing: error))")
+                continue
+            }
+            #expect(needed > cut && needed <= full.count)
+            #expect(streamError(frameBytes(type: 1, body: Array(full[..<cut])))?.unsupportedProtocolVersion == nil)
+        }
     }
 
     @Test func pageRangesMustHoldPagesAndNotOverflow() {
@@ -136,7 +191,7 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
         }
     }
 
-    @Test func enumsAndBoolsMustHoldKnownValues() {
+    @Test func enumsAndBoolsMustHoldKnownValues() throws {
         let counts = [UInt8](repeating: 0, count: 28)
         #expect(throws: WireError.fieldOutOfRange(field: "roundEnd.final", value: 2)) {
             try decodeBody(type: 5, counts + [2])
@@ -144,8 +199,12 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
         #expect(throws: WireError.fieldOutOfRange(field: "helloReply.code", value: 0)) {
             try decodeBody(type: 2, [1, 0, 0] + field(""))
         }
-        #expect(throws: WireError.fieldOutOfRange(field: "helloReply.code", value: 12)) {
-            try decodeBody(type: 2, [1, 0, 12] + field(""))
+        #expect(throws: WireError.fieldOutOfRange(field: "helloReply.code", value: 13)) {
+            try decodeBody(type: 2, [1, 0, 13] + field(""))
+        }
+        #expect(try decodeBody(type: 2, [1, 0, 12] + field("")) == .helloReply(.refused(Refusal(code: .build, reason: ""))))
+        #expect(throws: WireError.fieldOutOfRange(field: "hello.fixedLayout", value: 2)) {
+            try decodeBody(type: 1, helloHead + [0, 0, 2])
         }
         #expect(throws: WireError.fieldOutOfRange(field: "helloReply.kind", value: 2)) {
             try decodeBody(type: 2, [2])
@@ -161,9 +220,9 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
 
     @Test func helloOfAnotherVersionSaysSo() throws {
         var hello = Hello(
-            protocolVersion: 2, buildIdentity: "ferry 9", architecture: "x86_64", pageSize: 4096,
+            protocolVersion: 3, buildIdentity: "ferry 9", architecture: "x86_64", pageSize: 4096,
             regionBase: 1 << 40, regionSize: 1 << 20, workloadName: "w", layoutVersion: 1, sharedMountToken: "t",
-            sharedMountTokenValue: "v", generation: 1
+            sharedMountTokenValue: "v", generation: 1, images: sampleImages, fixedLayout: true
         )
         // Same layout: it decodes, and the destination refuses by looking at the version.
         #expect(try decodeBody(type: 1, body(of: .hello(hello))) == .hello(hello))
@@ -171,16 +230,32 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
         newest.protocolVersion = .max
         #expect(try decodeBody(type: 1, body(of: .hello(newest))) == .hello(newest))
         // A layout this build cannot read: the error names the version, not the bytes.
-        let error = WireError.fieldOutOfRange(field: WireError.protocolVersionField, value: 2)
+        let error = WireError.fieldOutOfRange(field: WireError.protocolVersionField, value: 3)
         #expect(throws: error) { try decodeBody(type: 1, body(of: .hello(hello)) + [1, 2, 3]) }
-        #expect(throws: error) { try decodeBody(type: 1, [0, 2, 0xFF]) }
-        #expect(error.unsupportedProtocolVersion == 2)
-        #expect(error.description == "hello is protocol version 2, this build speaks version 1")
+        #expect(throws: error) { try decodeBody(type: 1, [0, 3, 0xFF]) }
+        #expect(error.unsupportedProtocolVersion == 3)
+        #expect(error.description == "hello is protocol version 3, this build speaks version 2")
         #expect(WireError.emptyFrame.unsupportedProtocolVersion == nil)
+        // A version 1 hello (as a build before the image list sends it) ends where version 2 goes on:
+        // refused for its version, not as a short frame.
+        var first = hello
+        first.protocolVersion = 1
+        first.images = []
+        first.fixedLayout = false
+        let version1 = Array(body(of: .hello(first)).dropLast(3))
+        let old = WireError.fieldOutOfRange(field: WireError.protocolVersionField, value: 1)
+        #expect(throws: old) { try decodeBody(type: 1, version1) }
+        #expect(streamError(frameBytes(type: 1, body: version1)) == old)
+        #expect(old.description == "hello is protocol version 1, this build speaks version 2")
+        // Too many images in a hello of another version: the version is what is wrong.
+        #expect(throws: error) { try decodeBody(type: 1, [0, 3] + helloHead.dropFirst(2) + [0xFF, 0xFF]) }
         // Our own version with a bad body gets the precise error.
         hello.protocolVersion = wireProtocolVersion
         #expect(throws: WireError.trailingBytes(type: 1, count: 3)) {
             try decodeBody(type: 1, body(of: .hello(hello)) + [1, 2, 3])
+        }
+        #expect(throws: WireError.truncated(type: 1, needed: version1.count + 2, available: version1.count)) {
+            try decodeBody(type: 1, [0, 2] + version1.dropFirst(2))
         }
     }
 

@@ -58,6 +58,57 @@ import Testing
         #expect(decodedSome > 300 && rejected > 300)
     }
 
+    /// Random image lists round-trip, and random damage to the list (never to the fields before it) is
+    /// either decoded canonically or rejected, never trapped on.
+    @Test(arguments: [9, 10] as [UInt64])
+    func randomImageListsRoundTripAndSurviveDamage(seed: UInt64) throws {
+        var random = SplitMix64(seed: seed)
+        let pieces = ["a", "/", "lib", ".so.6", "é", "🚢", "\u{0}"]
+        var decodedSome = 0
+        var rejected = 0
+        for _ in 0..<200 {
+            let images = (0..<Int.random(in: 0...12, using: &random)).map { _ in
+                ImageIdentity(
+                    path: (0..<Int.random(in: 0...30, using: &random)).map { _ in pieces.randomElement(using: &random)! }
+                        .joined(),
+                    buildID: (0..<Int.random(in: 0...Frame.maximumDigestLength, using: &random)).map { _ in
+                        UInt8.random(in: 0...255, using: &random)
+                    },
+                    loadAddress: random.next()
+                )
+            }
+            let hello = Hello(
+                buildIdentity: "ferry", architecture: "x86_64", pageSize: 4096, regionBase: 0x7E00_0000_0000,
+                regionSize: 1 << 20, workloadName: "w", layoutVersion: 1, sharedMountToken: "t",
+                sharedMountTokenValue: "v", generation: random.next(), images: images,
+                fixedLayout: Bool.random(using: &random)
+            )
+            let bytes = FrameCodec.encode(.hello(hello))
+            #expect(try decodeBody(type: 1, body(of: .hello(hello))) == .hello(hello))
+            fuzz(bytes)
+
+            var plain = hello
+            plain.images = []
+            let listStart = FrameCodec.encode(.hello(plain)).count - 3
+            var damaged = bytes
+            for _ in 0..<Int.random(in: 1...3, using: &random) {
+                let index = Int.random(in: listStart..<damaged.count, using: &random)
+                switch Int.random(in: 0..<4, using: &random) {
+                case 0: damaged[index] ^= UInt8(1) << UInt8.random(in: 0..<8, using: &random)
+                case 1: damaged[index] = UInt8.random(in: 0...255, using: &random)
+                case 2: damaged[index] = [0, 1, 2, 0x7F, 0x80, 0xFF].randomElement(using: &random)!
+                default: damaged.removeSubrange(index...)
+                }
+                if damaged.count <= listStart { break }
+            }
+            fuzz(damaged)
+            let outcome = decodeStream(damaged, chunks: [7])
+            if !outcome.frames.isEmpty { decodedSome += 1 }
+            if outcome.error != nil { rejected += 1 }
+        }
+        #expect(decodedSome > 20 && rejected > 20, "decoded \(decodedSome), rejected \(rejected)")
+    }
+
     @Test func aValidFrameBeforeGarbageStillComesOut() {
         let outcome = decodeStream(FrameCodec.encode(.commit(generation: 9)) + [0, 0, 0, 1, 99], chunks: [3])
         #expect(outcome.frames == [.commit(generation: 9)])

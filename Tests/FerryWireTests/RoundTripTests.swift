@@ -44,6 +44,49 @@ import Testing
         )
     }
 
+    @Test func theHelloEndsWithItsImagesAndTheLayoutFlag() {
+        let hello = Hello(
+            buildIdentity: "b", architecture: "a", pageSize: 4096, regionBase: 0x7E00_0000_0000, regionSize: 1 << 20,
+            workloadName: "w", layoutVersion: 1, sharedMountToken: "t", sharedMountTokenValue: "v", generation: 7,
+            images: [
+                ImageIdentity(path: "/p", buildID: [0xAB, 0xCD], loadAddress: 0x5555_5555_4000),
+                ImageIdentity(path: "", buildID: [], loadAddress: 0x0102_0304_0506_0708),
+            ],
+            fixedLayout: true
+        )
+        let head: [UInt8] = [0, 2] + field("b") + field("a") + [0, 0, 0x10, 0] + u64(0x7E00_0000_0000) + u64(1 << 20)
+            + field("w") + [0, 0, 0, 1] + field("t") + field("v") + u64(7) + [0]
+        let images: [UInt8] = [0, 2] + field("/p") + field([0xAB, 0xCD]) + u64(0x5555_5555_4000)
+            + field("") + field([]) + [1, 2, 3, 4, 5, 6, 7, 8]
+        #expect(body(of: .hello(hello)) == head + images + [1])
+        #expect(FrameCodec.encode(.hello(hello)) == header(length: UInt32(head.count + images.count + 2)) + [1] + head + images + [1])
+        // The defaults: no images, no fixed layout.
+        var plain = hello
+        plain.images = []
+        plain.fixedLayout = false
+        #expect(body(of: .hello(plain)) == head + [0, 0, 0])
+        #expect(
+            Hello(
+                buildIdentity: "b", architecture: "a", pageSize: 4096, regionBase: 0x7E00_0000_0000, regionSize: 1 << 20,
+                workloadName: "w", layoutVersion: 1, sharedMountToken: "t", sharedMountTokenValue: "v", generation: 7
+            ) == plain
+        )
+        #expect(wireProtocolVersion == 2)
+    }
+
+    /// 512 images of 1,024-byte paths and 64-byte build ids, with every other field at its limit, fit in
+    /// one frame with room to spare.
+    @Test func theLargestHelloFitsInAFrame() throws {
+        let largest = try #require(sampleFrames.filter { $0.typeCode == 1 }.max { body(of: $0).count < body(of: $1).count })
+        guard case .hello(let hello) = largest else { Issue.record("not a hello"); return }
+        #expect(hello.images.count == Frame.maximumImages)
+        #expect(hello.images.allSatisfy { $0.path.utf8.count == Frame.maximumPathLength && $0.buildID.count == Frame.maximumDigestLength })
+        let length = FrameCodec.encode(largest).count - 4
+        #expect(length == 1 + 2 + 5 * (2 + 256) + 4 + 8 + 8 + 4 + 8 + 1 + 2 + 512 * (2 + 1024 + 2 + 64 + 8) + 1)
+        #expect(length <= Int(Frame.maximumLength))
+        #expect(Frame.maximumPathLength == 1024 && Frame.maximumImages == 512)
+    }
+
     @Test func typeCodesAndNamesAreStable() {
         let expected: [(Frame, UInt8, String)] = [
             (.digestRequest, 7, "digestRequest"), (.pageData(firstPage: 0, pageCount: 1), 3, "pageData"),
@@ -59,6 +102,23 @@ import Testing
     }
 
     @Test func encoderCutsOverlongFieldsSoTheyStillDecode() throws {
+        // Too many images: the first 512 go. A path over 1024 bytes is cut before the "é" that would cross
+        // the limit; a build id over 64 bytes is cut to 64.
+        let path = "/" + String(repeating: "é", count: 600)
+        let first = ImageIdentity(path: path, buildID: Array(repeating: 9, count: 100), loadAddress: 1)
+        let firstCut = ImageIdentity(
+            path: "/" + String(repeating: "é", count: 511), buildID: Array(repeating: 9, count: 64), loadAddress: 1
+        )
+        let rest = (2...600).map { ImageIdentity(path: "/lib\($0).so", buildID: [UInt8($0 & 0xFF)], loadAddress: UInt64($0)) }
+        let overlong = [first] + rest
+        let cut = [firstCut] + rest.prefix(Frame.maximumImages - 1)
+        func imagesHello(_ images: [ImageIdentity]) -> Hello {
+            Hello(
+                buildIdentity: "b", architecture: "a", pageSize: 4096, regionBase: 0, regionSize: 0, workloadName: "w",
+                layoutVersion: 0, sharedMountToken: "t", sharedMountTokenValue: "v", generation: 0, images: images,
+                fixedLayout: true
+            )
+        }
         let cases: [(Frame, Frame)] = [
             (.abort(reason: String(repeating: "x", count: 5000)), .abort(reason: String(repeating: "x", count: 4096))),
             // 1 + 2 * 2048 = 4097 bytes: the cut must not split the last "é".
@@ -74,6 +134,7 @@ import Testing
                 .auth(nonce: Array(repeating: 2, count: 65), mac: Array(repeating: 3, count: 1000)),
                 .auth(nonce: Array(repeating: 2, count: 64), mac: Array(repeating: 3, count: 64))
             ),
+            (.hello(imagesHello(overlong)), .hello(imagesHello(cut))),
             (.helloReply(.accepted(setupSeconds: .nan)), .helloReply(.accepted(setupSeconds: 0))),
             (.helloReply(.accepted(setupSeconds: -3)), .helloReply(.accepted(setupSeconds: 0))),
             (.helloReply(.accepted(setupSeconds: .infinity)), .helloReply(.accepted(setupSeconds: 0))),

@@ -7,6 +7,7 @@ let sampleFrames: [Frame] = {
     let longName = String(repeating: "é", count: Frame.maximumNameLength / 2)  // 256 UTF-8 bytes
     let longReason = String(repeating: "🚢", count: Frame.maximumReasonLength / 4)  // 4096 UTF-8 bytes
     let fullDigest = (0..<64).map { UInt8($0 * 3 & 0xFF) }
+    let longPath = String(repeating: "é", count: Frame.maximumPathLength / 2)  // 1024 UTF-8 bytes
     var frames: [Frame] = [
         .hello(
             Hello(
@@ -23,9 +24,24 @@ let sampleFrames: [Frame] = {
         ),
         .hello(
             Hello(
+                buildIdentity: "ferry 0.2", architecture: "x86_64", pageSize: 4096, regionBase: 0x7E00_0000_0000,
+                regionSize: 1 << 20, workloadName: "c-demo", layoutVersion: 1, sharedMountToken: "t",
+                sharedMountTokenValue: "v", generation: 2, auditVerification: true, images: sampleImages,
+                fixedLayout: true
+            )
+        ),
+        // The largest hello there is: every field at its limit, as many images as allowed.
+        .hello(
+            Hello(
                 buildIdentity: longName, architecture: longName, pageSize: .max,
                 regionBase: .max, regionSize: .max, workloadName: longName, layoutVersion: .max,
-                sharedMountToken: longName, sharedMountTokenValue: longName, generation: .max
+                sharedMountToken: longName, sharedMountTokenValue: longName, generation: .max,
+                auditVerification: true,
+                images: Array(
+                    repeating: ImageIdentity(path: longPath, buildID: fullDigest, loadAddress: .max),
+                    count: Frame.maximumImages
+                ),
+                fixedLayout: true
             )
         ),
         .helloReply(.accepted(setupSeconds: 0)),
@@ -59,11 +75,25 @@ let sampleFrames: [Frame] = {
         .auth(nonce: fullDigest, mac: fullDigest.reversed()),
     ]
     for code in [Refusal.Code.protocolVersion, .architecture, .pageSize, .address, .sharedMount, .workload,
-                 .layoutVersion, .busy, .authentication] {
+                 .layoutVersion, .busy, .authentication, .build] {
         frames.append(.helloReply(.refused(Refusal(code: code, reason: "\(code)"))))
     }
     return frames
 }()
+
+/// What a source's hello reports: the executable, libc and the loader, plus an object with neither a
+/// path nor a build id (the codec leaves judging that to the destination).
+let sampleImages: [ImageIdentity] = [
+    ImageIdentity(path: "/opt/demo/bin/counter", buildID: Array(0..<20), loadAddress: 0x5555_5555_4000),
+    ImageIdentity(
+        path: "/lib/x86_64-linux-gnu/libc.so.6", buildID: (0..<20).map { 0xFF - $0 }, loadAddress: 0x7FFF_F7D8_0000
+    ),
+    ImageIdentity(path: "/lib64/ld-linux-x86-64.so.2", buildID: [0xAB], loadAddress: 0x7FFF_F7FC_5000),
+    ImageIdentity(path: "", buildID: [], loadAddress: 0),
+]
+
+/// The bytes of a big-endian `u64`.
+func u64(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) } }
 
 /// A frame's bytes from a type and a body, with the header computed.
 func frameBytes(type: UInt8, body: [UInt8]) -> [UInt8] {

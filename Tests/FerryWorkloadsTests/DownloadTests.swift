@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import FerryRegion
+import FerryTestSupport
+import FerryWorkloads
 import FerrySystem
 import Foundation
 import Testing
@@ -22,7 +24,7 @@ private struct FlakySource: BlockSource {
 @Suite struct DownloadTests {
     @Test func stepsWriteEveryBlockOnceInOrder() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 30, pages: 32))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 130, pages: 32))
             let download = try DownloadWorkload(
                 creating: region, options: WorkloadOptions(sharedDirectory: directory, seed: 0x1234))
             #expect(download.filePath == "\(directory)/download-0000000000001234.dat")
@@ -47,7 +49,7 @@ private struct FlakySource: BlockSource {
 
     @Test func corruptFileByteIsNamed() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 31, pages: 32))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 131, pages: 32))
             let download = try DownloadWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try download.steps(40)
             var file = fileBytes(download.filePath)
@@ -64,7 +66,7 @@ private struct FlakySource: BlockSource {
 
     @Test func deletedBlockIsNamed() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 32, pages: 32))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 132, pages: 32))
             let download = try DownloadWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try download.steps(40)
             var file = fileBytes(download.filePath)
@@ -81,7 +83,7 @@ private struct FlakySource: BlockSource {
 
     @Test func duplicatedBlockIsNamed() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 33, pages: 32))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 133, pages: 32))
             let download = try DownloadWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try download.steps(40)
             var file = fileBytes(download.filePath)
@@ -97,7 +99,7 @@ private struct FlakySource: BlockSource {
 
     @Test func extraBlockAtTheEndIsNamed() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 34, pages: 32))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 134, pages: 32))
             let download = try DownloadWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try download.steps(10)
             var file = fileBytes(download.filePath)
@@ -113,7 +115,7 @@ private struct FlakySource: BlockSource {
 
     @Test func corruptBlockFromTheSourceIsRefusedAndNotRecorded() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 35, pages: 32))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 135, pages: 32))
             let download = try DownloadWorkload(
                 creating: region, options: WorkloadOptions(sharedDirectory: directory, seed: 5),
                 source: FlakySource(seed: 5, badIndex: 7))
@@ -127,7 +129,7 @@ private struct FlakySource: BlockSource {
 
     @Test func migrationLosesAndDuplicatesNoBlock() throws {
         try withTemporaryDirectory { directory in
-            let layout = testLayout(slot: 36, pages: 32)
+            let layout = testLayout(slot: 136, pages: 32)
             let bytes: [UInt8]
             let path: String
             do {
@@ -161,7 +163,7 @@ private struct FlakySource: BlockSource {
 
     @Test func attachingWithoutTheSharedFileIsAClearError() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 37, pages: 32))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 137, pages: 32))
             let download = try DownloadWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try download.steps(5)
             let path = download.filePath

@@ -1,4 +1,6 @@
 import FerryRegion
+import FerryTestSupport
+import FerryWorkloads
 import FerrySystem
 import Testing
 
@@ -11,7 +13,7 @@ private let aggregateOffset = stateOffset + 0x18
 @Suite struct HotsetTests {
     @Test func stepsKeepEveryInvariant() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 20, pages: 40))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 120, pages: 40))
             let hotset = try HotsetWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory, seed: 3))
             #expect(hotset.workingSetPages == 40 - 2)
             #expect(hotset.verify().passed)
@@ -29,7 +31,7 @@ private let aggregateOffset = stateOffset + 0x18
 
     @Test func workingSetOptionBoundsTheWrittenPages() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 21, pages: 40))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 121, pages: 40))
             let hotset = try HotsetWorkload(
                 creating: region, options: WorkloadOptions(sharedDirectory: directory, workingSetPages: 5))
             try hotset.steps(100)
@@ -46,7 +48,7 @@ private let aggregateOffset = stateOffset + 0x18
 
     @Test func corruptPageByteIsNamed() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 22, pages: 24))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 122, pages: 24))
             let hotset = try HotsetWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try hotset.steps(200)
             let page = (0..<hotset.workingSetPages).first { hotset.version(ofPage: $0) > 0 }!
@@ -64,7 +66,7 @@ private let aggregateOffset = stateOffset + 0x18
 
     @Test func corruptVersionBreaksTheLedgerInvariant() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 23, pages: 24))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 123, pages: 24))
             let hotset = try HotsetWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try hotset.steps(100)
             poke(region, ledgerOffset, UInt64(101))
@@ -78,7 +80,7 @@ private let aggregateOffset = stateOffset + 0x18
 
     @Test func corruptListPointerIsNamed() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 24, pages: 24))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 124, pages: 24))
             let hotset = try HotsetWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
             try hotset.steps(50)
             // Follow the list three nodes from the head, then point the third one outside the region.
@@ -113,7 +115,7 @@ private let aggregateOffset = stateOffset + 0x18
 
     @Test func migrationToTheSameAddressContinuesTheWorkload() throws {
         try withTemporaryDirectory { directory in
-            let layout = testLayout(slot: 25, pages: 48)
+            let layout = testLayout(slot: 125, pages: 48)
             let bytes: [UInt8]
             let expectedLedger: UInt64
             do {
@@ -144,12 +146,12 @@ private let aggregateOffset = stateOffset + 0x18
         try withTemporaryDirectory { directory in
             let bytes: [UInt8]
             do {
-                let region = try MigratableRegion.create(layout: testLayout(slot: 26, pages: 24))
+                let region = try MigratableRegion.create(layout: testLayout(slot: 126, pages: 24))
                 let hotset = try HotsetWorkload(creating: region, options: WorkloadOptions(sharedDirectory: directory))
                 try hotset.steps(10)
                 bytes = snapshot(region)
             }
-            let elsewhere = try restore(bytes, layout: testLayout(slot: 27, pages: 24))
+            let elsewhere = try restore(bytes, layout: testLayout(slot: 127, pages: 24))
             let hotset = try HotsetWorkload(attaching: elsewhere, sharedDirectory: directory)
             let list = try #require(hotset.verify().checksByName["list"])
             #expect(!list.passed)

@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import FerryRegion
+import FerryTestSupport
+import FerryWorkloads
 import FerrySystem
 import Foundation
 import Testing
@@ -29,7 +31,7 @@ private func runAndDrop(layout: RegionLayout, options: WorkloadOptions, steps: I
 @Suite struct ResumeTests {
     @Test func resumedDownloadHoldsTheStateItsDeadOwnerHad() throws {
         try withTemporaryDirectory { directory in
-            let layout = testLayout(slot: 40, pages: 32)
+            let layout = testLayout(slot: 140, pages: 32)
             let options = WorkloadOptions(sharedDirectory: directory, fill: .random, seed: 0xBEEF)
             // 37 blocks: the ring has wrapped, so the last 16 blocks span its end and its start.
             let dead = try runAndDrop(layout: layout, options: options, steps: 37)
@@ -54,7 +56,7 @@ private func runAndDrop(layout: RegionLayout, options: WorkloadOptions, steps: I
             }
 
             // Another address and size, through `WorkloadKind`: continues from block 57.
-            let region = try MigratableRegion.create(layout: testLayout(slot: 41, pages: 20))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 141, pages: 20))
             let resumed = try WorkloadKind.download.resume(in: region, options: options)
             let download = try #require(resumed as? DownloadWorkload)
             #expect(download.nextIndex == 57)
@@ -139,7 +141,7 @@ private func runAndDrop(layout: RegionLayout, options: WorkloadOptions, steps: I
 
     @Test func scanCrossesReadChunks() throws {
         try withTemporaryDirectory { directory in
-            let layout = testLayout(slot: 49, pages: 24)
+            let layout = testLayout(slot: 149, pages: 24)
             let options = WorkloadOptions(sharedDirectory: directory, seed: 11)
             // 600 blocks is 2.3 MiB: three 1 MiB reads. Block 513 lies in the third.
             let dead = try runAndDrop(layout: layout, options: options, steps: 600)
@@ -160,7 +162,7 @@ private func runAndDrop(layout: RegionLayout, options: WorkloadOptions, steps: I
 
     @Test func emptyFileResumesAtBlockZero() throws {
         try withTemporaryDirectory { directory in
-            let layout = testLayout(slot: 46, pages: 24)
+            let layout = testLayout(slot: 146, pages: 24)
             let options = WorkloadOptions(sharedDirectory: directory, fill: .zero, seed: 3)
             let dead = try runAndDrop(layout: layout, options: options, steps: 0)
             #expect(fileBytes(dead.path).isEmpty)
@@ -181,7 +183,7 @@ private func runAndDrop(layout: RegionLayout, options: WorkloadOptions, steps: I
 
     @Test func missingFileCannotBeResumed() throws {
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 47, pages: 24))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 147, pages: 24))
             let options = WorkloadOptions(sharedDirectory: directory, seed: 0x42)
             let path = "\(directory)/download-0000000000000042.dat"
             for attempt in 0..<2 {
@@ -208,7 +210,7 @@ private func runAndDrop(layout: RegionLayout, options: WorkloadOptions, steps: I
         #expect(WorkloadKind.download.canResumeFromSharedFiles)
         #expect(!WorkloadKind.hotset.canResumeFromSharedFiles)
         try withTemporaryDirectory { directory in
-            let region = try MigratableRegion.create(layout: testLayout(slot: 48, pages: 24))
+            let region = try MigratableRegion.create(layout: testLayout(slot: 148, pages: 24))
             do throws(WorkloadError) {
                 _ = try WorkloadKind.hotset.resume(in: region, options: WorkloadOptions(sharedDirectory: directory))
                 Issue.record("resuming a hotset must fail")
