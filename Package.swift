@@ -38,7 +38,11 @@ let package = Package(
         // Write tracking of a memory range: uffd-async, uffd-sync, mprotect.
         .target(name: "FerryTracking", dependencies: ["FerrySystem", "CShims"], swiftSettings: strict),
         // The migratable region at a fixed address, its header, the heap inside it, the workload interface.
-        .target(name: "FerryRegion", dependencies: ["FerrySystem", "FerryTracking"], swiftSettings: strict),
+        // Optimised in debug builds too: its heap serves every allocation of an embedded program (a whole Lua
+        // interpreter in the tests), which unoptimised code slows down fifteen-fold.
+        .target(
+            name: "FerryRegion", dependencies: ["FerrySystem", "FerryTracking"],
+            swiftSettings: strict + [.unsafeFlags(["-O"], .when(configuration: .debug))]),
         // The workloads Ferry ships (download, hotset): clients of the public region API like any program's.
         .target(name: "FerryWorkloads", dependencies: ["FerrySystem", "FerryRegion", "FerryTransport"], swiftSettings: strict),
         // Migration protocol frames and their codec: pure functions over bytes, no I/O.

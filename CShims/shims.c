@@ -218,3 +218,30 @@ int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, u
         }
     }
 }
+
+// MARK: - Loaded objects and personality (ProcessImage in FerrySystem)
+
+#include <link.h>
+#include <sys/auxv.h>
+#include <sys/personality.h>
+
+struct CShims_dl_iterate_context {
+    CShims_loaded_object_callback callback;
+    void *context;
+};
+
+static int CShims_dl_iterate_forward(struct dl_phdr_info *info, size_t size, void *data) {
+    (void)size;
+    struct CShims_dl_iterate_context *forward = data;
+    return forward->callback(info->dlpi_name ? info->dlpi_name : "", (uintptr_t)info->dlpi_addr, info->dlpi_phdr,
+                             info->dlpi_phnum, forward->context);
+}
+
+int CShims_dl_iterate_phdr(CShims_loaded_object_callback callback, void *context) {
+    struct CShims_dl_iterate_context forward = {.callback = callback, .context = context};
+    return dl_iterate_phdr(CShims_dl_iterate_forward, &forward);
+}
+
+int CShims_personality(unsigned long persona) { return personality(persona); }
+
+unsigned long CShims_getauxval(unsigned long type) { return getauxval(type); }

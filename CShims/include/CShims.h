@@ -166,3 +166,30 @@ int CShims_constant_time_equal(const void *a, const void *b, size_t n);
 int CShims_random_bytes(void *buf, size_t n);
 
 #endif  // CSHIMS_H
+
+// MARK: - Loaded objects and personality (ProcessImage in FerrySystem)
+//
+// <link.h> declares dl_iterate_phdr and struct dl_phdr_info only under _GNU_SOURCE, and Swift's Glibc
+// module includes neither <sys/personality.h> nor <sys/auxv.h>: so these three calls go through here.
+#ifndef CSHIMS_PROCESS_IMAGE_H
+#define CSHIMS_PROCESS_IMAGE_H
+
+/// Called once per loaded object by `CShims_dl_iterate_phdr`, with the fields of `struct dl_phdr_info`:
+/// `name` is `dlpi_name` (empty for the main program), `load_bias` is `dlpi_addr`, `phdrs` points to
+/// `phnum` program headers (`ElfW(Phdr)`). A non-zero result stops the iteration.
+typedef int (*CShims_loaded_object_callback)(const char *name, uintptr_t load_bias, const void *phdrs,
+                                              uint16_t phnum, void *context);
+
+/// `dl_iterate_phdr(3)`: calls `callback` on the calling thread for each loaded object, main program
+/// first, holding the dynamic loader's lock (the callback must not load or unload objects). Returns the
+/// last callback's result.
+int CShims_dl_iterate_phdr(CShims_loaded_object_callback callback, void *context);
+
+/// `personality(2)` (glibc's wrapper): sets the execution domain, or only reads it for 0xffffffff.
+/// Returns the previous persona, or -1 with errno.
+int CShims_personality(unsigned long persona);
+
+/// `getauxval(3)`: the value of an auxiliary vector entry (`AT_SYSINFO_EHDR`, `AT_SECURE`), 0 if absent.
+unsigned long CShims_getauxval(unsigned long type);
+
+#endif  // CSHIMS_PROCESS_IMAGE_H

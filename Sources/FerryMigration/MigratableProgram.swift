@@ -90,6 +90,7 @@ public final class MigratableProgram: Sendable {
             FileHandle.standardError.write(Data("ferry receive (\(name)): \(message)\n".utf8))
         }
         guard agent.waitUntilRunningOrFinished() == .running, let host = agent.host else {
+            agent.waitUntilFinished()  // `ferry stop` gets its reply before the program may exit
             agent.closeControl()
             return nil
         }

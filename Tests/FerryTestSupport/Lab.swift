@@ -40,8 +40,14 @@ public final class Lab {
 
     /// Starts `ferry` with `arguments`, its output going to `<directory>/<log>.log`.
     public func start(_ arguments: [String], log: String, environment: [String: String] = [:]) throws -> Process {
+        try startProgram(ferryExecutableURL().path, arguments, log: log, environment: environment)
+    }
+
+    /// Starts any program (one embedding Ferry, `ip netns exec …`) with `arguments`, its output going to
+    /// `<directory>/<log>.log`; it is killed by `tearDown()` if it still runs.
+    public func startProgram(_ executable: String, _ arguments: [String], log: String, environment: [String: String] = [:]) throws -> Process {
         let process = Process()
-        process.executableURL = ferryExecutableURL()
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let path = directory + "/\(log).log"
@@ -98,7 +104,14 @@ public final class Lab {
 
     /// Kills whatever still runs and removes the directory.
     public func tearDown() {
-        for process in processes where process.isRunning { process.terminate(); process.waitUntilExit() }
+        for process in processes where process.isRunning {
+            process.terminate()
+            // A child may have inherited a signal mask that blocks SIGTERM from the test runner's thread.
+            let deadline = Date().addingTimeInterval(2)
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+        }
         try? FileManager.default.removeItem(atPath: directory)
     }
 }

@@ -75,16 +75,27 @@ import Testing
     }
 
     /// 512 images of 1,024-byte paths and 64-byte build ids, with every other field at its limit, fit in
-    /// one frame with room to spare.
+    /// one frame with room to spare; the frame decodes every way, and cut short it waits for the rest.
     @Test func theLargestHelloFitsInAFrame() throws {
-        let largest = try #require(sampleFrames.filter { $0.typeCode == 1 }.max { body(of: $0).count < body(of: $1).count })
-        guard case .hello(let hello) = largest else { Issue.record("not a hello"); return }
+        let hello = largestHello
         #expect(hello.images.count == Frame.maximumImages)
         #expect(hello.images.allSatisfy { $0.path.utf8.count == Frame.maximumPathLength && $0.buildID.count == Frame.maximumDigestLength })
-        let length = FrameCodec.encode(largest).count - 4
+        let bytes = FrameCodec.encode(.hello(hello))
+        let length = bytes.count - 4
         #expect(length == 1 + 2 + 5 * (2 + 256) + 4 + 8 + 8 + 4 + 8 + 1 + 2 + 512 * (2 + 1024 + 2 + 64 + 8) + 1)
         #expect(length <= Int(Frame.maximumLength))
         #expect(Frame.maximumPathLength == 1024 && Frame.maximumImages == 512)
+
+        #expect(try decodeBody(type: 1, body(of: .hello(hello))) == .hello(hello))
+        #expect(throws: WireError.trailingBytes(type: 1, count: 1)) { try decodeBody(type: 1, body(of: .hello(hello)) + [0]) }
+        bytes.withUnsafeBytes { FrameCodec.fuzzOneInput($0) }
+        for cut in stride(from: 0, to: bytes.count, by: 4_099) + [bytes.count - 1] {
+            var decoder = FrameDecoder()
+            decoder.append(bytes[..<cut])
+            #expect(try decoder.next() == nil)
+            decoder.append(bytes[cut...])
+            #expect(try decoder.next() == .hello(hello))
+        }
     }
 
     @Test func typeCodesAndNamesAreStable() {

@@ -30,17 +30,15 @@ let sampleFrames: [Frame] = {
                 fixedLayout: true
             )
         ),
-        // The largest hello there is: every field at its limit, as many images as allowed.
+        // Every field at its limit; `largestHello` has as many images as allowed, too many bytes for the
+        // tests that try every prefix of every sample.
         .hello(
             Hello(
                 buildIdentity: longName, architecture: longName, pageSize: .max,
                 regionBase: .max, regionSize: .max, workloadName: longName, layoutVersion: .max,
                 sharedMountToken: longName, sharedMountTokenValue: longName, generation: .max,
                 auditVerification: true,
-                images: Array(
-                    repeating: ImageIdentity(path: longPath, buildID: fullDigest, loadAddress: .max),
-                    count: Frame.maximumImages
-                ),
+                images: Array(repeating: ImageIdentity(path: longPath, buildID: fullDigest, loadAddress: .max), count: 3),
                 fixedLayout: true
             )
         ),
@@ -79,6 +77,22 @@ let sampleFrames: [Frame] = {
         frames.append(.helloReply(.refused(Refusal(code: code, reason: "\(code)"))))
     }
     return frames
+}()
+
+/// The largest hello there is: every field at its limit, and ``Frame/maximumImages`` images of the
+/// longest path and build id (about 550 KB).
+let largestHello: Hello = {
+    let longName = String(repeating: "é", count: Frame.maximumNameLength / 2)
+    let image = ImageIdentity(
+        path: String(repeating: "é", count: Frame.maximumPathLength / 2),
+        buildID: (0..<64).map { UInt8($0 * 3 & 0xFF) }, loadAddress: .max
+    )
+    return Hello(
+        buildIdentity: longName, architecture: longName, pageSize: .max, regionBase: .max, regionSize: .max,
+        workloadName: longName, layoutVersion: .max, sharedMountToken: longName, sharedMountTokenValue: longName,
+        generation: .max, auditVerification: true, images: Array(repeating: image, count: Frame.maximumImages),
+        fixedLayout: true
+    )
 }()
 
 /// What a source's hello reports: the executable, libc and the loader, plus an object with neither a

@@ -29,11 +29,33 @@ def frame(kind, body=b""):
     return u32(1 + len(body)) + u8(kind) + body
 
 
-def hello(version=1, build="ferry 0.1 (git abc123)", arch="x86_64", page=4096, base=0x7F0000000000,
-          size=1 << 30, workload="hotset", layout=1, token="ferry-token-1f2e", value="c0ffee", generation=7, audit=False):
-    return frame(HELLO, u16(version) + string(build) + string(arch) + u32(page) + u64(base) + u64(size)
-                 + string(workload) + u32(layout) + string(token) + string(value) + u64(generation)
-                 + u8(1 if audit else 0))
+# What a source reports of itself since protocol version 2: (path, build id, load address) of the
+# executable and of every shared object, the executable first.
+IMAGES = [
+    ("/opt/demo/bin/counter", bytes(range(20)), 0x555555554000),
+    ("/lib/x86_64-linux-gnu/libc.so.6", bytes(0xFF - i for i in range(20)), 0x7FFFF7D80000),
+    ("/lib64/ld-linux-x86-64.so.2", bytes(range(100, 120)), 0x7FFFF7FC5000),
+]
+
+
+def image(path, build_id, load_address):
+    return string(path) + blob(build_id) + u64(load_address)
+
+
+def hello_v1_body(version, build, arch, page, base, size, workload, layout, token, value, generation, audit):
+    """The hello body of protocol version 1, which version 2 extends at the end."""
+    return (u16(version) + string(build) + string(arch) + u32(page) + u64(base) + u64(size)
+            + string(workload) + u32(layout) + string(token) + string(value) + u64(generation)
+            + u8(1 if audit else 0))
+
+
+def hello(version=2, build="ferry 0.1 (git abc123)", arch="x86_64", page=4096, base=0x7F0000000000,
+          size=1 << 30, workload="hotset", layout=1, token="ferry-token-1f2e", value="c0ffee", generation=7, audit=False,
+          images=IMAGES, fixed=False):
+    """A hello of the version 2 layout: the version 1 fields, then u16 image count | images | u8 fixedLayout."""
+    return frame(HELLO, hello_v1_body(version, build, arch, page, base, size, workload, layout, token, value,
+                                      generation, audit)
+                 + u16(len(images)) + b"".join(image(*i) for i in images) + u8(1 if fixed else 0))
 
 
 def round_end(round_, pages, zeros, size, final):
@@ -47,11 +69,15 @@ mac = bytes(reversed(range(32)))
 
 seeds = {
     "hello": hello(),
+    "hello-fixed-layout": hello(audit=True, fixed=True),
     "hello-empty": hello(build="", arch="", page=0, base=0, size=0, workload="", layout=0, token="", value="",
-                         generation=0),
+                         generation=0, images=[]),
     "hello-long-names": hello(build="é" * 128, arch="é" * 128, workload="é" * 128, token="é" * 128,
-                              value="é" * 128, page=MAX32, base=MAX64, size=MAX64, layout=MAX32, generation=MAX64),
-    "hello-version-2": hello(version=2),
+                              value="é" * 128, page=MAX32, base=MAX64, size=MAX64, layout=MAX32, generation=MAX64,
+                              images=[("é" * 512, bytes(range(64)), MAX64), ("/" * 1024, b"", 0), ("", b"\x01", 1)],
+                              fixed=True),
+    # Another version in this layout decodes (the destination refuses it by its version).
+    "hello-version-3": hello(version=3),
     "hello-reply-accepted": frame(HELLO_REPLY, u8(0) + f64(0.25)),
     "hello-reply-accepted-zero": frame(HELLO_REPLY, u8(0) + f64(0.0)),
     "hello-reply-refused-memory": frame(HELLO_REPLY, u8(1) + u16(4)
@@ -98,6 +124,14 @@ seeds = {
     "bad-nonce-too-long": frame(AUTH, blob(bytes(65)) + blob(b"")),
     "bad-setup-nan": frame(HELLO_REPLY, u8(0) + f64(float("nan"))),
     "bad-refusal-code": frame(HELLO_REPLY, u8(1) + u16(99) + string("x")),
+    # A version 1 hello ends before the image list: rejected as a hello of another version.
+    "bad-hello-version-1": frame(HELLO, hello_v1_body(1, "ferry 0.1", "x86_64", 4096, 0x7F0000000000, 1 << 30,
+                                                      "hotset", 1, "t", "v", 7, False)),
+    "bad-hello-too-many-images": hello(images=[("/x", b"\x01", 1)] * 513),
+    "bad-hello-path-too-long": hello(images=[("/" * 1025, b"", 0)]),
+    "bad-hello-build-id-too-long": hello(images=[("/x", bytes(65), 0)]),
+    "bad-hello-fixed-layout-bool": hello()[:-1] + u8(2),
+    "bad-hello-truncated-images": u32(len(hello()) - 4 - 30) + hello()[4:-30],
 }
 
 for name in os.listdir(HERE):

@@ -83,7 +83,10 @@ int ferry_start(const ferry_options *o, ferry_t **out);
 /** Waits on o->listen for a migration of the workload named o->name and returns once it was committed
     here: the region is mapped at the source's address with the source's contents, this process owns the
     next generation, and the program continues from ferry_root. Serves the control socket meanwhile
-    (`ferry stop` makes it return FERRY_STOPPED). A failed attempt is logged and the next one awaited. */
+    (`ferry stop` makes it return FERRY_STOPPED with *out = NULL: nothing to close, just exit). A failed
+    attempt is logged to stderr and the next one awaited. Callbacks (ferry_on_flush, ferry_on_verify) belong
+    to a process: register them again after ferry_receive. Pointers to things outside the region that the
+    program keeps in it (a FILE *, an fd, a ferry_t *) are the old process's: reopen and replace them. */
 int ferry_receive(const ferry_options *o, ferry_t **out);
 
 /** The safe point. Returns FERRY_CONTINUE at once while no migration is pausing; when one is, calls the
@@ -94,7 +97,9 @@ int ferry_safe_point(ferry_t *f);
 
 /** The region's allocator: every byte of its metadata lives in the region, so pointers it returns stay
     valid after a move. 16-byte aligned. NULL when the region is full (nothing else changes).
-    ferry_realloc(f, NULL, n) allocates; ferry_realloc(f, p, 0) frees and returns NULL. */
+    ferry_realloc(f, NULL, n) allocates; ferry_realloc(f, p, 0) frees and returns NULL; a realloc that
+    cannot grow returns NULL and leaves p valid (shrinking always succeeds, in place). ferry_free(f, NULL)
+    does nothing; freeing anything else that is not a live block stops the process with a message. */
 void *ferry_alloc(ferry_t *f, size_t n);
 void *ferry_realloc(ferry_t *f, void *p, size_t n);
 void  ferry_free(ferry_t *f, void *p);
@@ -109,8 +114,8 @@ void  ferry_set_root(ferry_t *f, void *p);
 void  ferry_on_flush(ferry_t *f, int (*flush)(void *ctx), void *ctx);
 
 /** Called by `ferry verify` while the workload waits at a safe point: check the program's invariants,
-    write a one-line finding into detail (cap bytes, NUL-terminated), return 0 if they hold. Ferry's own
-    checks (header, heap) run as well. */
+    write a one-line finding into detail (cap bytes, at most 1023, NUL-terminated), return 0 if they hold.
+    Ferry's own checks (header, heap, root) run as well. */
 void  ferry_on_verify(ferry_t *f, int (*verify)(void *ctx, char *detail, size_t cap), void *ctx);
 
 /** The ownership generation this process holds (1 after ferry_start, +1 per move). */
@@ -129,10 +134,11 @@ const char *ferry_strerror(int code);
 /** The last error on the calling thread, in full (what failed, with which figures); "" if none. */
 const char *ferry_last_error(void);
 
-/** Ends Ferry's part: stops the control socket and the heartbeat, and unmaps the region (after
-    FERRY_MOVED or FERRY_STOPPED). Called while the workload still runs here, it flushes and keeps the
-    ownership record (the workload ends here; `ferry run --resume` cannot bring an embedded program back).
-    Returns 0 or a negative error. f is freed either way. */
+/** Ends Ferry's part: stops the control socket and the heartbeat, and releases the region (after
+    FERRY_MOVED or FERRY_STOPPED, without calling the flush callback: the files belong to the new owner).
+    Called while the workload still runs here (the program finished), it calls the flush callback and keeps
+    the ownership record naming this process (the workload ends here). Returns 0 or a negative error; f is
+    freed either way. */
 int   ferry_close(ferry_t *f);
 
 /** Re-executes the program with address-space randomisation off when it is on, so that both hosts load

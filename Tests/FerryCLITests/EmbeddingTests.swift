@@ -1,0 +1,228 @@
+import FerryTestSupport
+import Foundation
+import Testing
+
+/// Programs Ferry's code knows nothing about, linked against `libFerry.so` through `ferry.h`: the README's
+/// example, `demo/c/wordfreq` and `demo/lua/ferry-lua` (the system's Lua 5.4), each hopping between real
+/// processes while it runs, and ending with exactly what it computes without any migration.
+@Suite struct EmbeddingTests {
+    /// The package's root folder.
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    /// Where `libFerry.so` and `ferry` were built (beside the test bundle).
+    static let binDirectory = ferryExecutableURL().deletingLastPathComponent().path
+
+    /// Runs a shell command line in `directory` with `environment`, returning its status and output.
+    static func shell(_ line: String, in directory: String = root, environment: [String: String] = [:]) -> NamespaceLab.Result {
+        NamespaceLab.run("/bin/bash", ["-c", "cd '\(directory)' && \(line)"], environment: environment, deadline: 300)
+    }
+
+    /// Builds a demo with its build script against the libFerry.so of this build; returns the binary's path.
+    static func buildDemo(_ script: String) throws -> String {
+        let result = shell("demo/\(script)", environment: ["FERRY_LIB_DIR": binDirectory])
+        #expect(result.status == 0, "\(script): \(result.output)")
+        return try #require(result.output.split(separator: "\n").last.map(String.init), "\(result.output)")
+    }
+
+    /// Moves the workload of `first` (control socket name) `hops` times, each to a fresh receiver started with
+    /// `receive(port, name)`, running `ferry verify` on each new owner. Returns the name of the last owner.
+    static func hop(_ lab: Lab, from first: String, hops: Int, receive: (Int, String) throws -> Process) throws -> String {
+        var current = first
+        for hop in 1...hops {
+            let port = Lab.freePort()
+            let name = "hop\(hop)"
+            _ = try receive(port, name)
+            try lab.waitForSocket(lab.socket(name))
+            let migrate = try runFerry(["migrate", "--control", lab.socket(current), "--to", "127.0.0.1:\(port)"])
+            try #require(migrate.status == 0, "hop \(hop): \(migrate.standardOutput) \(migrate.standardError)\n\(lab.log(current))\n\(lab.log(name))")
+            #expect(migrate.standardOutput.contains("verified yes"), "hop \(hop): \(migrate.standardOutput)")
+            let verify = try runFerry(["verify", "--control", lab.socket(name)])
+            #expect(verify.status == 0, "hop \(hop): \(verify.standardOutput) \(verify.standardError)")
+            #expect(verify.standardOutput.contains("heap"), "Ferry's heap check runs after every hop: \(verify.standardOutput)")
+            current = name
+        }
+        return current
+    }
+
+    static func waitForExit(_ process: Process, seconds: Double = 120) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while process.isRunning && Date() < deadline { usleep(50_000) }
+        return !process.isRunning
+    }
+
+    /// The README's example, compiled with the README's own `cc` line, hops 5 times and prints the right sum.
+    @Test func theReadmeExampleCompilesWithTheReadmeLineAndHopsFiveTimes() throws {
+        let readme = try String(contentsOfFile: Self.root + "/README.md", encoding: .utf8)
+        let section = try #require(readme.range(of: "## Embed Ferry in your program").map { String(readme[$0.upperBound...]) })
+        func block(_ language: String) throws -> String {
+            let start = try #require(section.range(of: "```\(language)\n"))
+            let end = try #require(section[start.upperBound...].range(of: "```"))
+            return String(section[start.upperBound..<end.lowerBound])
+        }
+        let source = try block("c")
+        let ccLine = try #require(try block("sh").split(separator: "\n").first { $0.hasPrefix("cc ") }.map(String.init))
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        try source.write(toFile: lab.directory + "/squares.c", atomically: true, encoding: .utf8)
+        let line = ccLine.replacingOccurrences(of: "Sources/CFerry/include", with: Self.root + "/Sources/CFerry/include")
+        let compiled = Self.shell(line + " -Wall -Wextra -Werror", in: lab.directory, environment: ["BIN": Self.binDirectory])
+        try #require(compiled.status == 0, "\(line): \(compiled.output)")
+        let program = lab.directory + "/squares"
+
+        let source0 = try lab.startProgram(program, ["start", lab.shared, lab.socket("a")], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        var receivers: [Process] = []
+        let last = try Self.hop(lab, from: "a", hops: 5) { port, name in
+            let process = try lab.startProgram(program, ["receive", lab.shared, lab.socket(name), "127.0.0.1:\(port)"], log: name)
+            receivers.append(process)
+            return process
+        }
+        #expect(Self.waitForExit(source0))
+        #expect(Self.waitForExit(receivers.last!), "the last owner finishes")
+        let processes = (1...5).map { "hop\($0)" }
+        #expect(lab.log(last).contains("50000 numbers, sum 41665416675000, generation 6"), "\(lab.log(last))")
+        for name in processes.dropLast() { #expect(!lab.log(name).contains("numbers, sum"), "only the last owner finishes: \(name)") }
+    }
+
+    /// wordfreq (hash table, LRU list, frees and reallocs in the region) moved 5 times mid-run ends with exactly
+    /// the result of `wordfreq plain`, which computes the same with malloc and no Ferry.
+    @Test func wordfreqHopsFiveTimesAndEndsWithThePlainResult() throws {
+        let binary = try Self.buildDemo("c/build.sh")
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let steps = "6000"
+        let plain = Self.shell("'\(binary)' plain --steps \(steps) --output '\(lab.directory)/plain.txt'")
+        try #require(plain.status == 0, "\(plain.output)")
+        let first = try lab.startProgram(binary, ["start", "--steps", steps, "--output", lab.shared + "/moved.txt", "--shared-dir", lab.shared,
+                                                  "--control", lab.socket("a"), "--region-size", "64MiB", "--step-delay-us", "1000"], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        var receivers: [Process] = []
+        let last = try Self.hop(lab, from: "a", hops: 5) { port, name in
+            let process = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
+            receivers.append(process)
+            return process
+        }
+        #expect(Self.waitForExit(first))
+        #expect(Self.waitForExit(receivers.last!), "the last owner finishes")
+        #expect(receivers.last!.terminationStatus == 0, "\(lab.log(last))")
+        let moved = (try? String(contentsOfFile: lab.shared + "/moved.txt", encoding: .utf8)) ?? ""
+        let reference = try String(contentsOfFile: lab.directory + "/plain.txt", encoding: .utf8)
+        #expect(!reference.isEmpty)
+        #expect(moved == reference, "moved:\n\(moved)\nplain:\n\(reference)\n\(lab.log(last))")
+    }
+
+    /// A Lua script of each kind, scaled so it runs for a few seconds, moved 5 times mid-run, prints byte for
+    /// byte what `lua5.4` prints for it.
+    @Test(arguments: ["closures", "coroutines", "metatables", "strings", "bigtables", "gc"])
+    func aLuaScriptHopsFiveTimesAndPrintsWhatLuaPrints(script: String) throws {
+        guard let lua = Self.luaAvailable("aLuaScriptHopsFiveTimes") else { return }
+        let binary = try Self.buildDemo("lua/build.sh")
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let scriptPath = try Self.scaledScript(script, in: lab.directory)
+        let reference = NamespaceLab.run(lua, [scriptPath], deadline: 120)
+        try #require(reference.status == 0, "\(reference.output)")
+        let output = lab.shared + "/\(script).txt"
+        let first = try lab.startProgram(binary, ["start", "--script", scriptPath, "--output", output, "--shared-dir", lab.shared,
+                                                  "--control", lab.socket("a"), "--region-size", "256MiB"], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        var receivers: [Process] = []
+        let last = try Self.hop(lab, from: "a", hops: 5) { port, name in
+            let process = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
+            receivers.append(process)
+            return process
+        }
+        #expect(Self.waitForExit(first))
+        #expect(Self.waitForExit(receivers.last!, seconds: 300), "the last owner finishes")
+        #expect(receivers.last!.terminationStatus == 0, "\(lab.log(last))")
+        let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(printed == reference.output, "\(script): \(printed.count) bytes against lua5.4's \(reference.output.count)\n\(lab.log(last))")
+    }
+
+    /// The `lua5.4` interpreter when Lua 5.4 (interpreter, headers, pkg-config) is installed; otherwise prints
+    /// why the test is skipped and returns nil.
+    static func luaAvailable(_ test: String) -> String? {
+        guard let lua = NamespaceLab.executablePath("lua5.4"), NamespaceLab.executablePath("pkg-config") != nil,
+              FileManager.default.fileExists(atPath: "/usr/include/lua5.4/lua.h") else {
+            print("\(test) skipped: needs Lua 5.4 (apt-get install liblua5.4-dev lua5.4 pkg-config; .ci/run does)")
+            return nil
+        }
+        return lua
+    }
+
+    /// The script at twice its own size, so that it runs long enough for five hops on a loaded machine.
+    static func scaledScript(_ name: String, in directory: String) throws -> String {
+        let path = root + "/demo/lua/scripts/\(name).lua"
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        guard let match = text.range(of: #"N = N or (\d+)"#, options: .regularExpression),
+              let number = Int(text[match].split(separator: " ").last ?? "") else { return path }
+        let wrapper = directory + "/\(name)-scaled.lua"
+        try "N = \(number * 2)\ndofile('\(path)')\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
+        return wrapper
+    }
+
+    /// A destination running another build of the program is refused (exit 2) and the source runs on, verified.
+    @Test func aReceiverOfAnotherBuildIsRefusedAndTheSourceRunsOn() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let readme = try String(contentsOfFile: Self.root + "/README.md", encoding: .utf8)
+        let section = try #require(readme.range(of: "## Embed Ferry in your program").map { String(readme[$0.upperBound...]) })
+        let start = try #require(section.range(of: "```c\n"))
+        let end = try #require(section[start.upperBound...].range(of: "```"))
+        try String(section[start.upperBound..<end.lowerBound]).write(toFile: lab.directory + "/squares.c", atomically: true, encoding: .utf8)
+        // Two builds of the same source: optimised and not. Their build ids differ.
+        for (name, flags) in [("squares", "-O2"), ("squares-other", "-O0")] {
+            let built = Self.shell("cc \(flags) -o \(name) squares.c -I '\(Self.root)/Sources/CFerry/include' -L '\(Self.binDirectory)' -lFerry -Wl,-rpath,'\(Self.binDirectory)'",
+                                   in: lab.directory)
+            try #require(built.status == 0, "\(built.output)")
+        }
+        let source = try lab.startProgram(lab.directory + "/squares", ["start", lab.shared, lab.socket("a")], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        let port = Lab.freePort()
+        let other = try lab.startProgram(lab.directory + "/squares-other", ["receive", lab.shared, lab.socket("b"), "127.0.0.1:\(port)"], log: "b")
+        try lab.waitForSocket(lab.socket("b"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 2, "\(migrate.standardOutput) \(migrate.standardError)")
+        #expect(migrate.standardError.contains("another build"), "\(migrate.standardError)")
+        #expect(lab.log("b").contains("another build"), "the refusal is logged by the receiver")
+        #expect(source.isRunning && other.isRunning, "the source runs on, the receiver waits for the next migration")
+        let verify = try runFerry(["verify", "--control", lab.socket("a")])
+        #expect(verify.status == 0, "\(verify.standardOutput)")
+        _ = try runFerry(["stop", "--control", lab.socket("a")])
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        #expect(Self.waitForExit(source) && Self.waitForExit(other))
+        #expect(other.terminationStatus == 0, "a receiver stopped while it waits exits cleanly")
+    }
+
+    /// A program that asked for a fixed layout is refused by a receiver whose libraries are loaded elsewhere
+    /// (here: a preloaded library shifts them), and runs on at the source.
+    @Test func aReceiverWithOtherLoadAddressesIsRefusedWhenTheProgramAskedForAFixedLayout() throws {
+        guard Self.luaAvailable("aReceiverWithOtherLoadAddresses") != nil else { return }
+        let binary = try Self.buildDemo("lua/build.sh")
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        // A library present on this machine that ferry-lua does not load itself.
+        let candidates = ["/lib/x86_64-linux-gnu/libutil.so.1", "/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libcrypt.so.1"]
+        let preload = try #require(candidates.first { FileManager.default.fileExists(atPath: $0) }, "no library to preload")
+        let script = lab.directory + "/loop.lua"
+        try "local n = 0\nfor i = 1, 3e8 do n = n + i % 7 end\nprint(n)\n".write(toFile: script, atomically: true, encoding: .utf8)
+        let source = try lab.startProgram(binary, ["start", "--script", script, "--output", lab.shared + "/out.txt", "--shared-dir", lab.shared,
+                                                   "--control", lab.socket("a"), "--region-size", "32MiB"], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        let port = Lab.freePort()
+        _ = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket("b")],
+                                 log: "b", environment: ["LD_PRELOAD": preload])
+        try lab.waitForSocket(lab.socket("b"))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 2, "\(migrate.standardOutput) \(migrate.standardError)")
+        #expect(migrate.standardError.contains("fixed layout"), "\(migrate.standardError)")
+        #expect(source.isRunning)
+        #expect(try runFerry(["verify", "--control", lab.socket("a")]).status == 0)
+        // The same receiver without the preload takes it.
+        let good = Lab.freePort()
+        _ = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(good)", "--shared-dir", lab.shared, "--control", lab.socket("c")], log: "c")
+        try lab.waitForSocket(lab.socket("c"))
+        let second = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(good)"])
+        #expect(second.status == 0, "\(second.standardError)")
+        _ = try runFerry(["stop", "--control", lab.socket("c")])
+    }
+}
