@@ -16,10 +16,14 @@ import Testing
         NamespaceLab.run("/bin/bash", ["-c", "cd '\(directory)' && \(line)"], environment: environment, deadline: 300)
     }
 
+    /// Each demo built once per test process (tests run in parallel; the build scripts write a fixed path).
+    static let builtLua = shell("demo/lua/build.sh", environment: ["FERRY_LIB_DIR": binDirectory])
+    static let builtC = shell("demo/c/build.sh", environment: ["FERRY_LIB_DIR": binDirectory])
+
     /// Builds a demo with its build script against the libFerry.so of this build; returns the binary's path.
     static func buildDemo(_ script: String) throws -> String {
-        let result = shell("demo/\(script)", environment: ["FERRY_LIB_DIR": binDirectory])
-        #expect(result.status == 0, "\(script): \(result.output)")
+        let result = script.hasPrefix("lua/") ? builtLua : builtC
+        try #require(result.status == 0, "\(script): \(result.output)")
         return try #require(result.output.split(separator: "\n").last.map(String.init), "\(result.output)")
     }
 
@@ -224,5 +228,61 @@ import Testing
         let second = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(good)"])
         #expect(second.status == 0, "\(second.standardError)")
         _ = try runFerry(["stop", "--control", lab.socket("c")])
+    }
+
+    /// ferry-lua moved 5 times across two hosts (network namespaces A and B that the test builds, joined by one
+    /// veth pair with addresses only on its own ends): A → B → A → B → A → B, printing what lua5.4 prints.
+    @Test(.enabled(if: NamespaceLab.available("EmbeddingTests.aLuaScriptCrossesTwoHostsFiveTimes"), "needs root, ip, tc and jq"))
+    func aLuaScriptCrossesTwoHostsFiveTimes() throws {
+        guard let lua = Self.luaAvailable("aLuaScriptCrossesTwoHostsFiveTimes") else { return }
+        let binary = try Self.buildDemo("lua/build.sh")
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let suffix = "\(getpid() % 100_000)"
+        let (nsA, nsB) = ("ferry-emb-a-\(suffix)", "ferry-emb-b-\(suffix)")
+        let addresses = [nsA: "10.77.8.1", nsB: "10.77.8.2"]
+        func ip(_ command: String) -> NamespaceLab.Result { NamespaceLab.run("/bin/sh", ["-c", "ip " + command], deadline: 10) }
+        defer {
+            for ns in [nsA, nsB] {
+                for line in ip("netns pids \(ns)").output.split(separator: "\n") { if let pid = Int32(line) { kill(pid, SIGKILL) } }
+                _ = ip("netns del \(ns)")
+            }
+        }
+        for command in [
+            "netns add \(nsA)", "netns add \(nsB)",
+            "-n \(nsA) link set lo up", "-n \(nsB) link set lo up",
+            "link add mig netns \(nsA) type veth peer name mig netns \(nsB)",
+            "-n \(nsA) addr add 10.77.8.1/24 dev mig", "-n \(nsB) addr add 10.77.8.2/24 dev mig",
+            "-n \(nsA) link set mig up", "-n \(nsB) link set mig up",
+        ] {
+            let result = ip(command)
+            try #require(result.status == 0, "ip \(command): \(result.output)")
+        }
+        let scriptPath = try Self.scaledScript("metatables", in: lab.directory)
+        let reference = NamespaceLab.run(lua, [scriptPath], deadline: 120)
+        try #require(reference.status == 0, "\(reference.output)")
+        let output = lab.shared + "/out.txt"
+        let first = try lab.startProgram("/usr/bin/env", ["ip", "netns", "exec", nsA, binary, "start", "--script", scriptPath, "--output", output,
+                                                          "--shared-dir", lab.shared, "--control", lab.socket("a"), "--region-size", "256MiB"], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        var current = "a"
+        var last: Process = first
+        for hop in 1...5 {
+            let ns = hop % 2 == 1 ? nsB : nsA
+            let address = addresses[ns]!
+            let port = 7800 + hop
+            let name = "hop\(hop)"
+            last = try lab.startProgram("/usr/bin/env", ["ip", "netns", "exec", ns, binary, "receive", "--listen", "\(address):\(port)",
+                                                         "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
+            try lab.waitForSocket(lab.socket(name))
+            let migrate = try runFerry(["migrate", "--control", lab.socket(current), "--to", "\(address):\(port)"])
+            try #require(migrate.status == 0, "hop \(hop) to \(ns): \(migrate.standardOutput) \(migrate.standardError)\n\(lab.log(name))")
+            #expect(try runFerry(["verify", "--control", lab.socket(name)]).status == 0, "hop \(hop)")
+            #expect(lab.log(name).contains("accepted ferry-lua from \(addresses[ns == nsA ? nsB : nsA]!):"), "the stream crossed the veth: \(lab.log(name))")
+            current = name
+        }
+        #expect(Self.waitForExit(last, seconds: 300), "the last owner finishes")
+        let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(printed == reference.output, "\(printed.count) bytes against lua5.4's \(reference.output.count)\n\(lab.log(current))")
     }
 }

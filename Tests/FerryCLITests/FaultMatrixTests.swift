@@ -64,12 +64,14 @@ import Testing
         let role: String
         let generation: Int
         let pid: Int
+        let stepsPerSecond: Double?
     }
 
     func status(_ control: String) -> Status? {
         guard let run = try? runFerry(["status", "--control", control, "--json"]), run.status == 0,
               let object = try? JSONSerialization.jsonObject(with: Data(run.standardOutput.utf8)) as? [String: Any] else { return nil }
-        return Status(role: object["role"] as? String ?? "", generation: object["generation"] as? Int ?? -1, pid: object["pid"] as? Int ?? -1)
+        return Status(role: object["role"] as? String ?? "", generation: object["generation"] as? Int ?? -1, pid: object["pid"] as? Int ?? -1,
+                      stepsPerSecond: object["steps_per_second"] as? Double)
     }
 
     @Test(arguments: cells)
@@ -116,6 +118,7 @@ import Testing
             #expect(lab.log("r").contains("resumed download at step"), "\(lab.log("r"))")
             owner = ("r", try #require(status(lab.socket("r")), "\(lab.log("r"))"))
             #expect(owner.status.generation == 2, "the resume claims the generation after the dead owner's")
+            #expect(owner.status.stepsPerSecond == 3000, "the resumed workload keeps the pace it had: \(lab.log("r"))")
             #expect(resumed.isRunning)
         default:
             #expect(running.count == 1, "exactly one owner, found \(running.map { "\($0.name) \($0.status.role) g\($0.status.generation)" }): \(context())")
