@@ -28,13 +28,14 @@ import Testing
     }
 
     /// Moves the workload of `first` (control socket name) `hops` times, each to a fresh receiver started with
-    /// `receive(port, name)`, running `ferry verify` on each new owner. Returns the name of the last owner.
-    static func hop(_ lab: Lab, from first: String, hops: Int, receive: (Int, String) throws -> Process) throws -> String {
+    /// `receive(port, name)`, running `ferry verify` on each new owner. Returns the last owner's name and process.
+    static func hop(_ lab: Lab, from first: String, hops: Int, receive: (Int, String) throws -> Process) throws -> (name: String, process: Process) {
         var current = first
+        var process: Process?
         for hop in 1...hops {
             let port = Lab.freePort()
             let name = "hop\(hop)"
-            _ = try receive(port, name)
+            process = try receive(port, name)
             try lab.waitForSocket(lab.socket(name))
             let migrate = try runFerry(["migrate", "--control", lab.socket(current), "--to", "127.0.0.1:\(port)"])
             try #require(migrate.status == 0, "hop \(hop): \(migrate.standardOutput) \(migrate.standardError)\n\(lab.log(current))\n\(lab.log(name))")
@@ -44,7 +45,7 @@ import Testing
             #expect(verify.standardOutput.contains("heap"), "Ferry's heap check runs after every hop: \(verify.standardOutput)")
             current = name
         }
-        return current
+        return (current, process!)
     }
 
     static func waitForExit(_ process: Process, seconds: Double = 120) -> Bool {
@@ -74,14 +75,11 @@ import Testing
 
         let source0 = try lab.startProgram(program, ["start", lab.shared, lab.socket("a")], log: "a")
         try lab.waitForSocket(lab.socket("a"))
-        var receivers: [Process] = []
-        let last = try Self.hop(lab, from: "a", hops: 5) { port, name in
-            let process = try lab.startProgram(program, ["receive", lab.shared, lab.socket(name), "127.0.0.1:\(port)"], log: name)
-            receivers.append(process)
-            return process
+        let (last, lastProcess) = try Self.hop(lab, from: "a", hops: 5) { port, name in
+            try lab.startProgram(program, ["receive", lab.shared, lab.socket(name), "127.0.0.1:\(port)"], log: name)
         }
         #expect(Self.waitForExit(source0))
-        #expect(Self.waitForExit(receivers.last!), "the last owner finishes")
+        #expect(Self.waitForExit(lastProcess), "the last owner finishes")
         let processes = (1...5).map { "hop\($0)" }
         #expect(lab.log(last).contains("50000 numbers, sum 41665416675000, generation 6"), "\(lab.log(last))")
         for name in processes.dropLast() { #expect(!lab.log(name).contains("numbers, sum"), "only the last owner finishes: \(name)") }
@@ -99,15 +97,12 @@ import Testing
         let first = try lab.startProgram(binary, ["start", "--steps", steps, "--output", lab.shared + "/moved.txt", "--shared-dir", lab.shared,
                                                   "--control", lab.socket("a"), "--region-size", "64MiB", "--step-delay-us", "1000"], log: "a")
         try lab.waitForSocket(lab.socket("a"))
-        var receivers: [Process] = []
-        let last = try Self.hop(lab, from: "a", hops: 5) { port, name in
-            let process = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
-            receivers.append(process)
-            return process
+        let (last, lastProcess) = try Self.hop(lab, from: "a", hops: 5) { port, name in
+            try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
         }
         #expect(Self.waitForExit(first))
-        #expect(Self.waitForExit(receivers.last!), "the last owner finishes")
-        #expect(receivers.last!.terminationStatus == 0, "\(lab.log(last))")
+        #expect(Self.waitForExit(lastProcess), "the last owner finishes")
+        #expect(lastProcess.terminationStatus == 0, "\(lab.log(last))")
         let moved = (try? String(contentsOfFile: lab.shared + "/moved.txt", encoding: .utf8)) ?? ""
         let reference = try String(contentsOfFile: lab.directory + "/plain.txt", encoding: .utf8)
         #expect(!reference.isEmpty)
@@ -129,15 +124,12 @@ import Testing
         let first = try lab.startProgram(binary, ["start", "--script", scriptPath, "--output", output, "--shared-dir", lab.shared,
                                                   "--control", lab.socket("a"), "--region-size", "256MiB"], log: "a")
         try lab.waitForSocket(lab.socket("a"))
-        var receivers: [Process] = []
-        let last = try Self.hop(lab, from: "a", hops: 5) { port, name in
-            let process = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
-            receivers.append(process)
-            return process
+        let (last, lastProcess) = try Self.hop(lab, from: "a", hops: 5) { port, name in
+            try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
         }
         #expect(Self.waitForExit(first))
-        #expect(Self.waitForExit(receivers.last!, seconds: 300), "the last owner finishes")
-        #expect(receivers.last!.terminationStatus == 0, "\(lab.log(last))")
+        #expect(Self.waitForExit(lastProcess, seconds: 300), "the last owner finishes")
+        #expect(lastProcess.terminationStatus == 0, "\(lab.log(last))")
         let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
         #expect(printed == reference.output, "\(script): \(printed.count) bytes against lua5.4's \(reference.output.count)\n\(lab.log(last))")
     }

@@ -7,27 +7,9 @@
 # libFerry.so is built with `swift build` when missing. The last line of output is the binary's absolute path.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-root=$(cd "$here/../.." && pwd)
-swift_args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --release) swift_args+=(-c release); shift ;;
-    --scratch-path) swift_args+=(--scratch-path "${2:?--scratch-path needs a directory}"); shift 2 ;;
-    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
-    *) echo "build.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
-  esac
-done
-
-if [ -n "${FERRY_LIB_DIR:-}" ]; then
-  bindir=$(cd "$FERRY_LIB_DIR" && pwd)
-else
-  bindir=$(cd "$root" && swift build ${swift_args[@]+"${swift_args[@]}"} --show-bin-path)
-  if [ ! -f "$bindir/libFerry.so" ]; then
-    echo "build.sh: $bindir/libFerry.so is missing: running swift build ${swift_args[*]:-}" >&2
-    (cd "$root" && swift build ${swift_args[@]+"${swift_args[@]}"}) >&2
-  fi
-fi
-[ -f "$bindir/libFerry.so" ] || { echo "build.sh: no libFerry.so in $bindir" >&2; exit 1; }
+script="${BASH_SOURCE[0]}"
+# shellcheck source=../ferry-lib.sh
+source "$here/../ferry-lib.sh"
 
 out="$here/.build"
 mkdir -p "$out"
