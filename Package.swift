@@ -48,7 +48,7 @@ let package = Package(
         // Migration protocol frames and their codec: pure functions over bytes, no I/O.
         .target(name: "FerryWire", swiftSettings: strict),
         // Sockets for the migration stream: frames, pages sent from and received into the region, rate limits.
-        .target(name: "FerryTransport", dependencies: ["FerrySystem", "FerryWire"], swiftSettings: strict),
+        .target(name: "FerryTransport", dependencies: ["CShims", "FerrySystem", "FerryWire"], swiftSettings: strict),
         // Peer authentication: the pre-shared key file and the HMAC-SHA-256 challenge-response.
         .target(
             name: "FerryAuth",

@@ -193,3 +193,23 @@ int CShims_personality(unsigned long persona);
 unsigned long CShims_getauxval(unsigned long type);
 
 #endif  // CSHIMS_PROCESS_IMAGE_H
+
+// AES-256-GCM for sealed frames.
+#include "CShimsAEAD.h"
+
+// MARK: - Control socket peer and key fingerprint (ControlChannel in FerryMigration, PresharedKey in FerryAuth)
+//
+// Swift's Glibc module declares `struct ucred` only under _GNU_SOURCE, which it is not built with; the
+// SHA-256 is libcrypto's (the OpenSSL headers stay in the .c file).
+#ifndef CSHIMS_PEER_H
+#define CSHIMS_PEER_H
+
+/// `getsockopt(fd, SOL_SOCKET, SO_PEERCRED)`: the pid, uid and gid of the process at the other end of a
+/// connected Unix socket, as the kernel recorded them when it connected. Returns 0, or -1 with errno.
+int CShims_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// SHA-256 of `length` bytes at `data` into `out`: libcrypto's `EVP_Digest(..., EVP_sha256(), NULL)`.
+/// Returns 0 on success, -1 if libcrypto failed.
+int CShims_sha256(const void *data, size_t length, uint8_t out[32]);
+
+#endif  // CSHIMS_PEER_H

@@ -16,8 +16,11 @@ public import FerryWire
 /// answers `helloReply(.refused)` with ``Refusal/Code-swift.enum/authentication`` instead of the third
 /// frame, so the source can say why it was turned away.
 ///
-/// Non-goal: the frames after the handshake are neither encrypted nor authenticated; someone who can
-/// rewrite traffic on the migration network can still tamper with it (keep that network private).
+/// The source chooses whether the rest of the stream is sealed (``StreamEncryption``) and the choice is part of
+/// what both MACs cover (`"ferry-auth-v1 sealed <role>"` instead of `"ferry-auth-v1 <role>"`), so nobody without
+/// the key can downgrade it. Sealed, each direction gets its own AES-256-GCM key from HKDF-SHA-256 over the
+/// pre-shared key with both nonces as salt (``sealingKeys(key:destinationNonce:sourceNonce:role:)``), and every
+/// byte after the third frame travels in sealed records (`Connection.enableSealing`).
 public enum PeerAuthentication {
     /// Bytes of each side's nonce.
     public static let nonceLength = 32
@@ -29,7 +32,8 @@ public enum PeerAuthentication {
     ///   - key: The pre-shared key.
     /// - Throws: `AuthError`; `.refused` when the destination turned the source away (its reason says
     ///   why), `.peerWithoutKey` when the destination could not prove it holds the key.
-    public static func proveToDestination(on connection: Connection, key: PresharedKey) throws(AuthError) {
+    ///   - encryption: whether the stream is sealed after the handshake (the default) or left plain.
+    public static func proveToDestination(on connection: Connection, key: PresharedKey, encryption: StreamEncryption = .aes256gcm) throws(AuthError) {
         let peer = connection.peer
         let challenge = try receive(on: connection, while: "waiting for the destination's authentication challenge")
         guard case .auth(let destinationNonce, let emptyMAC) = challenge,
@@ -39,16 +43,19 @@ public enum PeerAuthentication {
             throw .unexpected(peer: peer, expected: "an authentication challenge (auth with a 32-byte nonce)", got: describe(challenge))
         }
         guard let sourceNonce = Crypto.randomBytes(nonceLength) else { throw .crypto(peer: peer, "the random generator failed") }
-        let proof = try mac(key: key, role: .source, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
+        let proof = try mac(key: key, role: .source, encryption: encryption, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
         try send(.auth(nonce: sourceNonce, mac: proof), on: connection)
 
         let answer = try receive(on: connection, while: "waiting for the destination's authentication answer")
         switch answer {
         case .auth(let nonce, let destinationProof) where nonce.isEmpty:
-            let expected = try mac(key: key, role: .destination, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
+            let expected = try mac(key: key, role: .destination, encryption: encryption, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
             guard Crypto.constantTimeEqual(destinationProof, expected) else {
                 try? connection.send(.abort(reason: "the destination did not prove it holds the key"))
                 throw .peerWithoutKey(peer: peer, role: .destination)
+            }
+            if encryption == .aes256gcm {
+                try seal(connection, keys: sealingKeys(key: key, destinationNonce: destinationNonce, sourceNonce: sourceNonce, role: .source))
             }
         case .helloReply(.refused(let refusal)):
             throw .refused(peer: peer, refusal)
@@ -68,7 +75,10 @@ public enum PeerAuthentication {
     ///   - key: The pre-shared key.
     /// - Throws: `AuthError`; `.peerWithoutKey` for a wrong MAC, `.unexpected` for another frame,
     ///   `.transport` for a malformed frame, a timeout or a closed connection.
-    public static func challengeSource(on connection: Connection, key: PresharedKey) throws(AuthError) {
+    /// - Returns: the encryption the source chose (authenticated by its MAC); sealed, the connection is sealed
+    ///   from here on.
+    @discardableResult
+    public static func challengeSource(on connection: Connection, key: PresharedKey) throws(AuthError) -> StreamEncryption {
         let peer = connection.peer
         guard let destinationNonce = Crypto.randomBytes(nonceLength) else { throw .crypto(peer: peer, "the random generator failed") }
         try send(.auth(nonce: destinationNonce, mac: []), on: connection)
@@ -89,8 +99,13 @@ public enum PeerAuthentication {
             )
             throw .unexpected(peer: peer, expected: "an authentication response (auth with a 32-byte nonce and MAC)", got: got)
         }
-        let expected = try mac(key: key, role: .source, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
-        guard Crypto.constantTimeEqual(proof, expected), sourceNonce != destinationNonce else {
+        // The MAC tells which encryption the source chose: only a holder of the key can make either.
+        var chosen: StreamEncryption?
+        for encryption in StreamEncryption.allCases {
+            let expected = try mac(key: key, role: .source, encryption: encryption, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
+            if Crypto.constantTimeEqual(proof, expected) { chosen = encryption }
+        }
+        guard let encryption = chosen, sourceNonce != destinationNonce else {
             refuse(
                 connection,
                 "the source did not prove it holds this destination's key; give 'ferry migrate' and "
@@ -98,8 +113,30 @@ public enum PeerAuthentication {
             )
             throw .peerWithoutKey(peer: peer, role: .source)
         }
-        let answer = try mac(key: key, role: .destination, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
+        let answer = try mac(key: key, role: .destination, encryption: encryption, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
         try send(.auth(nonce: [], mac: answer), on: connection)
+        if encryption == .aes256gcm {
+            try seal(connection, keys: sealingKeys(key: key, destinationNonce: destinationNonce, sourceNonce: sourceNonce, role: .destination))
+        }
+        return encryption
+    }
+
+    /// The two AES-256-GCM keys of a sealed connection, as `role` uses them: HKDF-SHA-256 (RFC 5869) with the
+    /// pre-shared key as input keying material, `Nd ‖ Ns` as salt, and one info string per direction
+    /// (`"ferry-seal-v1 source to destination"`, `"ferry-seal-v1 destination to source"`).
+    public static func sealingKeys(key: PresharedKey, destinationNonce: [UInt8], sourceNonce: [UInt8], role: Role) throws(AuthError) -> SealingKeys {
+        let peer = "hkdf"
+        let pseudorandomKey = try Crypto.hmacSHA256(key: destinationNonce + sourceNonce, data: key.bytes, peer: peer)
+        func expand(_ info: String) throws(AuthError) -> [UInt8] {
+            try Crypto.hmacSHA256(key: pseudorandomKey, data: Array(info.utf8) + [1], peer: peer)
+        }
+        let toDestination = try expand("ferry-seal-v1 source to destination")
+        let toSource = try expand("ferry-seal-v1 destination to source")
+        return role == .source ? SealingKeys(send: toDestination, receive: toSource) : SealingKeys(send: toSource, receive: toDestination)
+    }
+
+    private static func seal(_ connection: Connection, keys: SealingKeys) throws(AuthError) {
+        do { try connection.enableSealing(keys) } catch { throw .transport(peer: connection.peer, error) }
     }
 
     // MARK: Pieces
@@ -107,16 +144,20 @@ public enum PeerAuthentication {
     /// Which end of a migration connection: the source sends the workload, the destination takes it.
     public enum Role: String, Hashable, Sendable { case source, destination }
 
-    /// The bytes each MAC covers: `"ferry-auth-v1 <role>" 0x00 Nd Ns`. Both nonces have a fixed length,
-    /// so no two transcripts share their bytes.
-    static func transcript(role: Role, destinationNonce: [UInt8], sourceNonce: [UInt8]) -> [UInt8] {
-        Array("ferry-auth-v1 \(role.rawValue)".utf8) + [0] + destinationNonce + sourceNonce
+    /// The bytes each MAC covers: `"ferry-auth-v1 <role>" 0x00 Nd Ns`, or `"ferry-auth-v1 sealed <role>" …`
+    /// when the source asks for a sealed stream. Both nonces have a fixed length, so no two transcripts share
+    /// their bytes.
+    static func transcript(role: Role, encryption: StreamEncryption = .none, destinationNonce: [UInt8], sourceNonce: [UInt8]) -> [UInt8] {
+        let label = encryption == .none ? "ferry-auth-v1 \(role.rawValue)" : "ferry-auth-v1 sealed \(role.rawValue)"
+        return Array(label.utf8) + [0] + destinationNonce + sourceNonce
     }
 
-    static func mac(key: PresharedKey, role: Role, destinationNonce: [UInt8], sourceNonce: [UInt8], peer: String) throws(AuthError) -> [UInt8] {
+    static func mac(
+        key: PresharedKey, role: Role, encryption: StreamEncryption = .none, destinationNonce: [UInt8], sourceNonce: [UInt8], peer: String
+    ) throws(AuthError) -> [UInt8] {
         try Crypto.hmacSHA256(
             key: key.bytes,
-            data: transcript(role: role, destinationNonce: destinationNonce, sourceNonce: sourceNonce),
+            data: transcript(role: role, encryption: encryption, destinationNonce: destinationNonce, sourceNonce: sourceNonce),
             peer: peer
         )
     }
@@ -180,4 +221,14 @@ public enum AuthError: Error, Hashable, Sendable, CustomStringConvertible {
             "authentication with \(peer) failed: \(reason)"
         }
     }
+}
+
+/// Whether a migration stream is sealed after the handshake.
+public enum StreamEncryption: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+    /// Every frame and page in AES-256-GCM records, one key per direction: confidential and tamper-evident.
+    case aes256gcm = "aes-256-gcm"
+    /// Plain frames and pages after the authenticated handshake, for a migration network the user trusts.
+    case none
+
+    public var description: String { rawValue }
 }

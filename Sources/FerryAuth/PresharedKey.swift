@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CShims
 public import FerrySystem
 
 /// The secret both hosts hold: the bytes of a key file readable by its owner only.
@@ -78,13 +79,78 @@ public struct PresharedKey: Sendable {
     /// - Returns: The key now in the file.
     /// - Throws: `KeyError`, as ``init(loadingFrom:)``, or `random` when no random bytes could be had.
     public static func createIfAbsent(at path: String) throws(KeyError) -> PresharedKey {
-        let descriptor: OwnedDescriptor
         do {
-            descriptor = try open(path, flags: O_WRONLY | O_CREAT | O_EXCL)
+            return PresharedKey(bytes: try writeNewKey(at: path), path: path)
         } catch {
             guard case .io(_, let failure) = error, failure.errno == .exists else { throw error }
             return try loadWrittenByAnother(path)
         }
+    }
+
+    /// Writes a new key of ``generatedLength`` random bytes to `path`, mode 0600 (`ferry keygen`).
+    ///
+    /// Without `replacing`, the file is created exclusively (`O_CREAT | O_EXCL`): an existing file is
+    /// refused and left as it was. With `replacing`, the key is written to a new file (mode 0600) in the
+    /// same directory, flushed, and renamed over `path`, and the directory is flushed: at every moment,
+    /// even after a crash, `path` holds the old key or the whole new one. A link at `path` is replaced
+    /// itself, not the file it leads to.
+    /// - Parameters:
+    ///   - path: The key file; its directory must exist.
+    ///   - replacing: Whether an existing file at `path` is replaced.
+    /// - Returns: The key now in the file.
+    /// - Throws: `KeyError.exists` when there is a file and `replacing` is false, `random` when no random
+    ///   bytes could be had, `io` for a failed call (nothing is left behind but the file as it was).
+    public static func generate(at path: String, replacing: Bool = false) throws(KeyError) -> PresharedKey {
+        guard replacing else {
+            do {
+                return PresharedKey(bytes: try writeNewKey(at: path), path: path)
+            } catch {
+                guard case .io(_, let failure) = error, failure.errno == .exists else { throw error }
+                throw .exists(path: path)
+            }
+        }
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? "."
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        guard let suffix = Crypto.randomBytes(8) else { throw .random(path: path) }
+        let temporary = (slash.map { String(path[...$0]) } ?? "") + ".\(name).new-" + hex(suffix)
+        let bytes = try writeNewKey(at: temporary)
+        do {
+            _ = try systemCall("rename", subject: "\(temporary) to \(path)") { rename(temporary, path) }
+        } catch {
+            unlink(temporary)
+            throw .io(path: path, error)
+        }
+        do {
+            let parent = try OwnedDescriptor(opening: directory, flags: O_RDONLY | O_DIRECTORY)
+            _ = try systemCall("fsync", subject: directory) { fsync(parent.rawValue) }
+        } catch {
+            throw .io(path: path, error)
+        }
+        return PresharedKey(bytes: bytes, path: path)
+    }
+
+    /// The first 16 hex digits of the SHA-256 of the key's bytes (libcrypto's `EVP_Digest`): equal on two
+    /// hosts that hold the same key, without showing it; what `sha256sum FILE | cut -c1-16` prints for the
+    /// key file. Nil if libcrypto failed (it does only when it cannot allocate).
+    public var fingerprint: String? {
+        var digest = [UInt8](repeating: 0, count: 32)
+        let status = bytes.withUnsafeBytes { key in
+            digest.withUnsafeMutableBufferPointer { CShims_sha256(key.baseAddress, key.count, $0.baseAddress) }
+        }
+        return status == 0 ? Self.hex(digest.prefix(8)) : nil
+    }
+
+    private static func hex(_ bytes: some Sequence<UInt8>) -> String {
+        bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+    }
+
+    /// Creates `path` exclusively (`O_CREAT | O_EXCL`, mode 0600) and writes ``generatedLength`` random
+    /// bytes to it, flushed; removes it again if that fails.
+    /// - Returns: The bytes written.
+    /// - Throws: `KeyError.io` (with `EEXIST` when there is a file at `path`), or `random`.
+    private static func writeNewKey(at path: String) throws(KeyError) -> [UInt8] {
+        let descriptor = try open(path, flags: O_WRONLY | O_CREAT | O_EXCL)
         let fd = descriptor.rawValue
         guard let bytes = Crypto.randomBytes(generatedLength) else {
             unlink(path)
@@ -102,7 +168,7 @@ public struct PresharedKey: Sendable {
             unlink(path)  // never leave a half-written key behind
             throw .io(path: path, error)
         }
-        return PresharedKey(bytes: bytes, path: path)
+        return bytes
     }
 
     /// Opens `path` (mode 0600 if it creates it); `missing` when there is nothing at `path`.
@@ -149,6 +215,8 @@ public enum KeyError: Error, Hashable, Sendable, CustomStringConvertible {
     case tooLong(path: String, length: Int)
     /// The random generator failed while creating a key.
     case random(path: String)
+    /// A new key was to be written where a file already is.
+    case exists(path: String)
     /// A system call on the file failed.
     case io(path: String, SystemCallError)
 
@@ -171,6 +239,9 @@ public enum KeyError: Error, Hashable, Sendable, CustomStringConvertible {
                 + "\(PresharedKey.maximumLength) a key may have; is --key the right file?"
         case .random(let path):
             "cannot create key file \(path): the random generator failed; retry, or create the key by hand"
+        case .exists(let path):
+            "key file \(path) already exists; keep it, or replace it with 'ferry keygen --force \(path)' "
+                + "(then copy the new key to the other host too)"
         case .io(let path, let error):
             "cannot use key file \(path): \(error); check the path and that this user may read it"
         }

@@ -174,6 +174,7 @@ struct MigrateCommand: Command {
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
         OptionSpec("on-stall", "POLICY", "When it does not converge: force (stop anyway), abort (stay on the source), throttle (slow the workload).", default: "force"),
         OptionSpec("verify", "MODE", "strict: compare digests before the handoff (in the downtime); audit: after it, while the destination already runs.", default: "strict"),
+        OptionSpec("encryption", "MODE", "aes-256-gcm: seal every frame (confidential, tamper-evident); none: plain after the authenticated handshake, for a migration network you trust.", default: "aes-256-gcm"),
         OptionSpec("report", "FILE", "Write the JSON report to FILE."),
     ]
 
@@ -181,6 +182,8 @@ struct MigrateCommand: Command {
         let control = try arguments.required("control")
         let verify = arguments.string("verify", default: "strict")
         guard VerificationMode(rawValue: verify) != nil else { throw UsageError("--verify \(verify): expected strict or audit") }
+        let encryption = arguments.string("encryption", default: "aes-256-gcm")
+        guard StreamEncryption(rawValue: encryption) != nil else { throw UsageError("--encryption \(encryption): expected aes-256-gcm or none") }
         let onStall = arguments.string("on-stall", default: "force")
         guard StallPolicy(rawValue: onStall) != nil else { throw UsageError("--on-stall \(onStall): expected force, abort or throttle") }
         let to = try arguments.required("to")
@@ -190,7 +193,7 @@ struct MigrateCommand: Command {
             "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
             "tracker": arguments.string("tracker", default: "auto"), "verify": verify, "on_stall": onStall,
-            "timeout": try streamTimeout(arguments),
+            "timeout": try streamTimeout(arguments), "encryption": encryption,
         ]
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
         if let bind = arguments.string("bind") { request["bind"] = bind }
@@ -204,9 +207,9 @@ struct MigrateCommand: Command {
         if outcome == "completed" {
             let downtime = report["downtime_ms"] as? Double ?? 0
             let total = report["total_seconds"] as? Double ?? 0
-            printLine(String(format: "completed: downtime %.1f ms, total %.2f s, %@ sent, verified %@ (%@)", downtime, total,
+            printLine(String(format: "completed: downtime %.1f ms, total %.2f s, %@ sent, verified %@ (%@), encryption %@", downtime, total,
                              ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "NO",
-                             verify))
+                             verify, report["encryption"] as? String ?? encryption))
             if let stall = report["stall"] as? String {
                 let throttle = report["throttle_percent"] as? Double
                 printLine("did not converge by itself: handled with \(stall)" + (throttle.map { String(format: ", the workload slowed by %.0f %%", $0) } ?? ""))

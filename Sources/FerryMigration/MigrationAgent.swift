@@ -366,7 +366,8 @@ public final class MigrationAgent: Sendable {
     }
 
     /// The `migrate` reply: moves the workload to `request["to"]` with the settings of the request
-    /// (`downtime_target`, `max_rounds`, `max_bandwidth`, `bind`, `timeout`, `tracker`, `verify`, `on_stall`),
+    /// (`downtime_target`, `max_rounds`, `max_bandwidth`, `bind`, `timeout`, `tracker`, `verify`, `on_stall`,
+    /// `encryption`),
     /// sending each round to `progress`. On success the agent is finished (the workload runs elsewhere).
     public func migrate(_ request: ControlChannel.Message, progress: @escaping @Sendable (ControlChannel.Message) -> Void) -> ControlChannel.Message {
         func failure(_ status: MigrateStatus, _ error: String) -> ControlChannel.Message {
@@ -399,6 +400,7 @@ public final class MigrationAgent: Sendable {
         if let value = request["tracker"] as? String, let choice = TrackerChoice(value) { options.tracker = choice }
         if let value = request["verify"] as? String, let mode = VerificationMode(rawValue: value) { options.verification = mode }
         if let value = request["on_stall"] as? String, let policy = StallPolicy(rawValue: value) { options.onStall = policy }
+        if let value = request["encryption"] as? String, let encryption = StreamEncryption(rawValue: value) { options.encryption = encryption }
         let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
         let report = source.migrate(options) { round in
             progress([

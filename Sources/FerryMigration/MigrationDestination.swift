@@ -49,8 +49,9 @@ public enum MigrationDestination {
         log: @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
+        let encryption: StreamEncryption
         do throws(AuthError) {
-            try PeerAuthentication.challengeSource(on: connection, key: key)
+            encryption = try PeerAuthentication.challengeSource(on: connection, key: key)
         } catch {
             log("\(error)")
             throw MigrationError.authentication(error)
@@ -70,7 +71,7 @@ public enum MigrationDestination {
             throw MigrationError.refused(refusal)
         }
         try connection.send(.helloReply(.accepted(setupSeconds: region.populateSeconds ?? 0)))
-        log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), set up in \(String(format: "%.3f", region.populateSeconds ?? 0)) s")
+        log("accepted \(hello.workloadName) from \(connection.peer) (\(encryption == .none ? "plain, not encrypted" : "sealed, \(encryption)")): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), set up in \(String(format: "%.3f", region.populateSeconds ?? 0)) s")
 
         let range = region.range
         // Until the full copy ends, every page is fresh (zero) and arrives exactly once: zero ranges need no writing.

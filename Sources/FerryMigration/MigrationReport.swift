@@ -33,6 +33,8 @@ public struct MigrationReport: Codable, Sendable {
     public var bytes_sent: Int
     /// `strict` (digests compared before the handoff) or `audit` (after it).
     public var verify: String
+    /// `aes-256-gcm` (every frame sealed) or `none` (plain after the authenticated handshake).
+    public var encryption: String?
     public var verified: Bool
     public var source_digest: String?
     public var destination_digest: String?

@@ -28,6 +28,8 @@ public struct MigrationOptions: Sendable {
     public var verification = VerificationMode.strict
     /// What to do when the workload dirties memory faster than the link drains it.
     public var onStall = StallPolicy.force
+    /// Whether the stream is sealed (AES-256-GCM, the default) or plain after the handshake.
+    public var encryption = StreamEncryption.aes256gcm
 
     public init(destination: Endpoint, key: PresharedKey) {
         self.destination = destination
@@ -113,7 +115,8 @@ public final class MigrationSource: Sendable {
 
             // 0. Prove we hold the key (and check the destination does) before anything else is said.
             do throws(AuthError) {
-                try PeerAuthentication.proveToDestination(on: link, key: options.key)
+                try PeerAuthentication.proveToDestination(on: link, key: options.key, encryption: options.encryption)
+                report.encryption = options.encryption.rawValue
             } catch {
                 if case .refused(_, let refusal) = error { throw MigrationError.refused(refusal) }
                 throw MigrationError.authentication(error)

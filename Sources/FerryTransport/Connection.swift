@@ -7,8 +7,9 @@ import Synchronization
 
 /// One TCP connection carrying migration frames; it owns its socket.
 ///
-/// Page bytes are written straight from the region's memory and read straight into place: no user-space
-/// copy on either side. Sends can be rate-limited (`maximumBytesPerSecond`) so migration traffic leaves
+/// Plain, page bytes are written straight from the region's memory and read straight into place: no
+/// user-space copy on either side. Sealed (`enableSealing`, after the handshake), everything it sends is
+/// AES-256-GCM records (`SealedRecord`), and page records are opened in place, in the region. Sends can be rate-limited (`maximumBytesPerSecond`) so migration traffic leaves
 /// business traffic its share. Every read has a timeout, so a stalled peer is an error, not a hang.
 public final class Connection: Sendable {
     /// Who is on the other end, for messages (`10.0.0.2:41822`).
@@ -16,6 +17,8 @@ public final class Connection: Sendable {
     private let socket: CInt
     private let limiter: RateLimiter?
     private let counters = Mutex<(sent: Int, received: Int)>((0, 0))
+    /// The sealing state of each direction, once `enableSealing` was called.
+    private let sealing = Mutex<(send: SealingDirection?, receive: SealingDirection?)>((nil, nil))
     /// Seconds a read may wait for the next byte before the peer counts as stalled.
     public let timeoutSeconds: Double
 
@@ -69,6 +72,19 @@ public final class Connection: Sendable {
         throw .connect(endpoint, lastError)
     }
 
+    /// From now on, seals everything sent and opens everything received (both sides switch at the same point
+    /// of the stream: right after the handshake).
+    /// - Throws: `TransportError.crypto` when libcrypto cannot set up AES-256-GCM.
+    public func enableSealing(_ keys: SealingKeys) throws(TransportError) {
+        guard let send = SealingDirection(key: keys.send, sealing: true), let receive = SealingDirection(key: keys.receive, sealing: false) else {
+            throw .crypto(peer: peer, "cannot set up AES-256-GCM in libcrypto")
+        }
+        sealing.withLock { $0 = (send, receive) }
+    }
+
+    /// Whether the connection is sealed.
+    public var isSealed: Bool { sealing.withLock { $0.send != nil } }
+
     /// Bytes sent and received so far, frames and pages together.
     public var byteCounts: (sent: Int, received: Int) { counters.withLock { $0 } }
 
@@ -77,7 +93,7 @@ public final class Connection: Sendable {
     /// Sends one frame.
     public func send(_ frame: Frame) throws(TransportError) {
         let bytes = FrameCodec.encode(frame)
-        try withBytes(bytes) { buffer throws(TransportError) in try sendAll(buffer, what: "sending \(FrameCodec.name(ofType: frame.typeCode))") }
+        try withBytes(bytes) { buffer throws(TransportError) in try sendAll([buffer], what: "sending \(FrameCodec.name(ofType: frame.typeCode))") }
     }
 
     /// Sends the pages `first..<first+count` of `range`: a `pageData` header, then the bytes straight from memory.
@@ -87,13 +103,7 @@ public final class Connection: Sendable {
         header.reserveCapacity(FrameCodec.headerSize + 12)
         FrameCodec.encode(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), into: &header)
         let bytes = UnsafeRawBufferPointer(start: range.baseAddress + first * range.pageSize, count: count * range.pageSize)
-        try withBytes(header) { headerBytes throws(TransportError) in
-            var vectors = [
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: headerBytes.baseAddress), iov_len: headerBytes.count),
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count),
-            ]
-            try sendVectors(&vectors, what: "sending pages")
-        }
+        try withBytes(header) { headerBytes throws(TransportError) in try sendAll([headerBytes, bytes], what: "sending pages") }
     }
 
     /// Receives the next frame, waiting at most the connection's timeout for each byte.
@@ -125,7 +135,7 @@ public final class Connection: Sendable {
 
     /// Sends raw bytes with no framing (benchmarks' plain-TCP baseline).
     public func sendBytes(_ buffer: UnsafeRawBufferPointer) throws(TransportError) {
-        try sendAll(buffer, what: "sending bytes")
+        try sendAll([buffer], what: "sending bytes")
     }
 
     /// Receives exactly `buffer.count` raw bytes with no framing.
@@ -138,10 +148,28 @@ public final class Connection: Sendable {
 
     // MARK: Bytes
 
-    private func sendAll(_ buffer: UnsafeRawBufferPointer, what: String) throws(TransportError) {
-        guard let base = buffer.baseAddress else { return }
-        var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: base), iov_len: buffer.count)]
-        try sendVectors(&vectors, what: what)
+    /// Sends `pieces` in order: as they are (one `sendmsg` for all), or sealed in records of at most
+    /// `SealedRecord.maximumPlaintext` bytes.
+    private func sendAll(_ pieces: [UnsafeRawBufferPointer], what: String) throws(TransportError) {
+        guard let sealer = sealing.withLock({ $0.send }) else {
+            var vectors = pieces.filter { $0.count > 0 }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+            try sendVectors(&vectors, what: what)
+            return
+        }
+        try sealer.lock.withLock { () throws(TransportError) in
+            for piece in pieces where piece.count > 0 {
+                var offset = 0
+                while offset < piece.count {
+                    let length = Swift.min(SealedRecord.maximumPlaintext, piece.count - offset)
+                    guard let record = sealer.seal(UnsafeRawBufferPointer(rebasing: piece[offset..<offset + length])) else {
+                        throw .crypto(peer: peer, "AES-256-GCM sealing failed in libcrypto")
+                    }
+                    var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: record.baseAddress), iov_len: record.count)]
+                    try sendVectors(&vectors, what: what)
+                    offset += length
+                }
+            }
+        }
     }
 
     /// Writes all of `vectors`, in slices the rate limiter allows.
@@ -186,7 +214,50 @@ public final class Connection: Sendable {
         }
     }
 
+    /// Fills `buffer` from the stream: as it comes, or from sealed records, each opened in place in `buffer`
+    /// when it fits there (pages land in the region with no copy), else through the staging buffer.
     private func receiveAll(into buffer: UnsafeMutableRawBufferPointer, what: String) throws(TransportError) {
+        guard let opener = sealing.withLock({ $0.receive }) else { return try receiveRaw(into: buffer, what: what) }
+        try opener.lock.withLock { () throws(TransportError) in
+            var offset = 0
+            while offset < buffer.count {
+                if opener.pendingStart < opener.pendingEnd {
+                    let take = Swift.min(buffer.count - offset, opener.pendingEnd - opener.pendingStart)
+                    (buffer.baseAddress! + offset).copyMemory(from: opener.staging.baseAddress! + opener.pendingStart, byteCount: take)
+                    opener.pendingStart += take
+                    offset += take
+                    continue
+                }
+                var header: UInt32 = 0
+                try withUnsafeMutableBytes(of: &header) { raw throws(TransportError) in try receiveRaw(into: raw, what: what) }
+                let recordLength = Int(UInt32(bigEndian: header))
+                guard recordLength > SealedRecord.tagLength, recordLength <= SealedRecord.maximumPlaintext + SealedRecord.tagLength else {
+                    throw .tampered(peer: peer, record: opener.counter, "its length field says \(recordLength) bytes")
+                }
+                let length = recordLength - SealedRecord.tagLength
+                let inPlace = buffer.count - offset >= length
+                let target = inPlace ? buffer.baseAddress! + offset : opener.staging.baseAddress!
+                try receiveRaw(into: UnsafeMutableRawBufferPointer(start: target, count: length), what: what)
+                var tag = (UInt64(0), UInt64(0))
+                try withUnsafeMutableBytes(of: &tag) { raw throws(TransportError) in try receiveRaw(into: raw, what: what) }
+                let status = withUnsafeBytes(of: &header) { header in
+                    withUnsafeBytes(of: &tag) { tag in opener.open(target, length: length, header: header.baseAddress!, tag: tag.baseAddress!) }
+                }
+                guard status == 0 else {
+                    if status < 0 { throw .crypto(peer: peer, "AES-256-GCM opening failed in libcrypto") }
+                    throw .tampered(peer: peer, record: opener.counter, "its authentication tag does not match")
+                }
+                if inPlace {
+                    offset += length
+                } else {
+                    opener.pendingStart = 0
+                    opener.pendingEnd = length
+                }
+            }
+        }
+    }
+
+    private func receiveRaw(into buffer: UnsafeMutableRawBufferPointer, what: String) throws(TransportError) {
         var offset = 0
         while offset < buffer.count {
             let got = recv(socket, buffer.baseAddress! + offset, buffer.count - offset, CInt(MSG_WAITALL))

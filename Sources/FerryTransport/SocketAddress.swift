@@ -70,6 +70,10 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
     case closed(peer: String, what: String)
     case malformed(peer: String, String)
     case unexpected(peer: String, expected: String, got: String)
+    /// A sealed record did not authenticate: changed, dropped, replayed, reordered or injected on the way.
+    case tampered(peer: String, record: UInt64, String)
+    /// libcrypto failed (not the peer's doing).
+    case crypto(peer: String, String)
 
     public var description: String {
         switch self {
@@ -93,6 +97,10 @@ public enum TransportError: Error, Hashable, Sendable, CustomStringConvertible {
             "\(peer) sent a malformed frame: \(reason)"
         case .unexpected(let peer, let expected, let got):
             "\(peer) sent \(got) where \(expected) was expected"
+        case .tampered(let peer, let record, let reason):
+            "sealed record \(record) from \(peer) failed authentication (\(reason)): the stream was changed, cut, replayed, reordered or injected on the way; nothing of it is used"
+        case .crypto(let peer, let reason):
+            "connection with \(peer): \(reason)"
         }
     }
 

@@ -19,7 +19,7 @@ import Testing
         let destination = Spawned { () -> (Result<Void, AuthError>, String) in
             do {
                 let connection = try listener.accept(timeoutSeconds: 10, connectionTimeoutSeconds: 10)
-                let result = Result { () throws(AuthError) in try PeerAuthentication.challengeSource(on: connection, key: destinationKey) }
+                let result = Result { () throws(AuthError) in _ = try PeerAuthentication.challengeSource(on: connection, key: destinationKey) }
                 if case .success = result {
                     // The stream goes on after the handshake: the next frame arrives intact.
                     guard case .digestRequest = try connection.receive(while: "test") else { return (.failure(.crypto(peer: "", "no frame")), "") }
@@ -71,7 +71,7 @@ import Testing
         let destinationKey = key
         let destination = Spawned { () -> Result<Void, AuthError>? in
             guard let connection = try? listener.accept(timeoutSeconds: 10, connectionTimeoutSeconds: timeoutSeconds) else { return nil }
-            return Result { () throws(AuthError) in try PeerAuthentication.challengeSource(on: connection, key: destinationKey) }
+            return Result { () throws(AuthError) in _ = try PeerAuthentication.challengeSource(on: connection, key: destinationKey) }
         }
         let socket = try RawSocket.connect(port: listener.endpoint.port)
         let challenge = try socket.receiveFrameBytes()

@@ -1,0 +1,99 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+import Synchronization
+
+/// The two keys of a sealed connection, one per direction, each 32 bytes (AES-256-GCM).
+public struct SealingKeys: Sendable {
+    /// Seals what this side sends.
+    public var send: [UInt8]
+    /// Opens what this side receives.
+    public var receive: [UInt8]
+
+    public init(send: [UInt8], receive: [UInt8]) {
+        precondition(send.count == 32 && receive.count == 32, "AES-256-GCM keys are 32 bytes")
+        self.send = send
+        self.receive = receive
+    }
+}
+
+/// How a sealed stream is laid out: a sequence of records, each `u32 length (big-endian) | ciphertext |
+/// 16-byte tag`, where `length` counts ciphertext and tag. Record n of a direction is sealed with
+/// AES-256-GCM under that direction's key, the nonce being n (96 bits, big-endian), and the 4 length bytes
+/// as additional data: a changed byte, a dropped, replayed, reordered or injected record fails its tag; a
+/// stream cut inside a record is a closed connection. The plaintext of the records, in order, is exactly
+/// the plain stream (frames and page bytes).
+enum SealedRecord {
+    static let tagLength = 16
+    static let headerLength = 4
+    /// The most plaintext one record carries.
+    static let maximumPlaintext = 1 << 20
+
+    static func nonce(_ counter: UInt64) -> [UInt8] {
+        [0, 0, 0, 0] + withUnsafeBytes(of: counter.bigEndian) { Array($0) }
+    }
+}
+
+/// One direction's AES-256-GCM state: its context, its record counter, and a staging buffer. Used by one
+/// thread at a time (the connection's sender, or its receiver), which the connection's lock ensures.
+final class SealingDirection: @unchecked Sendable {
+    private let aead: OpaquePointer
+    private(set) var counter: UInt64 = 0
+    /// Sender: header + ciphertext + tag of one record. Receiver: plaintext of a record larger than the
+    /// caller's buffer, served from `pendingStart ..< pendingEnd`.
+    let staging: UnsafeMutableRawBufferPointer
+    var pendingStart = 0
+    var pendingEnd = 0
+    let lock = NSLockLike()
+
+    init?(key: [UInt8], sealing: Bool) {
+        guard let context = key.withUnsafeBufferPointer({ CShims_aead_new($0.baseAddress, sealing ? 1 : 0) }) else { return nil }
+        aead = context
+        staging = .allocate(byteCount: SealedRecord.headerLength + SealedRecord.maximumPlaintext + SealedRecord.tagLength, alignment: 64)
+    }
+
+    deinit {
+        CShims_aead_free(aead)
+        staging.deallocate()
+    }
+
+    /// Seals `plaintext` (at most `maximumPlaintext` bytes) into `staging` as one whole record; returns its bytes.
+    func seal(_ plaintext: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        let length = plaintext.count
+        let base = staging.baseAddress!
+        base.storeBytes(of: UInt32(length + SealedRecord.tagLength).bigEndian, as: UInt32.self)
+        let nonce = SealedRecord.nonce(counter)
+        let status = nonce.withUnsafeBufferPointer { nonce in
+            CShims_aead_seal(
+                aead, nonce.baseAddress, base, SealedRecord.headerLength, plaintext.baseAddress, base + SealedRecord.headerLength, length,
+                (base + SealedRecord.headerLength + length).assumingMemoryBound(to: UInt8.self))
+        }
+        guard status == 0 else { return nil }
+        counter += 1
+        return UnsafeRawBufferPointer(start: base, count: SealedRecord.headerLength + length + SealedRecord.tagLength)
+    }
+
+    /// Opens `length` bytes of ciphertext in place at `bytes`, with the record's header and tag.
+    /// Returns 0 when authentic, 1 when not, -1 when libcrypto failed.
+    func open(_ bytes: UnsafeMutableRawPointer, length: Int, header: UnsafeRawPointer, tag: UnsafeRawPointer) -> Int32 {
+        let nonce = SealedRecord.nonce(counter)
+        let status = nonce.withUnsafeBufferPointer { nonce in
+            CShims_aead_open(aead, nonce.baseAddress, header, SealedRecord.headerLength, bytes, bytes, length, tag.assumingMemoryBound(to: UInt8.self))
+        }
+        if status == 0 { counter += 1 }
+        return status
+    }
+}
+
+/// A plain mutual-exclusion lock usable from non-async code, for the sealing directions.
+final class NSLockLike: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}
