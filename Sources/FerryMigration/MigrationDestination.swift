@@ -71,7 +71,7 @@ public enum MigrationDestination {
             throw MigrationError.refused(refusal)
         }
         try connection.send(.helloReply(.accepted(setupSeconds: region.populateSeconds ?? 0)))
-        log("accepted \(hello.workloadName) from \(connection.peer) (\(encryption == .none ? "plain, not encrypted" : "sealed, \(encryption)")): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), set up in \(String(format: "%.3f", region.populateSeconds ?? 0)) s")
+        log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), set up in \(String(format: "%.3f", region.populateSeconds ?? 0)) s; stream \(encryption == .none ? "plain, not encrypted" : "sealed, \(encryption)")")
 
         let range = region.range
         // Until the full copy ends, every page is fresh (zero) and arrives exactly once: zero ranges need no writing.

@@ -157,18 +157,48 @@ public final class Connection: Sendable {
             return
         }
         try sealer.lock.withLock { () throws(TransportError) in
+            // Seal record n+1 while record n is on the wire (`sendQueue`); return once all of them are.
+            var sealed = 0
+            defer {
+                sealer.slots.wait()
+                sealer.slots.wait()
+                sealer.slots.signal()
+                sealer.slots.signal()
+            }
             for piece in pieces where piece.count > 0 {
                 var offset = 0
                 while offset < piece.count {
                     let length = Swift.min(SealedRecord.maximumPlaintext, piece.count - offset)
-                    guard let record = sealer.seal(UnsafeRawBufferPointer(rebasing: piece[offset..<offset + length])) else {
+                    sealer.slots.wait()
+                    if let failure = sealer.failure.withLock({ $0 }) {
+                        sealer.slots.signal()
+                        throw failure
+                    }
+                    let buffer = sealed % 2 == 0 ? sealer.staging : sealer.spare
+                    sealed += 1
+                    guard let record = sealer.seal(UnsafeRawBufferPointer(rebasing: piece[offset..<offset + length]), into: buffer) else {
+                        sealer.slots.signal()
                         throw .crypto(peer: peer, "AES-256-GCM sealing failed in libcrypto")
                     }
-                    var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: record.baseAddress), iov_len: record.count)]
-                    try sendVectors(&vectors, what: what)
+                    let address = UInt(bitPattern: record.baseAddress)
+                    let count = record.count
+                    sealer.sendQueue.async { [self] in
+                        var vectors = [iovec(iov_base: UnsafeMutableRawPointer(bitPattern: address), iov_len: count)]
+                        do throws(TransportError) {
+                            try sendVectors(&vectors, what: what)
+                        } catch {
+                            sealer.failure.withLock { $0 = $0 ?? error }
+                        }
+                        sealer.slots.signal()
+                    }
                     offset += length
                 }
             }
+            sealer.slots.wait()
+            sealer.slots.wait()
+            sealer.slots.signal()
+            sealer.slots.signal()
+            if let failure = sealer.failure.withLock({ $0 }) { throw failure }
         }
     }
 

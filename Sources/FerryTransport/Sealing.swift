@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CShims
+import Dispatch
 import Synchronization
 
 /// The two keys of a sealed connection, one per direction, each 32 bytes (AES-256-GCM).
@@ -27,8 +28,9 @@ public struct SealingKeys: Sendable {
 enum SealedRecord {
     static let tagLength = 16
     static let headerLength = 4
-    /// The most plaintext one record carries.
-    static let maximumPlaintext = 1 << 20
+    /// The most plaintext one record carries: small enough that sealing one record overlaps sending the
+    /// previous one many times per page frame, large enough that the per-record cost does not show.
+    static let maximumPlaintext = 256 << 10
 
     static func nonce(_ counter: UInt64) -> [UInt8] {
         [0, 0, 0, 0] + withUnsafeBytes(of: counter.bigEndian) { Array($0) }
@@ -45,23 +47,35 @@ final class SealingDirection: @unchecked Sendable {
     let staging: UnsafeMutableRawBufferPointer
     var pendingStart = 0
     var pendingEnd = 0
+    /// Sender: a second buffer, so one record is sealed while the previous one is on the wire.
+    let spare: UnsafeMutableRawBufferPointer
     let lock = NSLockLike()
+    /// Sender: sends sealed records in order while the caller seals the next one; at most two are in flight
+    /// (`slots`), one per buffer.
+    let sendQueue = DispatchQueue(label: "ferry-sealed-send")
+    let slots = DispatchSemaphore(value: 2)
+    /// Sender: the first error a queued send met, thrown by the caller's next step.
+    let failure = Mutex<TransportError?>(nil)
 
     init?(key: [UInt8], sealing: Bool) {
         guard let context = key.withUnsafeBufferPointer({ CShims_aead_new($0.baseAddress, sealing ? 1 : 0) }) else { return nil }
         aead = context
-        staging = .allocate(byteCount: SealedRecord.headerLength + SealedRecord.maximumPlaintext + SealedRecord.tagLength, alignment: 64)
+        let size = SealedRecord.headerLength + SealedRecord.maximumPlaintext + SealedRecord.tagLength
+        staging = .allocate(byteCount: size, alignment: 64)
+        spare = .allocate(byteCount: sealing ? size : 0, alignment: 64)
     }
 
     deinit {
         CShims_aead_free(aead)
         staging.deallocate()
+        spare.deallocate()
     }
 
-    /// Seals `plaintext` (at most `maximumPlaintext` bytes) into `staging` as one whole record; returns its bytes.
-    func seal(_ plaintext: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+    /// Seals `plaintext` (at most `maximumPlaintext` bytes) into `buffer` (`staging` or `spare`) as one whole
+    /// record; returns its bytes.
+    func seal(_ plaintext: UnsafeRawBufferPointer, into buffer: UnsafeMutableRawBufferPointer) -> UnsafeRawBufferPointer? {
         let length = plaintext.count
-        let base = staging.baseAddress!
+        let base = buffer.baseAddress!
         base.storeBytes(of: UInt32(length + SealedRecord.tagLength).bigEndian, as: UInt32.self)
         let nonce = SealedRecord.nonce(counter)
         let status = nonce.withUnsafeBufferPointer { nonce in
