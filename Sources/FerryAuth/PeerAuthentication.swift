@@ -79,6 +79,14 @@ public enum PeerAuthentication {
     ///   from here on.
     @discardableResult
     public static func challengeSource(on connection: Connection, key: PresharedKey) throws(AuthError) -> StreamEncryption {
+        try challengeSource(on: connection, keys: [key])
+    }
+
+    /// The destination's side with more than one key it accepts (key rotation without downtime: the current
+    /// key and the next one): the source's MAC tells which one it holds, and that key is used from then on.
+    @discardableResult
+    public static func challengeSource(on connection: Connection, keys: [PresharedKey]) throws(AuthError) -> StreamEncryption {
+        precondition(!keys.isEmpty, "a destination needs at least one key")
         let peer = connection.peer
         guard let destinationNonce = Crypto.randomBytes(nonceLength) else { throw .crypto(peer: peer, "the random generator failed") }
         try send(.auth(nonce: destinationNonce, mac: []), on: connection)
@@ -99,13 +107,16 @@ public enum PeerAuthentication {
             )
             throw .unexpected(peer: peer, expected: "an authentication response (auth with a 32-byte nonce and MAC)", got: got)
         }
-        // The MAC tells which encryption the source chose: only a holder of the key can make either.
-        var chosen: StreamEncryption?
-        for encryption in StreamEncryption.allCases {
-            let expected = try mac(key: key, role: .source, encryption: encryption, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
-            if Crypto.constantTimeEqual(proof, expected) { chosen = encryption }
+        // The MAC tells which key the source holds and which encryption it chose: only a holder of the key can
+        // make any of them.
+        var chosen: (key: PresharedKey, encryption: StreamEncryption)?
+        for candidate in keys {
+            for encryption in StreamEncryption.allCases {
+                let expected = try mac(key: candidate, role: .source, encryption: encryption, destinationNonce: destinationNonce, sourceNonce: sourceNonce, peer: peer)
+                if Crypto.constantTimeEqual(proof, expected) { chosen = (candidate, encryption) }
+            }
         }
-        guard let encryption = chosen, sourceNonce != destinationNonce else {
+        guard let (key, encryption) = chosen, sourceNonce != destinationNonce else {
             refuse(
                 connection,
                 "the source did not prove it holds this destination's key; give 'ferry migrate' and "

@@ -138,6 +138,7 @@ struct ReceiveCommand: Command {
         OptionSpec("once", nil, "Exit (status 1) if the first migration attempt fails, instead of waiting for the next."),
         OptionSpec("timeout", "DURATION", "How long a silent source is waited for (in the handshake or mid-stream) before the attempt is abandoned; the receiver then waits for the next one.", default: "30s"),
         OptionSpec("source", "ADDR:PORT", "download: after the move, fetch blocks from 'ferry serve-blocks' there (as this host reaches it)."),
+        OptionSpec("next-key", "FILE", "Also accept sources holding this key (rotation without downtime: give the sources the new key, then make it the only one with --key)."),
     ] + hostingOptions
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -148,7 +149,7 @@ struct ReceiveCommand: Command {
         let timeout = try streamTimeout(arguments)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw AgentError.listen(error) }
-        let agent = MigrationAgent(sharedDirectory: directory, keyPath: keyPath(arguments, sharedDirectory: directory))
+        let agent = MigrationAgent(sharedDirectory: directory, keyPath: keyPath(arguments, sharedDirectory: directory), nextKeyPath: arguments.string("next-key"))
         try agent.serveControl(at: control)
         printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
         agent.receive(

@@ -49,6 +49,8 @@ public final class MigrationAgent: Sendable {
     public let sharedDirectory: String
     /// The pre-shared key file.
     public let keyPath: String
+    /// A second key a receiver also accepts (rotation: sources move to it, then it becomes the only one).
+    public let nextKeyPath: String?
     let state = Mutex(State())
     private let changed = NSCondition()
 
@@ -57,9 +59,10 @@ public final class MigrationAgent: Sendable {
 
     /// An agent for workloads kept in `sharedDirectory`; `keyPath` nil means `<sharedDirectory>/ferry.key`.
     /// Starts the ownership heartbeat thread (idle until a workload runs here).
-    public init(sharedDirectory: String, keyPath: String? = nil) {
+    public init(sharedDirectory: String, keyPath: String? = nil, nextKeyPath: String? = nil) {
         self.sharedDirectory = sharedDirectory
         self.keyPath = keyPath ?? sharedDirectory + "/ferry.key"
+        self.nextKeyPath = nextKeyPath
         let watch = Thread { [self] in watchOwnership() }
         watch.name = "ferry-ownership"
         watch.start()
@@ -248,16 +251,19 @@ public final class MigrationAgent: Sendable {
                     let connection = try listener.accept(connectionTimeoutSeconds: timeoutSeconds)
                     do {
                         // Loaded per attempt: the key may appear on the shared mount after we started.
-                        let key: PresharedKey
+                        var keys: [PresharedKey]
                         do {
-                            key = try PresharedKey(loadingFrom: keyPath)
+                            keys = [try PresharedKey(loadingFrom: keyPath)]
+                            if let nextKeyPath {
+                                do { keys.append(try PresharedKey(loadingFrom: nextKeyPath)) } catch { log("the next key is not usable, accepting the current one only: \(error)") }
+                            }
                         } catch {
                             try? connection.send(.helloReply(.refused(Refusal(
                                 code: .authentication, reason: "the destination has no usable key: \(error)"))))
                             throw error
                         }
                         let received = try MigrationDestination.receive(
-                            on: connection, sharedDirectory: sharedDirectory, key: key, workloads: workloads, log: log)
+                            on: connection, sharedDirectory: sharedDirectory, keys: keys, workloads: workloads, log: log)
                         // `ferry stop` may have ended the wait meanwhile: then nobody else runs what we claimed.
                         adopt(received.host, generation: received.generation)
                         return

@@ -45,13 +45,13 @@ public enum MigrationDestination {
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
     /// refusal or failure, after which nothing of the attempt remains mapped here.
     public static func receive(
-        on connection: Connection, sharedDirectory: String, key: PresharedKey, workloads: ReceivableWorkloads,
+        on connection: Connection, sharedDirectory: String, keys: [PresharedKey], workloads: ReceivableWorkloads,
         log: @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
         let encryption: StreamEncryption
         do throws(AuthError) {
-            encryption = try PeerAuthentication.challengeSource(on: connection, key: key)
+            encryption = try PeerAuthentication.challengeSource(on: connection, keys: keys)
         } catch {
             log("\(error)")
             throw MigrationError.authentication(error)

@@ -117,4 +117,26 @@ import Testing
         let other = try PeerAuthentication.sealingKeys(key: key, destinationNonce: ns, sourceNonce: nd, role: .source)
         #expect(other.send != source.send, "fresh nonces, fresh keys")
     }
+
+    /// Key rotation: a destination holding the current and the next key takes a source with either, sealed with
+    /// the key that source holds, and refuses any other key.
+    @Test func aDestinationWithTwoKeysAcceptsEitherAndNothingElse() throws {
+        let next = try PresharedKey(bytes: Array(100..<132))
+        let stranger = try PresharedKey(bytes: Array(repeating: 9, count: 32))
+        for (sourceKey, accepted) in [(key, true), (next, true), (stranger, false)] {
+            let listener = try Listener(on: Endpoint(host: "127.0.0.1", port: 0))
+            let keys = [key, next]
+            let destination = Spawned { () -> Bool in
+                guard let connection = try? listener.accept(timeoutSeconds: 10, connectionTimeoutSeconds: 5),
+                      (try? PeerAuthentication.challengeSource(on: connection, keys: keys)) == .aes256gcm,
+                      case .digestRequest? = try? connection.receive(while: "test") else { return false }
+                return true
+            }
+            let connection = try Connection.connect(to: listener.endpoint, timeoutSeconds: 5)
+            let source = Result { () throws(AuthError) in try PeerAuthentication.proveToDestination(on: connection, key: sourceKey) }
+            if case .success = source { try connection.send(.digestRequest) }
+            #expect(destination.join() == accepted)
+            #expect(((try? source.get()) != nil) == accepted)
+        }
+    }
 }

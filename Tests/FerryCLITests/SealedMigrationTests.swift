@@ -52,4 +52,20 @@ import Testing
         #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
         _ = try runFerry(["stop", "--control", lab.socket("b")])
     }
+
+    /// Key rotation without downtime: a receiver given the next key takes a source that already moved to it.
+    @Test func aReceiverWithTheNextKeyTakesASourceThatHoldsIt() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let old = lab.directory + "/old.key"
+        let new = lab.directory + "/new.key"
+        #expect(try runFerry(["keygen", old]).status == 0)
+        #expect(try runFerry(["keygen", new]).status == 0)
+        try lab.startSource(regionSize: "8MiB", ["--key", new])
+        _ = try lab.startReceiver(port: port, ["--key", old, "--next-key", new, "--once"])
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)"])
+        #expect(migrate.status == 0, "\(migrate.standardError) \(lab.log("b"))")
+        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+    }
 }
