@@ -72,6 +72,7 @@ private func programOptions(_ pointer: UnsafePointer<ferry_options>?, receiving:
     if raw.base != 0 { options.base = UInt(raw.base) }
     if raw.size != 0 { options.size = Int(raw.size) }
     options.keyPath = string(raw.key)
+    options.nextKeyPath = string(raw.next_key)
     if receiving {
         guard let text = string(raw.listen) else { throw .usage("options.listen: ferry_receive needs ADDR:PORT to listen on") }
         guard let endpoint = Endpoint(text) else { throw .usage("options.listen \(text): expected ADDR:PORT, e.g. 10.0.1.2:7000") }

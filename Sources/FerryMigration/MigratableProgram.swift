@@ -20,6 +20,8 @@ public struct ProgramOptions: Sendable {
     public var listen: Endpoint?
     /// The pre-shared key file; nil: `<sharedDirectory>/ferry.key` (`start` creates it 0600 when absent).
     public var keyPath: String?
+    /// `receive` only: a second key also accepted (key rotation without downtime).
+    public var nextKeyPath: String?
     /// How long a silent source is waited for before an attempt is abandoned.
     public var timeoutSeconds = 30.0
 
@@ -80,7 +82,7 @@ public final class MigratableProgram: Sendable {
         try validate(options)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw .listen(error) }
-        let agent = MigrationAgent(sharedDirectory: options.sharedDirectory, keyPath: options.keyPath)
+        let agent = MigrationAgent(sharedDirectory: options.sharedDirectory, keyPath: options.keyPath, nextKeyPath: options.nextKeyPath)
         try agent.serveControl(at: options.control)
         let name = options.name
         let workloads = ReceivableWorkloads(

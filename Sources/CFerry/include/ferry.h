@@ -50,6 +50,7 @@ typedef struct ferry_options {
     const char *control;    /* control socket: ferry status|verify|stop|migrate --control PATH (required) */
     const char *listen;     /* ferry_receive only: ADDR:PORT on the migration network (required there) */
     const char *key;        /* NULL: <shared_dir>/ferry.key, created 0600 by ferry_start if absent */
+    const char *next_key;   /* ferry_receive only: also accept sources holding this key (key rotation) */
 } ferry_options;
 
 /** ferry_safe_point's answers. */
