@@ -24,7 +24,7 @@ import Testing
             #expect(run.standardOutput == "key          \(path)\nfingerprint  \(fingerprint)\n")
             // The documented way to compare on a host without ferry.
             if let sha256sum = (["/usr/bin/sha256sum", "/bin/sha256sum"] as [String]).first(where: { access($0, X_OK) == 0 }) {
-                #expect(try output(of: sha256sum, [path]).hasPrefix(fingerprint))
+                #expect(NamespaceLab.run(sha256sum, [path], deadline: 30).output.hasPrefix(fingerprint))
             }
         }
     }
@@ -96,16 +96,4 @@ import Testing
 
 private func keyBytes(_ path: String) throws -> [UInt8] {
     [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-}
-
-private func output(of executable: String, _ arguments: [String]) throws -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    let pipe = Pipe()
-    process.standardOutput = pipe
-    try process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
 }
