@@ -165,9 +165,7 @@ public struct RegionHeap: @unchecked Sendable {
             let nextHeader = load(next)
             let nextSize = nextHeader & HeapLayout.sizeMask
             if nextHeader & HeapLayout.inUse == 0 && size + nextSize >= wanted {
-                unlink(next, bin: Self.binIndex(blockSize: nextSize))
-                freeBytes -= nextSize
-                freeBlocks -= 1
+                takeFree(next, size: nextSize)
                 let total = size + nextSize
                 if total - wanted >= HeapLayout.minimumBlock {
                     store(block, header & HeapLayout.flagMask | wanted)
@@ -310,26 +308,36 @@ public struct RegionHeap: @unchecked Sendable {
             let previousSize = load(block - 8)
             merged = block - previousSize
             mergedSize += previousSize
-            unlink(merged, bin: Self.binIndex(blockSize: previousSize))
-            freeBytes -= previousSize
-            freeBlocks -= 1
+            takeFree(merged, size: previousSize)
         }
         let next = block + size
         if next == top {
             top = merged
             return
         }
+        makeFree(merged, size: mergedSize + absorbFollowing(next))
+    }
+
+    /// Takes the free block `block` of `size` bytes off its bin and out of the free totals.
+    @inline(__always)
+    private func takeFree(_ block: UInt, size: UInt) {
+        unlink(block, bin: Self.binIndex(blockSize: size))
+        freeBytes -= size
+        freeBlocks -= 1
+    }
+
+    /// For a block about to become free that ends at `next` (below top): takes `next` in if it is free and
+    /// returns its size; otherwise marks it as following a free block and returns 0.
+    @inline(__always)
+    private func absorbFollowing(_ next: UInt) -> UInt {
         let nextHeader = load(next)
-        if nextHeader & HeapLayout.inUse == 0 {
-            let nextSize = nextHeader & HeapLayout.sizeMask
-            unlink(next, bin: Self.binIndex(blockSize: nextSize))
-            freeBytes -= nextSize
-            freeBlocks -= 1
-            mergedSize += nextSize
-        } else {
+        guard nextHeader & HeapLayout.inUse == 0 else {
             store(next, nextHeader & ~HeapLayout.previousInUse)
+            return 0
         }
-        makeFree(merged, size: mergedSize)
+        let nextSize = nextHeader & HeapLayout.sizeMask
+        takeFree(next, size: nextSize)
+        return nextSize
     }
 
     /// Shrinks the live block `block` to `size` bytes when the rest makes a block of its own, which is
@@ -345,18 +353,7 @@ public struct RegionHeap: @unchecked Sendable {
             top = block + size
             return
         }
-        let nextHeader = load(next)
-        var restSize = rest
-        if nextHeader & HeapLayout.inUse == 0 {
-            let nextSize = nextHeader & HeapLayout.sizeMask
-            unlink(next, bin: Self.binIndex(blockSize: nextSize))
-            freeBytes -= nextSize
-            freeBlocks -= 1
-            restSize += nextSize
-        } else {
-            store(next, nextHeader & ~HeapLayout.previousInUse)
-        }
-        makeFree(block + size, size: restSize)
+        makeFree(block + size, size: rest + absorbFollowing(next))
     }
 
     /// Writes a free block's header and footer, bins it and counts it. Its previous block is in use; the

@@ -204,6 +204,9 @@ import Testing
         let source = try lab.startProgram(binary, ["start", "--script", script, "--output", lab.shared + "/out.txt", "--shared-dir", lab.shared,
                                                    "--control", lab.socket("a"), "--region-size", "32MiB"], log: "a")
         try lab.waitForSocket(lab.socket("a"))
+        // ferry_fixed_layout re-executed it with address-space randomisation off (ADDR_NO_RANDOMIZE, 0x0040000).
+        let personality = try String(contentsOfFile: "/proc/\(source.processIdentifier)/personality", encoding: .utf8)
+        #expect((UInt32(personality.trimmingCharacters(in: .whitespacesAndNewlines), radix: 16) ?? 0) & 0x0040000 != 0, "\(personality)")
         let port = Lab.freePort()
         _ = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket("b")],
                                  log: "b", environment: ["LD_PRELOAD": preload])

@@ -79,48 +79,9 @@ import Testing
         #expect(UInt32(withFlag.trimmingCharacters(in: .whitespacesAndNewlines), radix: 16).map { $0 & 0x0040000 != 0 } == true)
     }
 
-    /// The real thing, in a child process that re-executes the test runner: the runner started again
-    /// runs only `reexecutedProbe` (the exit-test machinery's own variables do not survive into it), which
-    /// reports whether randomisation is off and where every object is loaded. Two such children must load
-    /// every object at the same address.
-    @Test func reexecutingTurnsRandomizationOffAndFixesTheLayout() async throws {
-        var reports: [[String]] = []
-        for _ in 0..<2 {
-            let result = await #expect(processExitsWith: .success, observing: [\.standardOutputContent]) {
-                setenv(LoadedImageTests.probeVariable, "1", 1)
-                let arguments = [CommandLine.arguments[0], "--testing-library", "swift-testing", "--filter", "reexecutedProbe"]
-                do {
-                    try ProcessImage.reexecuteWithoutRandomization(arguments: arguments)
-                } catch {
-                    print("\(LoadedImageTests.probePrefix)failed: \(error)")
-                    exit(2)
-                }
-                // Randomisation was already off here (setarch -R, or the sysctl): report from this process.
-                LoadedImageTests.reportAndExit()
-            }
-            let output = String(decoding: result?.standardOutputContent ?? [], as: UTF8.self)
-            reports.append(output.split(separator: "\n").filter { $0.hasPrefix(Self.probePrefix) }.map(String.init))
-        }
-        #expect(reports[0].first == "\(Self.probePrefix)randomization off: true", "\(reports[0])")
-        #expect(reports[0].contains { $0.contains("libc.so.6") }, "\(reports[0])")
-        #expect(reports[0] == reports[1], "the same objects at the same addresses")
-    }
-
-    /// Runs only in the runner re-executed by the test above, which sets the variable.
-    @Test(.enabled(if: getenv(probeVariable) != nil, "only in a re-executed test runner"))
-    func reexecutedProbe() {
-        Self.reportAndExit()
-    }
-
-    static let probeVariable = "FERRY_TEST_REEXECUTED_PROBE"
-    static let probePrefix = "ferry-probe: "
-
-    static func reportAndExit() -> Never {
-        print("\(probePrefix)randomization off: \(ProcessImage.addressRandomizationDisabled)")
-        for image in ProcessImage.loadedImages() { print("\(probePrefix)\(image)") }
-        fflush(nil)
-        exit(0)
-    }
+    // The re-execution itself (`reexecuteWithoutRandomization`) is exercised by the programs that call
+    // `ferry_fixed_layout`: EmbeddingTests checks the personality of a running `ferry-lua`, and its migrations
+    // would be refused if two processes loaded their libraries at different addresses.
 
     // MARK: Helpers
 
