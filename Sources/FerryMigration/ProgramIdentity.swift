@@ -1,4 +1,5 @@
 import FerrySystem
+import Foundation
 public import FerryWire
 import Synchronization
 
@@ -57,13 +58,6 @@ public enum ProgramIdentity {
     }
 
     private static func fileName(_ path: String) -> String { path.split(separator: "/").last.map(String.init) ?? path }
-    private static func hex(_ bytes: [UInt8]) -> String { bytes.isEmpty ? "(none)" : bytes.map { String(format2: $0) }.joined() }
+    private static func hex(_ bytes: [UInt8]) -> String { bytes.isEmpty ? "(none)" : bytes.map { String(format: "%02x", $0) }.joined() }
     private static func address(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
-}
-
-private extension String {
-    init(format2 byte: UInt8) {
-        let digits = String(byte, radix: 16)
-        self = digits.count == 1 ? "0" + digits : digits
-    }
 }

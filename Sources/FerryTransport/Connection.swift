@@ -156,49 +156,45 @@ public final class Connection: Sendable {
             try sendVectors(&vectors, what: what)
             return
         }
-        try sealer.lock.withLock { () throws(TransportError) in
-            // Seal record n+1 while record n is on the wire (`sendQueue`); return once all of them are.
+        try sealer.lock.withLock { _ throws(TransportError) in
+            // Seal record n+1 while record n is on the wire (`sendQueue`); return once all of them are, so no
+            // queued send outlives the buffers it reads.
             var sealed = 0
-            defer {
-                sealer.slots.wait()
-                sealer.slots.wait()
-                sealer.slots.signal()
-                sealer.slots.signal()
-            }
-            for piece in pieces where piece.count > 0 {
-                var offset = 0
-                while offset < piece.count {
-                    let length = Swift.min(SealedRecord.maximumPlaintext, piece.count - offset)
-                    sealer.slots.wait()
-                    if let failure = sealer.failure.withLock({ $0 }) {
-                        sealer.slots.signal()
-                        throw failure
-                    }
-                    let buffer = sealed % 2 == 0 ? sealer.staging : sealer.spare
-                    sealed += 1
-                    guard let record = sealer.seal(UnsafeRawBufferPointer(rebasing: piece[offset..<offset + length]), into: buffer) else {
-                        sealer.slots.signal()
-                        throw .crypto(peer: peer, "AES-256-GCM sealing failed in libcrypto")
-                    }
-                    let address = UInt(bitPattern: record.baseAddress)
-                    let count = record.count
-                    sealer.sendQueue.async { [self] in
-                        var vectors = [iovec(iov_base: UnsafeMutableRawPointer(bitPattern: address), iov_len: count)]
-                        do throws(TransportError) {
-                            try sendVectors(&vectors, what: what)
-                        } catch {
-                            sealer.failure.withLock { $0 = $0 ?? error }
+            do throws(TransportError) {
+                for piece in pieces where piece.count > 0 {
+                    var offset = 0
+                    while offset < piece.count {
+                        let length = Swift.min(SealedRecord.maximumPlaintext, piece.count - offset)
+                        sealer.slots.wait()
+                        if let failure = sealer.failure.withLock({ $0 }) {
+                            sealer.slots.signal()
+                            throw failure
                         }
-                        sealer.slots.signal()
+                        let buffer = sealed % 2 == 0 ? sealer.staging : sealer.spare
+                        sealed += 1
+                        guard let record = sealer.seal(UnsafeRawBufferPointer(rebasing: piece[offset..<offset + length]), into: buffer) else {
+                            sealer.slots.signal()
+                            throw .crypto(peer: peer, "AES-256-GCM sealing failed in libcrypto")
+                        }
+                        let address = UInt(bitPattern: record.baseAddress)
+                        let count = record.count
+                        sealer.sendQueue.async { [self] in
+                            var vectors = [iovec(iov_base: UnsafeMutableRawPointer(bitPattern: address), iov_len: count)]
+                            do throws(TransportError) {
+                                try sendVectors(&vectors, what: what)
+                            } catch {
+                                sealer.failure.withLock { $0 = $0 ?? error }
+                            }
+                            sealer.slots.signal()
+                        }
+                        offset += length
                     }
-                    offset += length
                 }
+            } catch {
+                _ = sealer.finishSends()
+                throw error
             }
-            sealer.slots.wait()
-            sealer.slots.wait()
-            sealer.slots.signal()
-            sealer.slots.signal()
-            if let failure = sealer.failure.withLock({ $0 }) { throw failure }
+            if let failure = sealer.finishSends() { throw failure }
         }
     }
 
@@ -248,7 +244,7 @@ public final class Connection: Sendable {
     /// when it fits there (pages land in the region with no copy), else through the staging buffer.
     private func receiveAll(into buffer: UnsafeMutableRawBufferPointer, what: String) throws(TransportError) {
         guard let opener = sealing.withLock({ $0.receive }) else { return try receiveRaw(into: buffer, what: what) }
-        try opener.lock.withLock { () throws(TransportError) in
+        try opener.lock.withLock { _ throws(TransportError) in
             var offset = 0
             while offset < buffer.count {
                 if opener.pendingStart < opener.pendingEnd {

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import CShims
 import Dispatch
 import Synchronization
@@ -49,7 +46,8 @@ final class SealingDirection: @unchecked Sendable {
     var pendingEnd = 0
     /// Sender: a second buffer, so one record is sealed while the previous one is on the wire.
     let spare: UnsafeMutableRawBufferPointer
-    let lock = NSLockLike()
+    /// Held by the one thread that sends (or receives) through this direction at a time.
+    let lock = Mutex(())
     /// Sender: sends sealed records in order while the caller seals the next one; at most two are in flight
     /// (`slots`), one per buffer.
     let sendQueue = DispatchQueue(label: "ferry-sealed-send")
@@ -69,6 +67,15 @@ final class SealingDirection: @unchecked Sendable {
         CShims_aead_free(aead)
         staging.deallocate()
         spare.deallocate()
+    }
+
+    /// Waits until every queued record is on the wire; returns the first error a send met.
+    func finishSends() -> TransportError? {
+        slots.wait()
+        slots.wait()
+        slots.signal()
+        slots.signal()
+        return failure.withLock { $0 }
     }
 
     /// Seals `plaintext` (at most `maximumPlaintext` bytes) into `buffer` (`staging` or `spare`) as one whole
@@ -97,17 +104,5 @@ final class SealingDirection: @unchecked Sendable {
         }
         if status == 0 { counter += 1 }
         return status
-    }
-}
-
-/// A plain mutual-exclusion lock usable from non-async code, for the sealing directions.
-final class NSLockLike: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    init() { pthread_mutex_init(&mutex, nil) }
-    deinit { pthread_mutex_destroy(&mutex) }
-    func withLock<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        return try body()
     }
 }
