@@ -2,7 +2,7 @@
 #error "CShims must be built with _GNU_SOURCE (set in Package.swift's cSettings)"
 #endif
 
-// The three libcrypto calls peer authentication needs. Policy (what to MAC, when to refuse) lives in
+// The libcrypto calls peer authentication and key fingerprints need. Policy (what to MAC, when to refuse) lives in
 // Swift, in FerryAuth; these only adapt OpenSSL's signatures and results.
 
 #include "CShims.h"
@@ -34,4 +34,12 @@ int CShims_constant_time_equal(const void *a, const void *b, size_t n) {
 int CShims_random_bytes(void *buf, size_t n) {
     if (n > INT_MAX) return -1;
     return RAND_bytes(buf, (int)n) == 1 ? 0 : -1;
+}
+
+int CShims_sha256(const void *data, size_t length, uint8_t out[32]) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    if (EVP_Digest(data, length, digest, &size, EVP_sha256(), NULL) != 1 || size != 32) return -1;
+    for (unsigned i = 0; i < 32; i++) out[i] = digest[i];
+    return 0;
 }

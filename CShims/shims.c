@@ -246,9 +246,8 @@ int CShims_personality(unsigned long persona) { return personality(persona); }
 
 unsigned long CShims_getauxval(unsigned long type) { return getauxval(type); }
 
-// MARK: - Control socket peer and key fingerprint
+// MARK: - Control socket peer
 
-#include <openssl/evp.h>
 #include <sys/socket.h>
 
 int CShims_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) {
@@ -261,12 +260,4 @@ int CShims_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) 
         *gid = (uint32_t)credentials.gid;
     }
     return result;
-}
-
-int CShims_sha256(const void *data, size_t length, uint8_t out[32]) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int size = 0;
-    if (EVP_Digest(data, length, digest, &size, EVP_sha256(), NULL) != 1 || size != 32) return -1;
-    memcpy(out, digest, 32);
-    return 0;
 }
