@@ -25,8 +25,8 @@ private func code(of error: AgentError) -> Int32 {
     case .listen: Int32(FERRY_E_LISTEN)
     case .region(let error):
         switch error {
-        case .insufficientMemory: Int32(FERRY_E_MEMORY)
-        case .addressInUse: Int32(FERRY_E_ADDRESS)
+        case .insufficientMemory, .reservationTaken: Int32(FERRY_E_MEMORY)
+        case .addressInUse, .reservationMismatch: Int32(FERRY_E_ADDRESS)
         case .invalidLayout: Int32(FERRY_E_INVALID)
         case .notARegion, .unsupportedLayoutVersion, .malformedHeader: Int32(FERRY_E_CORRUPT)
         case .mapFailed, .populateFailed: Int32(FERRY_E_SYSTEM)
@@ -73,6 +73,7 @@ private func programOptions(_ pointer: UnsafePointer<ferry_options>?, receiving:
     if raw.size != 0 { options.size = Int(raw.size) }
     options.keyPath = string(raw.key)
     options.nextKeyPath = string(raw.next_key)
+    options.reserve = Int(raw.reserve)
     if receiving {
         guard let text = string(raw.listen) else { throw .usage("options.listen: ferry_receive needs ADDR:PORT to listen on") }
         guard let endpoint = Endpoint(text) else { throw .usage("options.listen \(text): expected ADDR:PORT, e.g. 10.0.1.2:7000") }

@@ -114,7 +114,7 @@ extension BenchMigrationCommand {
             for count in [1, threads] {
                 let start = ContinuousClock.now
                 _ = RegionDigest.compute(mapping.range, threads: count)
-                let seconds = (ContinuousClock.now - start).seconds
+                let seconds = (ContinuousClock.now - start).secondsValue
                 if count == 1 { one.append(seconds) } else { parallel.append(seconds) }
             }
         }

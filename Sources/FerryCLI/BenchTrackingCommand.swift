@@ -176,7 +176,7 @@ struct BenchTrackingCommand: Command {
         let start = ContinuousClock.now
         for page in 0..<pages { base.storeBytes(of: 2, toByteOffset: page &* pageSize, as: UInt8.self) }
         let elapsed = ContinuousClock.now - start
-        return elapsed.nanoseconds / Double(pages)
+        return elapsed.nanosecondsValue / Double(pages)
     }
 
     /// Times one collect over a region of `regionPages` with every 4th page written since arming.
@@ -198,17 +198,7 @@ struct BenchTrackingCommand: Command {
         let start = ContinuousClock.now
         let dirty = try tracker.collect()
         let elapsed = ContinuousClock.now - start
-        return (elapsed.nanoseconds / 1e6, dirty.pageCount, tracker.statistics.fallbacks)
+        return (elapsed.nanosecondsValue / 1e6, dirty.pageCount, tracker.statistics.fallbacks)
     }
 }
 
-extension Duration {
-    /// The duration in nanoseconds, as a Double.
-    var nanoseconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) * 1e9 + Double(attoseconds) / 1e9
-    }
-
-    /// The duration in seconds, as a Double.
-    var seconds: Double { nanoseconds / 1e9 }
-}

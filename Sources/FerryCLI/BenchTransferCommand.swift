@@ -91,7 +91,7 @@ struct BenchTransferCommand: Command {
     static func migrateIdle(size: Int, fill: String, encryption: String = "aes-256-gcm") throws -> (bytes: Int, seconds: Double, total: Double, setup: Double) {
         let pair = try LocalPair(workload: "hotset", regionSize: "\(size)", fill: fill, dirtyRate: "0")
         defer { pair.tearDown() }
-        let result = try pair.migrate(["max_rounds": 30, "downtime_target": 0.05, "encryption": encryption]) { _ in }
+        let result = try pair.migrate(["encryption": encryption]) { _ in }
         guard let report = result["report"] as? [String: Any], report["outcome"] as? String == "completed",
               let rounds = report["rounds"] as? [[String: Any]], let first = rounds.first else {
             throw CommandFailure(status: .failure, message: "the \(fill) migration did not complete: \(result["error"] ?? "unknown")")
@@ -130,7 +130,7 @@ struct BenchTransferCommand: Command {
         }
         var ack: UInt8 = 0
         try withUnsafeMutableBytes(of: &ack) { try connection.receiveBytes(into: $0) }
-        return Double(bytes) * 8 / (ContinuousClock.now - start).seconds / 1e9
+        return Double(bytes) * 8 / (ContinuousClock.now - start).secondsValue / 1e9
     }
 }
 

@@ -21,7 +21,7 @@ struct DemoCommand: Command {
         OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload.", default: "2000"),
         OptionSpec("fill", "MODE", "none, zero or random.", default: "random"),
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
-        OptionSpec("downtime-target", "DURATION", "Predicted pause at which iterating stops.", default: "50ms"),
+        OptionSpec("downtime-target", "DURATION", "A cap on the pause (as for 'ferry migrate'); without it, the shortest pause the link allows."),
         OptionSpec("warmup", "DURATION", "How long the workload runs before the migration.", default: "1s"),
         OptionSpec("verify", "MODE", "strict or audit (see 'ferry migrate --help').", default: "strict"),
         OptionSpec("report", "FILE", "Write the migration report as JSON to FILE."),
@@ -42,10 +42,11 @@ struct DemoCommand: Command {
         usleep(UInt32(warmup * 1e6))
 
         printLine(progressHeader)
-        let result = try pair.migrate([
+        var request: ControlChannel.Message = [
             "tracker": arguments.string("tracker", default: "auto"), "max_rounds": 30, "verify": arguments.string("verify", default: "strict"),
-            "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
-        ]) { printLine(progressLine($0)) }
+        ]
+        if arguments.string("downtime-target") != nil { request["downtime_target"] = try arguments.seconds("downtime-target", default: 0) }
+        let result = try pair.migrate(request) { printLine(progressLine($0)) }
         let report = result["report"] as? [String: Any] ?? [:]
         let completed = report["outcome"] as? String == "completed" && report["verified"] as? Bool == true
         var verified = false

@@ -29,6 +29,15 @@ private func blockServer(_ arguments: ParsedArguments) throws(UsageError) -> End
 
 private func controlPath(_ arguments: ParsedArguments) throws(UsageError) -> String { try arguments.required("control") }
 
+/// `--base`: the region's fixed address, in hex.
+private func regionBase(_ arguments: ParsedArguments) throws(UsageError) -> UInt {
+    let text = arguments.string("base", default: "0x7e0000000000")
+    guard let base = UInt(text.hasPrefix("0x") ? String(text.dropFirst(2)) : text, radix: 16) else {
+        throw UsageError("--base \(text): expected a hexadecimal address such as 0x7e0000000000")
+    }
+    return base
+}
+
 /// `--timeout`: how long a silent peer is waited for, above zero (and at most a day).
 private func streamTimeout(_ arguments: ParsedArguments) throws(UsageError) -> Double {
     let seconds = try arguments.seconds("timeout", default: 30)
@@ -87,10 +96,7 @@ struct RunCommand: Command {
         guard let fill = RegionFill(rawValue: arguments.string("fill", default: "none")) else {
             throw UsageError("--fill: expected none, zero or random")
         }
-        let baseText = arguments.string("base", default: "0x7e0000000000")
-        guard let base = UInt(baseText.hasPrefix("0x") ? String(baseText.dropFirst(2)) : baseText, radix: 16) else {
-            throw UsageError("--base \(baseText): expected a hexadecimal address such as 0x7e0000000000")
-        }
+        let base = try regionBase(arguments)
         let size = try arguments.bytes("region-size", default: 256 << 20)
         let seed = UInt64(try arguments.integer("seed", default: 1, range: 0...Int.max))
         let rate = try arguments.stepRate("dirty-rate", default: 1000)
@@ -139,6 +145,8 @@ struct ReceiveCommand: Command {
         OptionSpec("timeout", "DURATION", "How long a silent source is waited for (in the handshake or mid-stream) before the attempt is abandoned; the receiver then waits for the next one.", default: "30s"),
         OptionSpec("source", "ADDR:PORT", "download: after the move, fetch blocks from 'ferry serve-blocks' there (as this host reaches it)."),
         OptionSpec("next-key", "FILE", "Also accept sources holding this key (rotation without downtime: give the sources the new key, then make it the only one with --key)."),
+        OptionSpec("reserve", "SIZE", "Standby: map and populate a region of SIZE at --base now, before any migration arrives, so the move needs no set-up; a region at another base or larger is refused."),
+        OptionSpec("base", "ADDRESS", "With --reserve: where the reserved region starts (hex).", default: "0x7e0000000000"),
     ] + hostingOptions
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -149,12 +157,20 @@ struct ReceiveCommand: Command {
         let timeout = try streamTimeout(arguments)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw AgentError.listen(error) }
+        var reservation: RegionReservation?
+        if arguments.has("reserve") {
+            let layout = RegionLayout(base: try regionBase(arguments), byteCount: try arguments.bytes("reserve", default: 0))
+            printLine("ferry receive: reserving \(layout) (mapping and populating it now)")
+            do { reservation = try RegionReservation(layout: layout) } catch { throw AgentError.region(error) }
+            printLine("ferry receive: reserved \(layout) in \(String(format: "%.3f", reservation!.populateSeconds)) s")
+        }
         let agent = MigrationAgent(sharedDirectory: directory, keyPath: keyPath(arguments, sharedDirectory: directory), nextKeyPath: arguments.string("next-key"))
         try agent.serveControl(at: control)
         printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
         agent.receive(
             on: listener, timeoutSeconds: timeout, once: arguments.has("once"),
-            workloads: ShippedWorkloads.receivable(sharedDirectory: directory, blockServer: try blockServer(arguments))
+            workloads: ShippedWorkloads.receivable(sharedDirectory: directory, blockServer: try blockServer(arguments)),
+            reservation: reservation
         ) { printLine("ferry receive: \($0)") }
         return serveUntilFinished(agent, control: control, command: "receive")
     }
@@ -168,7 +184,7 @@ struct MigrateCommand: Command {
         OptionSpec("control", "SOCKET", "Control socket of the source process.", default: "required"),
         OptionSpec("to", "ADDR:PORT", "Where 'ferry receive' listens.", default: "required"),
         OptionSpec("bind", "ADDR", "Local address to send from (keeps the stream on the migration network)."),
-        OptionSpec("downtime-target", "DURATION", "Stop iterating when the predicted pause is this short.", default: "50ms"),
+        OptionSpec("downtime-target", "DURATION", "A cap on the pause: iterating stops when another round would not make the predicted pause meaningfully shorter and it is within the cap; over it, --on-stall decides. Without it, the shortest pause the link allows (abort and throttle then cap at 50ms)."),
         OptionSpec("max-rounds", "N", "At most this many dirty rounds.", default: "30"),
         OptionSpec("max-bandwidth", "RATE", "Cap the stream, e.g. 100mbit or 200MB/s."),
         OptionSpec("timeout", "DURATION", "How long a silent destination is waited for before the attempt is abandoned (the workload stays on the source); keep it above the destination's set-up time for the region.", default: "30s"),
@@ -191,11 +207,11 @@ struct MigrateCommand: Command {
         guard Endpoint(to) != nil else { throw UsageError("--to \(to): expected ADDR:PORT") }
         var request: ControlChannel.Message = [
             "command": "migrate", "to": to,
-            "downtime_target": try arguments.seconds("downtime-target", default: 0.05),
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
             "tracker": arguments.string("tracker", default: "auto"), "verify": verify, "on_stall": onStall,
             "timeout": try streamTimeout(arguments), "encryption": encryption,
         ]
+        if arguments.string("downtime-target") != nil { request["downtime_target"] = try arguments.seconds("downtime-target", default: 0) }
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
         if let bind = arguments.string("bind") { request["bind"] = bind }
         printLine(progressHeader)
@@ -208,7 +224,8 @@ struct MigrateCommand: Command {
         if outcome == "completed" {
             let downtime = report["downtime_ms"] as? Double ?? 0
             let total = report["total_seconds"] as? Double ?? 0
-            printLine(String(format: "completed: downtime %.1f ms, total %.2f s, %@ sent, verified %@ (%@), encryption %@", downtime, total,
+            let predicted = report["predicted_downtime_ms"] as? Double ?? 0
+            printLine(String(format: "completed: downtime %.1f ms (last pages predicted %.1f ms), total %.2f s, %@ sent, verified %@ (%@), encryption %@", downtime, predicted, total,
                              ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "NO",
                              verify, report["encryption"] as? String ?? encryption))
             if let stall = report["stall"] as? String {

@@ -22,6 +22,9 @@ public struct ProgramOptions: Sendable {
     public var keyPath: String?
     /// `receive` only: a second key also accepted (key rotation without downtime).
     public var nextKeyPath: String?
+    /// `receive` only: when above 0, a standby destination: this many bytes at `base` are mapped and populated
+    /// before any migration arrives, so the move needs no set-up (a region at another base or larger is refused).
+    public var reserve = 0
     /// How long a silent source is waited for before an attempt is abandoned.
     public var timeoutSeconds = 30.0
 
@@ -82,13 +85,17 @@ public final class MigratableProgram: Sendable {
         try validate(options)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw .listen(error) }
+        var reservation: RegionReservation?
+        if options.reserve > 0 {
+            do { reservation = try RegionReservation(layout: RegionLayout(base: options.base, byteCount: options.reserve)) } catch { throw .region(error) }
+        }
         let agent = MigrationAgent(sharedDirectory: options.sharedDirectory, keyPath: options.keyPath, nextKeyPath: options.nextKeyPath)
         try agent.serveControl(at: options.control)
         let name = options.name
         let workloads = ReceivableWorkloads(
             names: [name], attach: { region in try EmbeddedWorkload(attaching: region, name: name) },
             run: { WorkloadHost(program: $0) })
-        agent.receive(on: listener, timeoutSeconds: options.timeoutSeconds, once: false, workloads: workloads) { message in
+        agent.receive(on: listener, timeoutSeconds: options.timeoutSeconds, once: false, workloads: workloads, reservation: reservation) { message in
             FileHandle.standardError.write(Data("ferry receive (\(name)): \(message)\n".utf8))
         }
         guard agent.waitUntilRunningOrFinished() == .running, let host = agent.host else {

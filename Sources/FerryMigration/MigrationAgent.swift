@@ -241,11 +241,15 @@ public final class MigrationAgent: Sendable {
     /// Accepts migrations on `listener` on a thread of its own until one commits here, then runs the workload
     /// (`waitUntilRunningOrFinished` tells when). A failed attempt is logged and the next one awaited, unless
     /// `once`: then the agent finishes, failed.
+    ///
+    /// With a `reservation` (a standby destination), a region that fits it is received into the memory
+    /// populated beforehand; an attempt that took it and failed is followed by a fresh reservation.
     public func receive(
         on listener: Listener, timeoutSeconds: Double, once: Bool, workloads: ReceivableWorkloads,
-        log: @escaping @Sendable (String) -> Void
+        reservation: RegionReservation? = nil, log: @escaping @Sendable (String) -> Void
     ) {
         let acceptor = Thread { [self] in
+            var standby = reservation
             while role == .waiting {
                 do {
                     let connection = try listener.accept(connectionTimeoutSeconds: timeoutSeconds)
@@ -263,12 +267,23 @@ public final class MigrationAgent: Sendable {
                             throw error
                         }
                         let received = try MigrationDestination.receive(
-                            on: connection, sharedDirectory: sharedDirectory, keys: keys, workloads: workloads, log: log)
+                            on: connection, sharedDirectory: sharedDirectory, keys: keys, workloads: workloads,
+                            reservation: standby, log: log)
                         // `ferry stop` may have ended the wait meanwhile: then nobody else runs what we claimed.
                         adopt(received.host, generation: received.generation)
                         return
                     } catch {
                         log("migration from \(connection.peer) failed: \(error)")
+                        if let used = standby, !used.isAvailable, !once {
+                            // The failed attempt's region is unmapped by now: reserve the same memory again.
+                            do {
+                                standby = try RegionReservation(layout: used.layout)
+                                log("reserved \(used.layout) again, populated in \(String(format: "%.3f", standby!.populateSeconds)) s")
+                            } catch {
+                                standby = nil
+                                log("cannot reserve \(used.layout) again (\(error)); the next migration maps its region when it arrives")
+                            }
+                        }
                         if once {
                             update { $0.role = .stopped; $0.failed = true; $0.lastMigration = "the migration from \(connection.peer) failed: \(error)" }
                             return

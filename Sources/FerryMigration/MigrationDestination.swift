@@ -44,9 +44,13 @@ public enum MigrationDestination {
 
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
     /// refusal or failure, after which nothing of the attempt remains mapped here.
+    ///
+    /// Without a `reservation`, the region is mapped when the hello is accepted and populated by a
+    /// `RegionPopulator` running ahead of the stream (a page frame waits only where it catches up); with one,
+    /// the standby memory is taken and nothing is left to set up.
     public static func receive(
         on connection: Connection, sharedDirectory: String, keys: [PresharedKey], workloads: ReceivableWorkloads,
-        log: @Sendable (String) -> Void
+        reservation: RegionReservation? = nil, log: @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
         let encryption: StreamEncryption
@@ -62,16 +66,32 @@ public enum MigrationDestination {
         case let other: throw MigrationError.protocolViolation("expected hello, got \(other)")
         }
         FaultInjection.reached(.hello, link: connection)
+        let setupStart = ContinuousClock.now
         let region: MigratableRegion
         do {
-            region = try check(hello, sharedDirectory: sharedDirectory, workloads: workloads.names)
+            region = try check(hello, sharedDirectory: sharedDirectory, workloads: workloads.names, reservation: reservation)
         } catch let refusal as Refusal {
             log("refused \(connection.peer): \(refusal.reason)")
             try? connection.send(.helloReply(.refused(refusal)))
             throw MigrationError.refused(refusal)
         }
-        try connection.send(.helloReply(.accepted(setupSeconds: region.populateSeconds ?? 0)))
-        log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), set up in \(String(format: "%.3f", region.populateSeconds ?? 0)) s; stream \(encryption == .none ? "plain, not encrypted" : "sealed, \(encryption)")")
+        // A fresh mapping is populated alongside the stream; a standby one is populated already.
+        let populator = region.populateSeconds == nil ? RegionPopulator(region: region) : nil
+        // Whatever ends this attempt, the populator lets go of the region (at once after a handoff: the
+        // pages it did not reach are zero and fault in when the workload first touches them).
+        var handedOver = false
+        defer {
+            if let populator {
+                let done = handedOver ? populator.stop() : populator.cancel()
+                log(String(format: "populated %@ of %@ alongside the stream in %.3f s%@; the stream waited %.3f s for it%@",
+                           "\(ByteCount(done.populatedBytes))", "\(ByteCount(region.range.byteCount))", done.seconds,
+                           done.complete ? "" : " (stopped there)", done.waitedSeconds,
+                           done.error.map { "; populating failed: \($0)" } ?? ""))
+            }
+        }
+        let setupSeconds = (ContinuousClock.now - setupStart).secondsValue
+        try connection.send(.helloReply(.accepted(setupSeconds: setupSeconds)))
+        log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), \(reservation == nil ? "mapped" : "taken from the reservation") in \(String(format: "%.3f", setupSeconds)) s; stream \(encryption == .none ? "plain, not encrypted" : "sealed, \(encryption)")")
 
         let range = region.range
         // Until the full copy ends, every page is fresh (zero) and arrives exactly once: zero ranges need no writing.
@@ -102,6 +122,7 @@ public enum MigrationDestination {
             OwnershipClaim.removeClaims(before: generation, in: sharedDirectory)
             let step = workload.stepCount
             log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
+            handedOver = true
             return Received(
                 host: workloads.run(workload), generation: generation, source: connection.peer, startStep: step)
         }
@@ -122,6 +143,7 @@ public enum MigrationDestination {
             }
             switch frame {
             case .pageData(let first, let count):
+                populator?.wait(untilPopulated: (Int(first) + Int(count)) * range.pageSize)
                 try connection.receivePages(into: range, first: first, count: count)
                 if audit {
                     incremental!.update(range, first: Int(first), count: Int(count))
@@ -174,8 +196,9 @@ public enum MigrationDestination {
         }
     }
 
-    /// The resource check of DESIGN §3.3 step 1. Maps (and populates) the region on success.
-    static func check(_ hello: Hello, sharedDirectory: String, workloads: [String]) throws -> MigratableRegion {
+    /// The resource check of DESIGN §3.3 step 1. On success the region is mapped (or taken from the
+    /// reservation); populating a fresh mapping is the caller's.
+    static func check(_ hello: Hello, sharedDirectory: String, workloads: [String], reservation: RegionReservation?) throws -> MigratableRegion {
         guard hello.protocolVersion == wireProtocolVersion else {
             throw Refusal(code: .protocolVersion, reason: "protocol version \(hello.protocolVersion) is not \(wireProtocolVersion); run the same ferry build on both hosts")
         }
@@ -198,13 +221,20 @@ public enum MigrationDestination {
               String(decoding: token, as: UTF8.self) == hello.sharedMountTokenValue else {
             throw Refusal(code: .sharedMount, reason: "the source's token \(hello.sharedMountToken) is not in \(sharedDirectory) here: both hosts must mount the same shared directory (pass the same mount to --shared-dir)")
         }
+        let layout = RegionLayout(base: UInt(hello.regionBase), byteCount: Int(hello.regionSize))
+        if let reservation {
+            do {
+                return try reservation.take(for: layout)
+            } catch {
+                throw Refusal(code: reservation.misfit(layout) != nil && layout.base != reservation.layout.base ? .address : .memory, reason: "\(error)")
+            }
+        }
         let available = Kernel.availableMemory()
         if let available, available < Int(hello.regionSize) + MigratableRegion.memoryMargin {
             throw Refusal(code: .memory, reason: "the region needs \(ByteCount(Int(hello.regionSize))) but only \(ByteCount(available)) is available here; free memory or pick a larger host")
         }
-        let layout = RegionLayout(base: UInt(hello.regionBase), byteCount: Int(hello.regionSize))
         do {
-            return try MigratableRegion.reserve(layout: layout, populate: true)
+            return try MigratableRegion.reserve(layout: layout, populate: false)
         } catch .addressInUse {
             throw Refusal(code: .address, reason: "the address range \(layout) is already in use in the receiving process; start the workload with another --base, or restart 'ferry receive'")
         } catch {

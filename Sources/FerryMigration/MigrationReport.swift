@@ -47,6 +47,9 @@ public struct MigrationReport: Codable, Sendable {
     public var throttle_percent: Double?
     /// Where the downtime went, in milliseconds.
     public var downtime_parts: DowntimeParts?
+    /// The pause predicted when iterating stopped: the last pages' transfer at the measured bandwidth (the
+    /// pause's fixed costs come on top, strict verification above all: `downtime_parts` shows them).
+    public var predicted_downtime_ms: Double?
 
     /// The parts of the pause, in the order they happen.
     public struct DowntimeParts: Codable, Sendable {

@@ -16,8 +16,16 @@ public struct MigrationOptions: Sendable {
     public var key: PresharedKey
     /// Local address to connect from, so the stream uses the migration network.
     public var bindAddress: String?
-    /// Stop iterating once the predicted pause is at most this long.
-    public var downtimeTarget: Double = 0.05
+    /// A cap on the predicted pause (seconds). Iterating goes on while another round makes the pause
+    /// meaningfully shorter, and stops when it would not, if the pause is within the cap; over it, the
+    /// `onStall` policy decides. nil: no cap, the shortest pause the link allows (with `onStall` abort or
+    /// throttle, which need a bound, `defaultStallCap`).
+    public var downtimeTarget: Double?
+    /// The cap that `onStall` abort and throttle use when no `downtimeTarget` is given.
+    public static let defaultStallCap = 0.05
+    /// The pause is short enough that another round cannot make it meaningfully shorter (the pause's fixed
+    /// costs, a pause at a safe point, the handoff, dwarf it).
+    public static let negligiblePause = 0.0005
     public var maximumRounds = 30
     /// Give up iterating after sending this many times the region.
     public var maximumSentRatio = 10.0
@@ -164,6 +172,7 @@ public final class MigrationSource: Sendable {
             var stalledRounds = 0
             var previousDirty = Int.max
             var stepsAtRoundStart = host.stepCount
+            let cap = options.downtimeTarget ?? (options.onStall == .force ? Double.infinity : MigrationOptions.defaultStallCap)
             while true {
                 roundStart = ContinuousClock.now
                 let dirty = try activeTracker.collect()
@@ -175,13 +184,20 @@ public final class MigrationSource: Sendable {
                     || Double(totalSent) >= options.maximumSentRatio * Double(range.byteCount)
                 // Not converging: the pages left are not shrinking (by a tenth a round) while the pause they
                 // predict is still over the target — the workload dirties memory as fast as the link drains it.
-                stalledRounds = predicted > options.downtimeTarget && Double(dirty.pageCount) > 0.9 * Double(previousDirty) ? stalledRounds + 1 : 0
+                let shrinking = Double(dirty.pageCount) <= 0.9 * Double(previousDirty)
+                stalledRounds = predicted > cap && !shrinking ? stalledRounds + 1 : 0
                 previousDirty = dirty.pageCount
                 let stalled = exhausted || stalledRounds >= 2
-                if stalled && predicted > options.downtimeTarget {
+                // Would one more round make the pause meaningfully shorter? While it is sent (at least a
+                // millisecond: a round has fixed costs), the workload dirties pages at the rate just seen.
+                let nextPages = Swift.min(Double(dirty.pageCount), dirtyRate * Swift.max(predicted, 0.001))
+                let nextPredicted = nextPages * Double(range.pageSize) / Swift.max(bandwidth, 1)
+                let worthAnotherRound = shrinking && predicted > MigrationOptions.negligiblePause
+                    && nextPredicted < 0.75 * predicted && predicted - nextPredicted >= MigrationOptions.negligiblePause
+                if stalled && predicted > cap {
                     let why = String(
                         format: "%d pages still dirty after %d rounds; the workload dirties %.1f MB/s against a link of %.1f MB/s, a pause of %.0f ms against a target of %.0f ms",
-                        dirty.pageCount, round, dirtyRate * Double(range.pageSize) / 1e6, bandwidth / 1e6, predicted * 1000, options.downtimeTarget * 1000)
+                        dirty.pageCount, round, dirtyRate * Double(range.pageSize) / 1e6, bandwidth / 1e6, predicted * 1000, cap * 1000)
                     switch options.onStall {
                     case .abort:
                         report.stall = "abort"
@@ -192,7 +208,7 @@ public final class MigrationSource: Sendable {
                         // The next round sends what is dirty now (`predicted` seconds); whatever the workload dirties
                         // meanwhile is the round after, so that is what must fit: pages per second = affordable pages
                         // ÷ that time (a step dirties about one page of the working set).
-                        let affordable = 0.5 * options.downtimeTarget * bandwidth / Double(range.pageSize)
+                        let affordable = 0.5 * cap * bandwidth / Double(range.pageSize)
                         let pace = Swift.max(1, Swift.min(stepsPerSecond * 0.5, affordable / Swift.max(predicted, 1e-3)))
                         host.setPace(pace)
                         report.stall = "throttle"
@@ -203,7 +219,8 @@ public final class MigrationSource: Sendable {
                         report.stall = report.stall ?? "force"
                     }
                 }
-                if predicted <= options.downtimeTarget || exhausted || (stalled && options.onStall == .force) {
+                if (!worthAnotherRound && predicted <= cap) || exhausted || (stalled && options.onStall == .force) {
+                    report.predicted_downtime_ms = predicted * 1000
                     // The next ownership record is written and synced now; the handoff only renames it.
                     guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
                         throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")

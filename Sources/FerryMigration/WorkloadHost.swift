@@ -206,11 +206,3 @@ public final class WorkloadHost: Sendable {
     }
 }
 
-extension Duration {
-    var secondsValue: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-
-    var microsecondsValue: Double { secondsValue * 1e6 }
-}

@@ -63,7 +63,7 @@ public final class MigratableRegion: Sendable {
 
     private let mapping: AnonymousMapping
 
-    private init(layout: RegionLayout, populate: Bool) throws(RegionError) {
+    private convenience init(layout: RegionLayout, populate: Bool) throws(RegionError) {
         try layout.validate()
         let mapping: AnonymousMapping
         do {
@@ -72,18 +72,22 @@ public final class MigratableRegion: Sendable {
             if error.errno == .exists { throw .addressInUse(base: layout.base, size: layout.byteCount) }
             throw .mapFailed(error)
         }
+        var seconds: Double?
+        if populate {
+            let started = ContinuousClock.now
+            try Self.populate(RegionBytes(mapping.range), offset: 0, count: mapping.range.byteCount)
+            seconds = (ContinuousClock.now - started).secondsValue
+        }
+        self.init(layout: layout, adopting: mapping, populateSeconds: seconds)
+    }
+
+    /// Wraps a mapping that already starts at `layout.base` and is exactly `layout.byteCount` long.
+    init(layout: RegionLayout, adopting mapping: consuming AnonymousMapping, populateSeconds: Double?) {
+        precondition(mapping.range.start == layout.base && mapping.range.byteCount == layout.byteCount, "the mapping is not the layout's")
         self.layout = layout
         self.range = mapping.range
         self.mapping = mapping
-        if populate {
-            let clock = ContinuousClock()
-            let started = clock.now
-            try Self.populate(RegionBytes(range), offset: 0, count: range.byteCount)
-            let elapsed = clock.now - started
-            populateSeconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-        } else {
-            populateSeconds = nil
-        }
+        self.populateSeconds = populateSeconds
     }
 
     /// Maps a fresh, zeroed region for a workload to be created in (the source's side).
@@ -110,9 +114,10 @@ public final class MigratableRegion: Sendable {
 
     /// Maps the region at the same address on the destination, before any page arrives.
     ///
-    /// - Parameter populate: pre-fault every page writable (`madvise(MADV_POPULATE_WRITE)`), so the
-    ///   incoming stream writes into memory that is already there; the time it took is `populateSeconds`
-    ///   (setup, to be reported apart from the transfer).
+    /// - Parameter populate: pre-fault every page writable (`madvise(MADV_POPULATE_WRITE)`) before returning,
+    ///   so the incoming stream writes into memory that is already there; the time it took is
+    ///   `populateSeconds`. A destination that streams while it populates passes `false` and runs a
+    ///   `RegionPopulator` instead.
     /// - Throws: `RegionError.addressInUse`, `.invalidLayout`, `.mapFailed`, `.populateFailed`.
     public static func reserve(layout: RegionLayout, populate: Bool) throws(RegionError) -> MigratableRegion {
         try MigratableRegion(layout: layout, populate: populate)

@@ -18,6 +18,10 @@ public enum RegionError: Error, Hashable, Sendable, CustomStringConvertible {
     case malformedHeader(String)
     /// The region is larger than the memory this host can give it (`MemAvailable`).
     case insufficientMemory(required: Int, available: Int)
+    /// A standby reservation cannot hold the region that arrived (another base, or larger).
+    case reservationMismatch(reserved: RegionLayout, wanted: RegionLayout)
+    /// A standby reservation was already handed to an earlier migration.
+    case reservationTaken(RegionLayout)
 
     public var description: String {
         switch self {
@@ -43,6 +47,12 @@ public enum RegionError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .insufficientMemory(required, available):
             return "the region needs \(ByteCount(required)) but this host has only \(ByteCount(available)) of memory "
                 + "available; make the region smaller or free memory first"
+        case let .reservationMismatch(reserved, wanted):
+            let why = reserved.base != wanted.base ? "it starts at another address" : "it is larger"
+            return "the region \(wanted) does not fit this receiver's reservation \(reserved): \(why); restart the "
+                + "receiver with --reserve \(ByteCount(wanted.byteCount)) --base 0x\(String(wanted.base, radix: 16)), or without --reserve"
+        case let .reservationTaken(reserved):
+            return "the reservation \(reserved) was already used by an earlier migration; restart the receiver"
         case let .malformedHeader(reason):
             return "the region header is damaged: \(reason); the region was corrupted or only partly "
                 + "transferred: migrate it again from the source"

@@ -335,12 +335,6 @@ final class RateLimiter: Sendable {
     }
 }
 
-extension Duration {
-    var secondsValue: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
-    }
-}
 
 /// Runs `body` over the bytes of `array`, keeping `body`'s typed error.
 func withBytes<R>(_ array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(TransportError) -> R) throws(TransportError) -> R {

@@ -51,6 +51,9 @@ typedef struct ferry_options {
     const char *listen;     /* ferry_receive only: ADDR:PORT on the migration network (required there) */
     const char *key;        /* NULL: <shared_dir>/ferry.key, created 0600 by ferry_start if absent */
     const char *next_key;   /* ferry_receive only: also accept sources holding this key (key rotation) */
+    size_t      reserve;    /* ferry_receive only: standby; map and populate this many bytes at base before any
+                               migration arrives, so the move needs no set-up (a region at another base or larger
+                               is refused); 0 = map each region when it arrives, populating it alongside the stream */
 } ferry_options;
 
 /** ferry_safe_point's answers. */
