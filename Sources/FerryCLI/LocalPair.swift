@@ -17,14 +17,15 @@ final class LocalPair {
     let destination: Process
 
     /// Starts both processes and waits until their control sockets answer.
-    /// - Parameters: the `ferry run` settings (workload, size, fill, pace in steps per second or `max`).
-    init(workload: String, regionSize: String, fill: String, dirtyRate: String) throws {
+    /// - Parameters: the `ferry run` settings (workload, size, fill, pace in steps per second or `max`), and
+    ///   more `ferry receive` options (e.g. `--reserve SIZE`).
+    init(workload: String, regionSize: String, fill: String, dirtyRate: String, receiveOptions: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("ferry-pair-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: directory + "/shared", withIntermediateDirectories: true)
         port = try Listener(on: Endpoint(host: "127.0.0.1", port: 0)).endpoint.port
         let executable = Self.executable
         destination = try Self.spawn(executable, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", directory + "/shared",
-                                                  "--control", directory + "/destination.sock", "--once"],
+                                                  "--control", directory + "/destination.sock", "--once"] + receiveOptions,
                                      log: directory + "/destination.log")
         source = try Self.spawn(executable, ["run", "--workload", workload, "--region-size", regionSize, "--fill", fill,
                                              "--shared-dir", directory + "/shared", "--control", directory + "/source.sock",

@@ -158,7 +158,7 @@ struct ReceiveCommand: Command {
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw AgentError.listen(error) }
         var reservation: RegionReservation?
-        if arguments.has("reserve") {
+        if arguments.string("reserve") != nil {
             let layout = RegionLayout(base: try regionBase(arguments), byteCount: try arguments.bytes("reserve", default: 0))
             printLine("ferry receive: reserving \(layout) (mapping and populating it now)")
             do { reservation = try RegionReservation(layout: layout) } catch { throw AgentError.region(error) }

@@ -221,6 +221,11 @@ public final class MigrationSource: Sendable {
                 }
                 if (!worthAnotherRound && predicted <= cap) || exhausted || (stalled && options.onStall == .force) {
                     report.predicted_downtime_ms = predicted * 1000
+                    // Without a cap, a long pause that no round can shorten (the workload dirties memory as fast
+                    // as the link drains it) is still a stall, handled by stopping: say so.
+                    if options.downtimeTarget == nil, predicted > MigrationOptions.defaultStallCap, nextPredicted >= 0.75 * predicted {
+                        report.stall = report.stall ?? "force"
+                    }
                     // The next ownership record is written and synced now; the handoff only renames it.
                     guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
                         throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
