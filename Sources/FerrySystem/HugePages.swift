@@ -40,7 +40,7 @@ public enum TransparentHugePages {
 
     /// Whether a mapping advised with `MADV_HUGEPAGE` can get huge pages here (the policy is not `never`).
     /// Whether it does still depends on free, unfragmented memory: see `backedBytes(in:)`.
-    public static var isAvailable: Bool { policy == .always || policy == .madvise }
+    public static var isAvailable: Bool { policy.map { $0 != .never } ?? false }
 
     /// The bracketed word of a sysfs choice line, e.g. `madvise` in `always [madvise] never`.
     static func selected(in line: String?) -> String? {

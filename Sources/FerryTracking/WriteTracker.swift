@@ -28,6 +28,11 @@ protocol TrackingMechanism: AnyObject, Sendable {
 /// A backend may report more pages than were written (never fewer) — after `vm.max_map_count` forced
 /// the mprotect backend to un-protect the whole range, for instance. The caller keeps the range mapped
 /// until the tracker is stopped.
+///
+/// On memory backed by transparent huge pages every backend stays exact per base page: arming protects
+/// whole huge pages without splitting them, and the first write into one splits that huge page into base
+/// pages (the kernel does, for the VMA split of `mprotect` and for a userfaultfd write-protect fault alike)
+/// and reports the one base page written. A tracked range keeps its huge pages where it is not written.
 public final class WriteTracker: Sendable {
     /// The mechanism in use.
     public let backend: TrackerBackend

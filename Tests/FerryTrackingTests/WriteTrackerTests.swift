@@ -26,12 +26,13 @@ let availableBackends = TrackerBackend.allCases.filter { $0.probe().isAvailable 
         #expect(probes.last?.backend == auto)
     }
 
-    @Test(arguments: availableBackends)
-    func collectReturnsExactlyTheWrittenPages(backend: TrackerBackend) throws {
-        let mapping = try AnonymousMapping(byteCount: 2048 * Kernel.pageSize)
+    @Test(arguments: availableBackends, Backing.allCases)
+    func collectReturnsExactlyTheWrittenPages(backend: TrackerBackend, backing: Backing) throws {
+        let mapping = try backing.mapping(byteCount: 2048 * Kernel.pageSize)
         let range = mapping.range
         // Half the range is populated before arming, half is never touched: both must be tracked.
         memset(range.baseAddress, 0x5A, range.byteCount / 2)
+        try backing.requireHugePages(range.pages(0, count: range.pageCount / 2))
         let tracker = try WriteTracker(range: range, backend: backend)
         defer { tracker.stop() }
         try tracker.arm()
@@ -56,10 +57,11 @@ let availableBackends = TrackerBackend.allCases.filter { $0.probe().isAvailable 
         #expect(try tracker.collect().isEmpty)
     }
 
-    @Test(arguments: availableBackends)
-    func preCopyShadowEqualsRegionAfterConcurrentWriters(backend: TrackerBackend) throws {
-        let mapping = try AnonymousMapping(byteCount: 64 << 20)
+    @Test(arguments: availableBackends, Backing.allCases)
+    func preCopyShadowEqualsRegionAfterConcurrentWriters(backend: TrackerBackend, backing: Backing) throws {
+        let mapping = try backing.mapping(byteCount: 64 << 20)
         let range = mapping.range
+        if backing == .hugePages { try backing.populate(range) }
         let shadow = try AnonymousMapping(byteCount: range.byteCount)
         let tracker = try WriteTracker(range: range, backend: backend)
         defer { tracker.stop() }
@@ -94,13 +96,14 @@ let availableBackends = TrackerBackend.allCases.filter { $0.probe().isAvailable 
             memcmp(shadow.range.baseAddress + page * range.pageSize, range.baseAddress + page * range.pageSize, range.pageSize) != 0
         }
         #expect(differing.isEmpty, "\(differing.count) pages differ after \(rounds) rounds, first: \(differing.prefix(5))")
-        print("\(backend): \(rounds) rounds, \(writes) writes, \(pagesCopied) pages copied, 0 bytes differ")
+        print("\(backend), \(backing.rawValue): \(rounds) rounds, \(writes) writes, \(pagesCopied) pages copied, 0 bytes differ")
     }
 
-    @Test(arguments: availableBackends)
-    func kernelWriteIntoTheRangeIsTrackedOrFailsAsDocumented(backend: TrackerBackend) throws {
-        let mapping = try AnonymousMapping(byteCount: 16 * Kernel.pageSize)
+    @Test(arguments: availableBackends, Backing.allCases)
+    func kernelWriteIntoTheRangeIsTrackedOrFailsAsDocumented(backend: TrackerBackend, backing: Backing) throws {
+        let mapping = try backing.mapping(byteCount: 16 * Kernel.pageSize)
         let range = mapping.range
+        if backing == .hugePages { try backing.populate(range) }
         let tracker = try WriteTracker(range: range, backend: backend)
         defer { tracker.stop() }
         try tracker.arm()
@@ -125,6 +128,55 @@ let availableBackends = TrackerBackend.allCases.filter { $0.probe().isAvailable 
             #expect(Array(try tracker.collect()) == [5])
         }
         #expect(Array(UnsafeRawBufferPointer(start: target, count: message.count)) == message)
+    }
+
+    /// On THP, tracking stays per base page: a one-byte write reports its 4 KiB page, not the 2 MiB page
+    /// around it, and leaves the other huge pages whole.
+    @Test(arguments: availableBackends)
+    func oneByteWrittenIntoAHugePageReportsOnlyItsBasePage(backend: TrackerBackend) throws {
+        let huge = TransparentHugePages.size ?? 2 << 20
+        let mapping = try Backing.hugePages.mapping(byteCount: 3 * huge)
+        let range = mapping.range
+        let perHuge = huge / range.pageSize  // 512
+        // Huge pages 0 and 1 hold memory; huge page 2 was only read (the huge zero page, where the kernel uses it).
+        let held = range.pages(0, count: 2 * perHuge)
+        try Backing.hugePages.populate(held)
+        var sum = 0
+        for page in stride(from: 2 * perHuge, to: range.pageCount, by: 64) {
+            sum &+= Int(range.baseAddress.load(fromByteOffset: page * range.pageSize, as: UInt8.self))
+        }
+        #expect(sum == 0)
+        let tracker = try WriteTracker(range: range, backend: backend)
+        defer { tracker.stop() }
+        try tracker.arm()
+        try Backing.hugePages.requireHugePages(held)  // arming protects whole huge pages, it splits none
+
+        let inSecond = perHuge + 188  // page 700: inside huge page 1, neither at its start nor its end
+        range.baseAddress.storeBytes(of: 0xA1, toByteOffset: inSecond * range.pageSize + 1234, as: UInt8.self)
+        #expect(Array(try tracker.collect()) == [inSecond])
+        #expect(try TransparentHugePages.backedBytes(in: range.pages(0, count: perHuge)) == perHuge * range.pageSize,
+                "a write into huge page 1 must leave huge page 0 whole")
+
+        // Its neighbour in the same (by now split) huge page, and a page of the untouched huge page 0.
+        range.baseAddress.storeBytes(of: 0xA2, toByteOffset: (inSecond + 1) * range.pageSize, as: UInt8.self)
+        range.baseAddress.storeBytes(of: 0xA3, toByteOffset: 3 * range.pageSize + 7, as: UInt8.self)
+        #expect(Array(try tracker.collect()) == [3, inSecond + 1])
+        // A page of the huge page that was only read.
+        let inThird = 2 * perHuge + 511
+        range.baseAddress.storeBytes(of: 0xA4, toByteOffset: inThird * range.pageSize + 4095, as: UInt8.self)
+        #expect(Array(try tracker.collect()) == [inThird])
+        #expect(try tracker.collect().isEmpty)
+
+        // The bytes are where they were written, and nothing else changed.
+        let expected: [Int: UInt8] = [
+            inSecond * range.pageSize + 1234: 0xA1, (inSecond + 1) * range.pageSize: 0xA2, 3 * range.pageSize + 7: 0xA3,
+            inThird * range.pageSize + 4095: 0xA4,
+        ]
+        let zeros = [UInt8](repeating: 0, count: range.pageSize)
+        for (offset, value) in expected { #expect(range.baseAddress.load(fromByteOffset: offset, as: UInt8.self) == value) }
+        for (offset, _) in expected { range.baseAddress.storeBytes(of: 0, toByteOffset: offset, as: UInt8.self) }
+        let changed = (0..<range.pageCount).filter { memcmp(range.baseAddress + $0 * range.pageSize, zeros, range.pageSize) != 0 }
+        #expect(changed.isEmpty, "pages \(changed.prefix(5)) hold bytes nobody wrote")
     }
 
     @Test(arguments: availableBackends)
