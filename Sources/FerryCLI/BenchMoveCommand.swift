@@ -23,6 +23,7 @@ struct BenchMoveCommand: Command {
         OptionSpec("dirty-rate", "RATE", "The busy workload's steps per second (each dirties a page of its working set).", default: "5000"),
         OptionSpec("runs", "N", "Repetitions; medians are reported.", default: "3"),
         OptionSpec("warmup", "DURATION", "How long the workload runs before each move.", default: "1s"),
+        OptionSpec("huge-pages", "on|off", "Regions backed by transparent huge pages (both processes, and populate alone).", default: "on"),
         OptionSpec("qemu", "SCRIPT", "Also run QEMU's default migration with this script (bench/qemu-migration.sh), same size."),
         OptionSpec("json", "FILE", "Also write the results as JSON to FILE (- for standard output)."),
     ]
@@ -69,18 +70,21 @@ struct BenchMoveCommand: Command {
         let runs = try arguments.integer("runs", default: 3, range: 1...100)
         let warmup = try arguments.seconds("warmup", default: 1)
         let qemu = arguments.string("qemu")
+        let hugePages = arguments.string("huge-pages", default: "on")
+        guard ["on", "off"].contains(hugePages) else { throw UsageError("--huge-pages \(hugePages): expected on or off") }
+        let host = ["--huge-pages", hugePages]
         #if DEBUG
         printError("note: this is a debug build; measure with 'swift run -c release ferry bench move'")
         #endif
-        printLine("Move benchmark: hotset in \(ByteCount(size)) of random bytes at \(rate) steps/s, default flags, \(runs) runs")
+        printLine("Move benchmark: hotset in \(ByteCount(size)) of random bytes at \(rate) steps/s, default flags, huge pages \(hugePages), \(runs) runs")
         var results: [Run] = []
         for index in 1...runs {
-            let populate = try populateSeconds(size: size)
+            let populate = try populateSeconds(size: size, hugePages: hugePages == "on")
             let reserve = ["--reserve", "\(size)"]
-            let stream = try move(size: size, rate: "0", warmup: 0, receiveOptions: reserve)
-            let busy = try move(size: size, rate: rate, warmup: warmup)
-            let audit = try move(size: size, rate: rate, warmup: warmup, settings: ["verify": "audit"])
-            let standby = try move(size: size, rate: rate, warmup: warmup, receiveOptions: reserve)
+            let stream = try move(size: size, rate: "0", warmup: 0, host: host, receiveOptions: reserve)
+            let busy = try move(size: size, rate: rate, warmup: warmup, host: host)
+            let audit = try move(size: size, rate: rate, warmup: warmup, settings: ["verify": "audit"], host: host)
+            let standby = try move(size: size, rate: rate, warmup: warmup, host: host, receiveOptions: reserve)
             let qemuSeconds = try qemu.map { try qemuMigrationSeconds(script: $0, size: size) }
             results.append(Run(populate_seconds: populate, stream: stream, move: busy, audit: audit, standby: standby, qemu_seconds: qemuSeconds))
             printLine(String(format: "  run %d/%d: populate %.2f s, stream %.2f s, move %.2f s (pause %.1f ms, verify %.1f ms), audit pause %.1f ms, standby %.2f s (set-up %.1f ms)%@",
@@ -121,8 +125,8 @@ struct BenchMoveCommand: Command {
     }
 
     /// Seconds to pre-fault a fresh region of `size` the way a destination does (a `RegionPopulator`).
-    static func populateSeconds(size: Int) throws -> Double {
-        let region = try MigratableRegion.reserve(layout: RegionLayout(base: 0x7c00_0000_0000, byteCount: size), populate: false)
+    static func populateSeconds(size: Int, hugePages: Bool) throws -> Double {
+        let region = try MigratableRegion.reserve(layout: RegionLayout(base: 0x7c00_0000_0000, byteCount: size), populate: false, hugePages: hugePages)
         let started = ContinuousClock.now
         let populator = RegionPopulator(region: region)
         populator.wait(untilPopulated: size)
@@ -134,8 +138,8 @@ struct BenchMoveCommand: Command {
     }
 
     /// One move between a fresh pair; throws unless it completed verified.
-    static func move(size: Int, rate: String, warmup: Double, settings: [String: any Sendable] = [:], receiveOptions: [String] = []) throws -> Move {
-        let pair = try LocalPair(workload: "hotset", regionSize: "\(size)", fill: "random", dirtyRate: rate, receiveOptions: receiveOptions)
+    static func move(size: Int, rate: String, warmup: Double, settings: [String: any Sendable] = [:], host: [String], receiveOptions: [String] = []) throws -> Move {
+        let pair = try LocalPair(workload: "hotset", regionSize: "\(size)", fill: "random", dirtyRate: rate, hostOptions: host, receiveOptions: receiveOptions)
         defer { pair.tearDown() }
         usleep(UInt32(warmup * 1e6))
         let result = try pair.migrate(settings) { _ in }
@@ -154,7 +158,7 @@ struct BenchMoveCommand: Command {
     static func qemuMigrationSeconds(script: String, size: Int) throws -> Double {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: script)
-        process.arguments = ["--size", "\(size)", "--json"]
+        process.arguments = ["--size", "\(size >> 20)MiB", "--json"]
         let output = Pipe()
         process.standardOutput = output
         try process.run()

@@ -18,18 +18,18 @@ final class LocalPair {
 
     /// Starts both processes and waits until their control sockets answer.
     /// - Parameters: the `ferry run` settings (workload, size, fill, pace in steps per second or `max`), and
-    ///   more `ferry receive` options (e.g. `--reserve SIZE`).
-    init(workload: String, regionSize: String, fill: String, dirtyRate: String, receiveOptions: [String] = []) throws {
+    ///   more options for both (`hostOptions`, e.g. `--huge-pages off`) and for `ferry receive` (e.g. `--reserve SIZE`).
+    init(workload: String, regionSize: String, fill: String, dirtyRate: String, hostOptions: [String] = [], receiveOptions: [String] = []) throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("ferry-pair-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: directory + "/shared", withIntermediateDirectories: true)
         port = try Listener(on: Endpoint(host: "127.0.0.1", port: 0)).endpoint.port
         let executable = Self.executable
         destination = try Self.spawn(executable, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", directory + "/shared",
-                                                  "--control", directory + "/destination.sock", "--once"] + receiveOptions,
+                                                  "--control", directory + "/destination.sock", "--once"] + hostOptions + receiveOptions,
                                      log: directory + "/destination.log")
         source = try Self.spawn(executable, ["run", "--workload", workload, "--region-size", regionSize, "--fill", fill,
                                              "--shared-dir", directory + "/shared", "--control", directory + "/source.sock",
-                                             "--dirty-rate", dirtyRate], log: directory + "/source.log")
+                                             "--dirty-rate", dirtyRate] + hostOptions, log: directory + "/source.log")
         for path in [sourceControl, destinationControl] where !waitForSocket(path) {
             let logs = ["source", "destination"].map { name in
                 "\(name): " + ((try? String(contentsOfFile: directory + "/\(name).log", encoding: .utf8)) ?? "")

@@ -15,6 +15,7 @@ private let hostingOptions = [
     OptionSpec("shared-dir", "DIR", "The shared mount both hosts see: the workload's files and the ownership record.", default: "required"),
     OptionSpec("control", "SOCKET", "Unix socket to control this process through.", default: "required"),
     OptionSpec("key", "FILE", "Pre-shared key (mode 0600) both hosts must hold; 'ferry run' creates it when absent.", default: "DIR/ferry.key on the shared mount"),
+    OptionSpec("huge-pages", "on|off", "Back the region with transparent huge pages where the kernel allows them (tracking stays exact per 4 KiB page: a written huge page is split).", default: "on"),
 ]
 
 private func keyPath(_ arguments: ParsedArguments, sharedDirectory: String) -> String {
@@ -28,6 +29,15 @@ private func blockServer(_ arguments: ParsedArguments) throws(UsageError) -> End
 }
 
 private func controlPath(_ arguments: ParsedArguments) throws(UsageError) -> String { try arguments.required("control") }
+
+/// `--huge-pages on|off`: back the region with transparent huge pages where the kernel allows them.
+private func hugePagesChoice(_ arguments: ParsedArguments) throws(UsageError) -> Bool {
+    switch arguments.string("huge-pages", default: "on") {
+    case "on": return true
+    case "off": return false
+    case let other: throw UsageError("--huge-pages \(other): expected on or off")
+    }
+}
 
 /// `--base`: the region's fixed address, in hex.
 private func regionBase(_ arguments: ParsedArguments) throws(UsageError) -> UInt {
@@ -114,7 +124,7 @@ struct RunCommand: Command {
         } else {
             guard server == nil || kind == .download else { throw UsageError("--source is for the download workload") }
             try agent.ensureVacant()
-            let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size))
+            let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size), hugePages: try hugePagesChoice(arguments))
             let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed, stepsPerSecond: rate)
             let workload: any Workload = if let server {
                 try DownloadWorkload(creating: region, options: options, source: NetworkBlockSource(server: server, seed: seed))
@@ -157,12 +167,15 @@ struct ReceiveCommand: Command {
         let timeout = try streamTimeout(arguments)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw AgentError.listen(error) }
-        var reservation: RegionReservation?
+        let hugePages = try hugePagesChoice(arguments)
+        var memory = DestinationMemory.onArrival(hugePages: hugePages)
         if arguments.string("reserve") != nil {
             let layout = RegionLayout(base: try regionBase(arguments), byteCount: try arguments.bytes("reserve", default: 0))
             printLine("ferry receive: reserving \(layout) (mapping and populating it now)")
-            do { reservation = try RegionReservation(layout: layout) } catch { throw AgentError.region(error) }
-            printLine("ferry receive: reserved \(layout) in \(String(format: "%.3f", reservation!.populateSeconds)) s")
+            let reservation: RegionReservation
+            do { reservation = try RegionReservation(layout: layout, hugePages: hugePages) } catch { throw AgentError.region(error) }
+            memory = .reserved(reservation)
+            printLine("ferry receive: reserved \(layout) in \(String(format: "%.3f", reservation.populateSeconds)) s")
         }
         let agent = MigrationAgent(sharedDirectory: directory, keyPath: keyPath(arguments, sharedDirectory: directory), nextKeyPath: arguments.string("next-key"))
         try agent.serveControl(at: control)
@@ -170,7 +183,7 @@ struct ReceiveCommand: Command {
         agent.receive(
             on: listener, timeoutSeconds: timeout, once: arguments.has("once"),
             workloads: ShippedWorkloads.receivable(sharedDirectory: directory, blockServer: try blockServer(arguments)),
-            reservation: reservation
+            memory: memory
         ) { printLine("ferry receive: \($0)") }
         return serveUntilFinished(agent, control: control, command: "receive")
     }

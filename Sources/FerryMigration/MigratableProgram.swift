@@ -85,9 +85,9 @@ public final class MigratableProgram: Sendable {
         try validate(options)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw .listen(error) }
-        var reservation: RegionReservation?
+        var memory = DestinationMemory.onArrival(hugePages: true)
         if options.reserve > 0 {
-            do { reservation = try RegionReservation(layout: RegionLayout(base: options.base, byteCount: options.reserve)) } catch { throw .region(error) }
+            do { memory = .reserved(try RegionReservation(layout: RegionLayout(base: options.base, byteCount: options.reserve))) } catch { throw .region(error) }
         }
         let agent = MigrationAgent(sharedDirectory: options.sharedDirectory, keyPath: options.keyPath, nextKeyPath: options.nextKeyPath)
         try agent.serveControl(at: options.control)
@@ -95,7 +95,7 @@ public final class MigratableProgram: Sendable {
         let workloads = ReceivableWorkloads(
             names: [name], attach: { region in try EmbeddedWorkload(attaching: region, name: name) },
             run: { WorkloadHost(program: $0) })
-        agent.receive(on: listener, timeoutSeconds: options.timeoutSeconds, once: false, workloads: workloads, reservation: reservation) { message in
+        agent.receive(on: listener, timeoutSeconds: options.timeoutSeconds, once: false, workloads: workloads, memory: memory) { message in
             FileHandle.standardError.write(Data("ferry receive (\(name)): \(message)\n".utf8))
         }
         guard agent.waitUntilRunningOrFinished() == .running, let host = agent.host else {

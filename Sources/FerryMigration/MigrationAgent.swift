@@ -242,14 +242,14 @@ public final class MigrationAgent: Sendable {
     /// (`waitUntilRunningOrFinished` tells when). A failed attempt is logged and the next one awaited, unless
     /// `once`: then the agent finishes, failed.
     ///
-    /// With a `reservation` (a standby destination), a region that fits it is received into the memory
+    /// With `.reserved` memory (a standby destination), a region that fits it is received into the memory
     /// populated beforehand; an attempt that took it and failed is followed by a fresh reservation.
     public func receive(
         on listener: Listener, timeoutSeconds: Double, once: Bool, workloads: ReceivableWorkloads,
-        reservation: RegionReservation? = nil, log: @escaping @Sendable (String) -> Void
+        memory: DestinationMemory = .onArrival(hugePages: true), log: @escaping @Sendable (String) -> Void
     ) {
         let acceptor = Thread { [self] in
-            var standby = reservation
+            var memory = memory
             while role == .waiting {
                 do {
                     let connection = try listener.accept(connectionTimeoutSeconds: timeoutSeconds)
@@ -268,19 +268,20 @@ public final class MigrationAgent: Sendable {
                         }
                         let received = try MigrationDestination.receive(
                             on: connection, sharedDirectory: sharedDirectory, keys: keys, workloads: workloads,
-                            reservation: standby, log: log)
+                            memory: memory, log: log)
                         // `ferry stop` may have ended the wait meanwhile: then nobody else runs what we claimed.
                         adopt(received.host, generation: received.generation)
                         return
                     } catch {
                         log("migration from \(connection.peer) failed: \(error)")
-                        if let used = standby, !used.isAvailable, !once {
+                        if case .reserved(let used) = memory, !used.isAvailable, !once {
                             // The failed attempt's region is unmapped by now: reserve the same memory again.
                             do {
-                                standby = try RegionReservation(layout: used.layout)
-                                log("reserved \(used.layout) again, populated in \(String(format: "%.3f", standby!.populateSeconds)) s")
+                                let again = try RegionReservation(layout: used.layout, hugePages: used.hugePages)
+                                memory = .reserved(again)
+                                log("reserved \(used.layout) again, populated in \(String(format: "%.3f", again.populateSeconds)) s")
                             } catch {
-                                standby = nil
+                                memory = .onArrival(hugePages: used.hugePages)
                                 log("cannot reserve \(used.layout) again (\(error)); the next migration maps its region when it arrives")
                             }
                         }

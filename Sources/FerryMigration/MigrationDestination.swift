@@ -30,6 +30,16 @@ public struct ReceivableWorkloads: Sendable {
     }
 }
 
+/// Where a destination's region comes from.
+public enum DestinationMemory: Sendable {
+    /// Mapped when the hello is accepted, then populated by a `RegionPopulator` running ahead of the stream
+    /// (a page frame waits only where it catches up); `hugePages`: backed by transparent huge pages where
+    /// the kernel allows them.
+    case onArrival(hugePages: Bool)
+    /// Taken from a standby reservation made before any migration arrived: nothing is left to set up.
+    case reserved(RegionReservation)
+}
+
 /// The destination side: checks a source's hello, rebuilds the region at the same address from the
 /// stream, proves it matches, and takes the workload over at the ownership commit.
 public enum MigrationDestination {
@@ -44,13 +54,10 @@ public enum MigrationDestination {
 
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
     /// refusal or failure, after which nothing of the attempt remains mapped here.
-    ///
-    /// Without a `reservation`, the region is mapped when the hello is accepted and populated by a
-    /// `RegionPopulator` running ahead of the stream (a page frame waits only where it catches up); with one,
-    /// the standby memory is taken and nothing is left to set up.
+    /// `memory` says where the region comes from.
     public static func receive(
         on connection: Connection, sharedDirectory: String, keys: [PresharedKey], workloads: ReceivableWorkloads,
-        reservation: RegionReservation? = nil, log: @Sendable (String) -> Void
+        memory: DestinationMemory = .onArrival(hugePages: true), log: @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
         let encryption: StreamEncryption
@@ -69,7 +76,7 @@ public enum MigrationDestination {
         let setupStart = ContinuousClock.now
         let region: MigratableRegion
         do {
-            region = try check(hello, sharedDirectory: sharedDirectory, workloads: workloads.names, reservation: reservation)
+            region = try check(hello, sharedDirectory: sharedDirectory, workloads: workloads.names, memory: memory)
         } catch let refusal as Refusal {
             log("refused \(connection.peer): \(refusal.reason)")
             try? connection.send(.helloReply(.refused(refusal)))
@@ -91,7 +98,7 @@ public enum MigrationDestination {
         }
         let setupSeconds = (ContinuousClock.now - setupStart).secondsValue
         try connection.send(.helloReply(.accepted(setupSeconds: setupSeconds)))
-        log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), \(reservation == nil ? "mapped" : "taken from the reservation") in \(String(format: "%.3f", setupSeconds)) s; stream \(encryption == .none ? "plain, not encrypted" : "sealed, \(encryption)")")
+        log("accepted \(hello.workloadName) from \(connection.peer): \(ByteCount(Int(hello.regionSize))) at 0x\(String(hello.regionBase, radix: 16)), \(region.populateSeconds == nil ? "mapped" : "taken from the reservation") in \(String(format: "%.3f", setupSeconds)) s; stream \(encryption == .none ? "plain, not encrypted" : "sealed, \(encryption)")")
 
         let range = region.range
         // Until the full copy ends, every page is fresh (zero) and arrives exactly once: zero ranges need no writing.
@@ -198,7 +205,7 @@ public enum MigrationDestination {
 
     /// The resource check of DESIGN §3.3 step 1. On success the region is mapped (or taken from the
     /// reservation); populating a fresh mapping is the caller's.
-    static func check(_ hello: Hello, sharedDirectory: String, workloads: [String], reservation: RegionReservation?) throws -> MigratableRegion {
+    static func check(_ hello: Hello, sharedDirectory: String, workloads: [String], memory: DestinationMemory) throws -> MigratableRegion {
         guard hello.protocolVersion == wireProtocolVersion else {
             throw Refusal(code: .protocolVersion, reason: "protocol version \(hello.protocolVersion) is not \(wireProtocolVersion); run the same ferry build on both hosts")
         }
@@ -222,7 +229,10 @@ public enum MigrationDestination {
             throw Refusal(code: .sharedMount, reason: "the source's token \(hello.sharedMountToken) is not in \(sharedDirectory) here: both hosts must mount the same shared directory (pass the same mount to --shared-dir)")
         }
         let layout = RegionLayout(base: UInt(hello.regionBase), byteCount: Int(hello.regionSize))
-        if let reservation {
+        let hugePages: Bool
+        switch memory {
+        case .onArrival(let huge): hugePages = huge
+        case .reserved(let reservation):
             do {
                 return try reservation.take(for: layout)
             } catch {
@@ -234,7 +244,7 @@ public enum MigrationDestination {
             throw Refusal(code: .memory, reason: "the region needs \(ByteCount(Int(hello.regionSize))) but only \(ByteCount(available)) is available here; free memory or pick a larger host")
         }
         do {
-            return try MigratableRegion.reserve(layout: layout, populate: false)
+            return try MigratableRegion.reserve(layout: layout, populate: false, hugePages: hugePages)
         } catch .addressInUse {
             throw Refusal(code: .address, reason: "the address range \(layout) is already in use in the receiving process; start the workload with another --base, or restart 'ferry receive'")
         } catch {

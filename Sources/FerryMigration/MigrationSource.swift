@@ -447,29 +447,32 @@ public final class MigrationSource: Sendable {
             zeroPages += count
             reachPhase()
         }
-        for run in pages.runs {
-            if allPages != nil { try sendZero(cursor, run.first - cursor) }
-            cursor = run.end
-            var page = run.first
-            while page < run.end {
-                // Group consecutive pages of the same kind (zero or not), at most a frame's worth.
-                let isZero = Self.isZero(range, page: page)
-                var end = page + 1
-                while end < run.end && end - page < Self.pagesPerFrame && Self.isZero(range, page: end) == isZero { end += 1 }
-                if isZero {
-                    try sendZero(page, end - page)
-                } else {
-                    try link.sendPages(of: range, first: page, count: end - page)
-                    dataPages += end - page
-                    reachPhase()
+        // Scattered pages go out gathered: a copy each, not a write and a sealed record each.
+        try link.batched {
+            for run in pages.runs {
+                if allPages != nil { try sendZero(cursor, run.first - cursor) }
+                cursor = run.end
+                var page = run.first
+                while page < run.end {
+                    // Group consecutive pages of the same kind (zero or not), at most a frame's worth.
+                    let isZero = Self.isZero(range, page: page)
+                    var end = page + 1
+                    while end < run.end && end - page < Self.pagesPerFrame && Self.isZero(range, page: end) == isZero { end += 1 }
+                    if isZero {
+                        try sendZero(page, end - page)
+                    } else {
+                        try link.sendPages(of: range, first: page, count: end - page)
+                        dataPages += end - page
+                        reachPhase()
+                    }
+                    page = end
                 }
-                page = end
             }
+            if let allPages { try sendZero(cursor, allPages - cursor) }
+            reachPhase()
+            let summary = RoundSummary(round: UInt32(number), pages: UInt64(dataPages), zeroPages: UInt64(zeroPages), bytes: UInt64(dataPages * range.pageSize), final: final)
+            try link.send(.roundEnd(summary))
         }
-        if let allPages { try sendZero(cursor, allPages - cursor) }
-        reachPhase()
-        let summary = RoundSummary(round: UInt32(number), pages: UInt64(dataPages), zeroPages: UInt64(zeroPages), bytes: UInt64(dataPages * range.pageSize), final: final)
-        try link.send(.roundEnd(summary))
         switch try link.receive(while: "waiting for round \(number) to be applied") {
         case .roundAck(let acknowledged) where acknowledged == UInt32(number): break
         case .abort(let reason): throw MigrationError.aborted("the destination: \(reason)")

@@ -63,11 +63,11 @@ public final class MigratableRegion: Sendable {
 
     private let mapping: AnonymousMapping
 
-    private convenience init(layout: RegionLayout, populate: Bool) throws(RegionError) {
+    private convenience init(layout: RegionLayout, populate: Bool, hugePages: Bool) throws(RegionError) {
         try layout.validate()
         let mapping: AnonymousMapping
         do {
-            mapping = try AnonymousMapping(byteCount: layout.byteCount, at: layout.base)
+            mapping = try AnonymousMapping(byteCount: layout.byteCount, at: layout.base, hugePages: hugePages)
         } catch {
             if error.errno == .exists { throw .addressInUse(base: layout.base, size: layout.byteCount) }
             throw .mapFailed(error)
@@ -90,15 +90,16 @@ public final class MigratableRegion: Sendable {
         self.populateSeconds = populateSeconds
     }
 
-    /// Maps a fresh, zeroed region for a workload to be created in (the source's side).
+    /// Maps a fresh, zeroed region for a workload to be created in (the source's side); with `hugePages`,
+    /// backed by transparent huge pages where the kernel allows them (`TransparentHugePages.isAvailable`).
     ///
     /// A region larger than the memory this host can give it (`Kernel.availableMemory()`, less a 64 MiB
     /// margin) is refused before anything is mapped: it would only grow until the OOM killer ends the process.
     /// - Throws: `RegionError.insufficientMemory` with the figures, `.addressInUse` when anything is mapped in
     ///   the way, `.invalidLayout`, `.mapFailed`.
-    public static func create(layout: RegionLayout) throws(RegionError) -> MigratableRegion {
+    public static func create(layout: RegionLayout, hugePages: Bool = true) throws(RegionError) -> MigratableRegion {
         try checkMemory(for: layout.byteCount)
-        return try MigratableRegion(layout: layout, populate: false)
+        return try MigratableRegion(layout: layout, populate: false, hugePages: hugePages)
     }
 
     /// Memory kept free beside a region, for the process itself.
@@ -118,10 +119,15 @@ public final class MigratableRegion: Sendable {
     ///   so the incoming stream writes into memory that is already there; the time it took is
     ///   `populateSeconds`. A destination that streams while it populates passes `false` and runs a
     ///   `RegionPopulator` instead.
+    /// - Parameter hugePages: back it with transparent huge pages where the kernel allows them.
     /// - Throws: `RegionError.addressInUse`, `.invalidLayout`, `.mapFailed`, `.populateFailed`.
-    public static func reserve(layout: RegionLayout, populate: Bool) throws(RegionError) -> MigratableRegion {
-        try MigratableRegion(layout: layout, populate: populate)
+    public static func reserve(layout: RegionLayout, populate: Bool, hugePages: Bool = true) throws(RegionError) -> MigratableRegion {
+        try MigratableRegion(layout: layout, populate: populate, hugePages: hugePages)
     }
+
+    /// Whether the region was advised to be backed by transparent huge pages (asked for, and the kernel
+    /// allows them). Tracking stays exact per base page either way: a written huge page is split.
+    public var hugePagesAdvised: Bool { mapping.hugePagesAdvised }
 
     /// A pointer to the first byte; valid while the region lives.
     public var baseAddress: UnsafeMutableRawPointer { range.baseAddress }

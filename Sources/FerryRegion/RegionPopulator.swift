@@ -43,7 +43,9 @@ public final class RegionPopulator: Sendable {
         var stopped: Bool { running == 0 }
     }
 
-    private let region: MigratableRegion
+    private let range: MemoryRange
+    /// Keeps the memory mapped while a thread still populates it.
+    private let owner: MigratableRegion?
     private let chunkBytes: Int
     private let state: Mutex<State>
     private let finished = DispatchSemaphore(value: 0)
@@ -53,12 +55,20 @@ public final class RegionPopulator: Sendable {
     /// small chunks let a writer start sooner and `cancel` return sooner). Each thread takes the next chunk
     /// from the front, so the populated front advances in order (nil threads: one per core). More than one thread pays on a VM, where
     /// the host's own faults behind a first touch run in parallel.
-    public init(region: MigratableRegion, threads: Int? = nil, chunkBytes: Int = 4 << 20) {
-        self.region = region
-        let chunk = Swift.max(region.range.pageSize, chunkBytes / region.range.pageSize * region.range.pageSize)
+    public convenience init(region: MigratableRegion, threads: Int? = nil, chunkBytes: Int = 4 << 20) {
+        self.init(range: region.range, owner: region, threads: threads, chunkBytes: chunkBytes)
+    }
+
+    /// Populates memory that `owner` keeps mapped; without an owner, the caller must keep it mapped until
+    /// `cancel()` returned.
+    init(range: MemoryRange, owner: MigratableRegion?, threads: Int? = nil, chunkBytes: Int = 4 << 20) {
+        self.range = range
+        self.owner = owner
+        let pageSize = range.pageSize
+        let chunk = Swift.max(pageSize, chunkBytes / pageSize * pageSize)
         self.chunkBytes = chunk
         let threads = Swift.max(1, threads ?? ProcessInfo.processInfo.activeProcessorCount)
-        state = Mutex(State(done: [Bool](repeating: false, count: (region.range.byteCount + chunk - 1) / chunk), running: threads))
+        state = Mutex(State(done: [Bool](repeating: false, count: (range.byteCount + chunk - 1) / chunk), running: threads))
         for index in 0..<threads {
             let thread = Thread { [self] in run() }
             thread.name = "ferry-populate-\(index)"
@@ -99,13 +109,13 @@ public final class RegionPopulator: Sendable {
     public var summary: Summary {
         state.withLock {
             Summary(populatedBytes: $0.populated, seconds: $0.seconds, waitedSeconds: $0.waited,
-                    complete: $0.populated >= region.range.byteCount, error: $0.error)
+                    complete: $0.populated >= range.byteCount, error: $0.error)
         }
     }
 
     /// One thread's loop: take the next chunk, populate it, mark it done and advance the front.
     private func run() {
-        let total = region.range.byteCount
+        let total = range.byteCount
         while let chunk = state.withLock({ state -> Int? in
             guard !state.cancelRequested, state.error == nil, state.nextChunk < state.done.count else { return nil }
             defer { state.nextChunk += 1 }
@@ -114,7 +124,7 @@ public final class RegionPopulator: Sendable {
             let offset = chunk * chunkBytes
             let count = Swift.min(chunkBytes, total - offset)
             do {
-                try MigratableRegion.populate(region.bytes, offset: offset, count: count)
+                try MigratableRegion.populate(RegionBytes(range), offset: offset, count: count)
             } catch {
                 state.withLock { $0.error = error }
                 break

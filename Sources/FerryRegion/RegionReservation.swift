@@ -12,26 +12,32 @@ public final class RegionReservation: Sendable {
     public let layout: RegionLayout
     /// Seconds the populating took (spent before any migration).
     public let populateSeconds: Double
+    /// Whether huge pages were asked for (a reservation made again asks the same).
+    public let hugePages: Bool
 
     private let mapping: Mutex<AnonymousMapping?>
 
-    /// Maps and populates `layout` now.
+    /// Maps and populates `layout` now (with transparent huge pages where the kernel allows them, when asked).
     /// - Throws: `RegionError.insufficientMemory` when the host cannot give it, `.addressInUse`,
     ///   `.invalidLayout`, `.mapFailed`, `.populateFailed`.
-    public init(layout: RegionLayout) throws(RegionError) {
+    public init(layout: RegionLayout, hugePages: Bool = true) throws(RegionError) {
         try layout.validate()
         try MigratableRegion.checkMemory(for: layout.byteCount)
         let mapped: AnonymousMapping
         do {
-            mapped = try AnonymousMapping(byteCount: layout.byteCount, at: layout.base)
+            mapped = try AnonymousMapping(byteCount: layout.byteCount, at: layout.base, hugePages: hugePages)
         } catch {
             if error.errno == .exists { throw .addressInUse(base: layout.base, size: layout.byteCount) }
             throw .mapFailed(error)
         }
-        let started = ContinuousClock.now
-        try MigratableRegion.populate(RegionBytes(mapped.range), offset: 0, count: mapped.range.byteCount)
-        populateSeconds = (ContinuousClock.now - started).secondsValue
+        // On all cores, as a destination populates alongside a stream (the mapping outlives the threads).
+        let populator = RegionPopulator(range: mapped.range, owner: nil)
+        populator.wait(untilPopulated: mapped.range.byteCount)
+        let done = populator.cancel()
+        if let error = done.error { throw error }
+        populateSeconds = done.seconds
         self.layout = layout
+        self.hugePages = hugePages
         self.mapping = Mutex(mapped)
     }
 

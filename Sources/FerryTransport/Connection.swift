@@ -21,6 +21,8 @@ public final class Connection: Sendable {
     private let sealing = Mutex<(send: SealingDirection?, receive: SealingDirection?)>((nil, nil))
     /// Seconds a read may wait for the next byte before the peer counts as stalled.
     public let timeoutSeconds: Double
+    /// Small sends gathered into one write while a batch is open (`batched`).
+    private let gathered = GatheredSends()
 
     init(socket: CInt, peer: String, maximumBytesPerSecond: Double?, timeoutSeconds: Double) {
         self.socket = socket
@@ -90,20 +92,62 @@ public final class Connection: Sendable {
 
     // MARK: Frames
 
-    /// Sends one frame.
+    /// Sends one frame (gathered with the next ones inside `batched`).
     public func send(_ frame: Frame) throws(TransportError) {
         let bytes = FrameCodec.encode(frame)
-        try withBytes(bytes) { buffer throws(TransportError) in try sendAll([buffer], what: "sending \(FrameCodec.name(ofType: frame.typeCode))") }
+        try withBytes(bytes) { buffer throws(TransportError) in try sendPieces([buffer], what: "sending \(FrameCodec.name(ofType: frame.typeCode))") }
     }
 
-    /// Sends the pages `first..<first+count` of `range`: a `pageData` header, then the bytes straight from memory.
+    /// Sends the pages `first..<first+count` of `range`: a `pageData` header, then the bytes straight from
+    /// memory (a few pages inside `batched` are copied into the gathered write instead).
     public func sendPages(of range: MemoryRange, first: Int, count: Int) throws(TransportError) {
         precondition(first >= 0 && count > 0 && first + count <= range.pageCount, "pages outside the region")
         var header: [UInt8] = []
         header.reserveCapacity(FrameCodec.headerSize + 12)
         FrameCodec.encode(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), into: &header)
         let bytes = UnsafeRawBufferPointer(start: range.baseAddress + first * range.pageSize, count: count * range.pageSize)
-        try withBytes(header) { headerBytes throws(TransportError) in try sendAll([headerBytes, bytes], what: "sending pages") }
+        try withBytes(header) { headerBytes throws(TransportError) in try sendPieces([headerBytes, bytes], what: "sending pages") }
+    }
+
+    /// Runs `body`, gathering the small frames it sends (a frame with a few pages, a zero range, a round's
+    /// end) into writes of up to 256 KiB, each one sealed record: scattered pages cost a copy each instead of
+    /// a syscall and a record each. Large page frames still go straight from memory. Everything is on the
+    /// wire when it returns; one thread sends on a connection at a time.
+    public func batched<Result>(_ body: () throws -> Result) throws -> Result {
+        gathered.depth += 1
+        let result: Result
+        do {
+            result = try body()
+        } catch {
+            gathered.depth -= 1
+            if gathered.depth == 0 { try? flushGathered() }
+            throw error
+        }
+        gathered.depth -= 1
+        if gathered.depth == 0 { try flushGathered() }
+        return result
+    }
+
+    /// Sends `pieces` in order: gathered while a batch is open and they are small, else at once.
+    private func sendPieces(_ pieces: [UnsafeRawBufferPointer], what: String) throws(TransportError) {
+        let total = pieces.reduce(0) { $0 + $1.count }
+        guard gathered.depth > 0, total <= GatheredSends.largestGathered else {
+            try flushGathered()
+            return try sendAll(pieces, what: what)
+        }
+        if gathered.count + total > gathered.buffer.count { try flushGathered() }
+        for piece in pieces where piece.count > 0 {
+            (gathered.buffer.baseAddress! + gathered.count).copyMemory(from: piece.baseAddress!, byteCount: piece.count)
+            gathered.count += piece.count
+        }
+    }
+
+    /// Writes what was gathered (one sealed record when sealed).
+    private func flushGathered() throws(TransportError) {
+        guard gathered.count > 0 else { return }
+        let pending = UnsafeRawBufferPointer(start: gathered.buffer.baseAddress, count: gathered.count)
+        gathered.count = 0
+        try sendAll([pending], what: "sending gathered frames")
     }
 
     /// Receives the next frame, waiting at most the connection's timeout for each byte.
@@ -300,6 +344,19 @@ public final class Connection: Sendable {
         }
         counters.withLock { $0.received += buffer.count }
     }
+}
+
+/// The buffer `batched` gathers small sends in. Used by the one thread sending on the connection.
+final class GatheredSends: @unchecked Sendable {
+    /// At most one sealed record's plaintext, so a flush is one record.
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SealedRecord.maximumPlaintext, alignment: 64)
+    var count = 0
+    /// Nesting of `batched` calls; gathering happens while above 0.
+    var depth = 0
+    /// Sends larger than this go straight from memory (16 pages and a header).
+    static let largestGathered = 64 << 10 + 64
+
+    deinit { buffer.deallocate() }
 }
 
 /// A token bucket: at most `bytesPerSecond` on average, bursts of up to 64 KiB or 10 ms of traffic.
