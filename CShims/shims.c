@@ -17,6 +17,9 @@ const unsigned long CShims_UFFDIO_API = UFFDIO_API;
 const unsigned long CShims_UFFDIO_REGISTER = UFFDIO_REGISTER;
 const unsigned long CShims_UFFDIO_UNREGISTER = UFFDIO_UNREGISTER;
 const unsigned long CShims_UFFDIO_WRITEPROTECT = UFFDIO_WRITEPROTECT;
+const unsigned long CShims_UFFDIO_COPY = UFFDIO_COPY;
+const unsigned long CShims_UFFDIO_ZEROPAGE = UFFDIO_ZEROPAGE;
+const unsigned long CShims_UFFDIO_WAKE = UFFDIO_WAKE;
 const unsigned long CShims_PAGEMAP_SCAN = PAGEMAP_SCAN;
 const unsigned long long CShims_UFFDIO_WRITEPROTECT_AVAILABLE = (1ULL << _UFFDIO_WRITEPROTECT);
 
@@ -217,6 +220,63 @@ int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, u
             __atomic_fetch_add(&counters[1], 1, __ATOMIC_ACQ_REL);  // resolved: the bit is set
         }
     }
+}
+
+// MARK: - Missing-page faults
+
+int CShims_uffd_next_fault(int uffd, int stop_fd, uint64_t *address) {
+    struct pollfd fds[2] = {{.fd = uffd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        if (fds[1].revents) return 0;
+        if (fds[0].revents & (POLLERR | POLLHUP)) {
+            errno = EPIPE;
+            return -1;
+        }
+        struct uffd_msg message;
+        ssize_t got = read(uffd, &message, sizeof message);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EINTR) continue;
+            return -1;
+        }
+        if (got != sizeof message || message.event != UFFD_EVENT_PAGEFAULT) continue;
+        *address = message.arg.pagefault.address;
+        return 1;
+    }
+}
+
+int CShims_uffd_copy(int uffd, uintptr_t destination, const void *source, size_t length) {
+    struct uffdio_copy copy = {.dst = destination, .src = (uintptr_t)source, .len = length, .mode = 0};
+    while (ioctl(uffd, UFFDIO_COPY, &copy) != 0) {
+        if (errno == EAGAIN && copy.copy > 0 && (size_t)copy.copy < length) {
+            // Partly done: go on with the rest.
+            copy.dst += (uint64_t)copy.copy;
+            copy.src += (uint64_t)copy.copy;
+            copy.len -= (uint64_t)copy.copy;
+            copy.copy = 0;
+            continue;
+        }
+        if (errno == EINTR || errno == EAGAIN) continue;
+        return -errno;
+    }
+    return 0;
+}
+
+int CShims_uffd_zeropage(int uffd, uintptr_t destination, size_t length) {
+    struct uffdio_zeropage zero = {.range = {.start = destination, .len = length}, .mode = 0};
+    while (ioctl(uffd, UFFDIO_ZEROPAGE, &zero) != 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        return -errno;
+    }
+    return 0;
+}
+
+int CShims_uffd_wake(int uffd, uintptr_t start, size_t length) {
+    struct uffdio_range range = {.start = start, .len = length};
+    return ioctl(uffd, UFFDIO_WAKE, &range) == 0 ? 0 : -errno;
 }
 
 // MARK: - Loaded objects and personality (ProcessImage in FerrySystem)

@@ -5,7 +5,8 @@
 // - HMAC-SHA-256, constant-time comparison and random bytes from the system libcrypto (OpenSSL 3), for
 //   the peer authentication of FerryAuth (the OpenSSL headers stay in crypto.c, out of this header);
 // - the two fault handlers of the write trackers (the SIGSEGV handler of the mprotect backend and the
-//   handler loop of the synchronous userfaultfd backend), which must be C: async-signal-safe and lock-free.
+//   handler loop of the synchronous userfaultfd backend), which must be C: async-signal-safe and lock-free;
+// - the region digest's page hash (digest.c), which needs SIMD intrinsics and run-time CPU dispatch.
 //
 // Rule (as in swift-subprocess's shims): a wrapper returns the libc result unchanged and leaves errno
 // alone. Error mapping, allocation and policy live in Swift.
@@ -79,6 +80,9 @@ extern const unsigned long CShims_UFFDIO_API;
 extern const unsigned long CShims_UFFDIO_REGISTER;
 extern const unsigned long CShims_UFFDIO_UNREGISTER;
 extern const unsigned long CShims_UFFDIO_WRITEPROTECT;
+extern const unsigned long CShims_UFFDIO_COPY;
+extern const unsigned long CShims_UFFDIO_ZEROPAGE;
+extern const unsigned long CShims_UFFDIO_WAKE;
 extern const unsigned long CShims_PAGEMAP_SCAN;
 /// Bit of `uffdio_register.ioctls` saying UFFDIO_WRITEPROTECT is available on the registered range.
 extern const unsigned long long CShims_UFFDIO_WRITEPROTECT_AVAILABLE;
@@ -151,6 +155,23 @@ uint64_t CShims_segv_fault_count(int slot);
 int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
                          uint64_t *bitmap, uint64_t *counters);
 
+// MARK: - Missing-page faults (post-copy destination)
+
+/// Waits for the next missing-page fault of `uffd` until `stop_fd` becomes readable. Returns 1 with the
+/// faulting address in `*address`, 0 when stopped, -1 with errno when a call failed.
+int CShims_uffd_next_fault(int uffd, int stop_fd, uint64_t *address);
+
+/// Installs `length` bytes from `source` at `destination` atomically (`UFFDIO_COPY`) and wakes the threads
+/// blocked there. Returns 0, or -errno: -EEXIST when a page there is already present (nothing is changed
+/// then; the caller wakes the waiters with `CShims_uffd_wake`).
+int CShims_uffd_copy(int uffd, uintptr_t destination, const void *source, size_t length);
+
+/// Installs zero pages at `destination` (`UFFDIO_ZEROPAGE`) and wakes the waiters; 0 or -errno as above.
+int CShims_uffd_zeropage(int uffd, uintptr_t destination, size_t length);
+
+/// Wakes the threads blocked on faults in the range (`UFFDIO_WAKE`); 0 or -errno.
+int CShims_uffd_wake(int uffd, uintptr_t start, size_t length);
+
 // MARK: - Authentication (libcrypto, in crypto.c)
 
 /// HMAC-SHA-256 of `data` under `key`, written to `out`: OpenSSL's one-shot `HMAC(EVP_sha256(), ...)`.
@@ -196,6 +217,8 @@ unsigned long CShims_getauxval(unsigned long type);
 
 // AES-256-GCM for sealed frames.
 #include "CShimsAEAD.h"
+// The page hash of the region digest (SIMD, chosen at run time; every path gives the same bits).
+#include "CShimsDigest.h"
 
 // MARK: - Control socket peer and key fingerprint (ControlChannel in FerryMigration, PresharedKey in FerryAuth)
 //

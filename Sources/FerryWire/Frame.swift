@@ -1,7 +1,8 @@
 /// The version of the migration protocol this build speaks; the first field of every ``Hello``.
 ///
-/// Version 2 added the loaded objects (``Hello/images``) and ``Hello/fixedLayout`` at the end of the hello.
-public let wireProtocolVersion: UInt16 = 2
+/// Version 2 added the loaded objects (``Hello/images``) and ``Hello/fixedLayout`` at the end of the hello;
+/// version 3 the post-copy frames (`discardPages`, `postCopy`, `urgentChannel`, `pageRequest`, `pageEnRoute`).
+public let wireProtocolVersion: UInt16 = 3
 
 /// One object loaded in the source process, the executable or a shared library, as the hello reports it.
 ///
@@ -202,6 +203,19 @@ public enum Frame: Hashable, Sendable {
     case abort(reason: String)
     /// Challenge-response authentication; `nonce` and `mac` are at most ``maximumDigestLength`` bytes each.
     case auth(nonce: [UInt8], mac: [UInt8])
+    /// Post-copy: the destination's copies of these pages are stale; it drops them, and they arrive again on
+    /// demand or in the background.
+    case discardPages(firstPage: UInt64, pageCount: UInt64)
+    /// Post-copy switch-over: the source committed `generation` (the record says post-copy); the destination
+    /// runs the workload now and fetches what it lacks. `token` (at most ``maximumDigestLength`` bytes) names
+    /// the urgent channel the source opens next.
+    case postCopy(generation: UInt64, token: [UInt8])
+    /// The first frame on a second connection: it is the urgent channel of the migration `token` names.
+    case urgentChannel(token: [UInt8])
+    /// Post-copy, destination to source on the urgent channel: a thread waits for these pages.
+    case pageRequest(firstPage: UInt64, pageCount: UInt32)
+    /// Post-copy, on the urgent channel: these requested pages were already sent on the background stream.
+    case pageEnRoute(firstPage: UInt64, pageCount: UInt32)
 
     /// The largest frame length (type byte plus body) a peer may send: 1 MiB.
     public static let maximumLength: UInt32 = 1 << 20
@@ -235,6 +249,11 @@ public enum Frame: Hashable, Sendable {
         case .running: .running
         case .abort: .abort
         case .auth: .auth
+        case .discardPages: .discardPages
+        case .postCopy: .postCopy
+        case .urgentChannel: .urgentChannel
+        case .pageRequest: .pageRequest
+        case .pageEnRoute: .pageEnRoute
         }
     }
 }
@@ -253,6 +272,11 @@ enum FrameType: UInt8, CaseIterable {
     case running = 10
     case abort = 11
     case auth = 12
+    case discardPages = 13
+    case postCopy = 14
+    case urgentChannel = 15
+    case pageRequest = 16
+    case pageEnRoute = 17
 
     /// The body size of frames whose body is fixed, nil for variable-size bodies.
     var fixedBodySize: Int? {
@@ -263,7 +287,9 @@ enum FrameType: UInt8, CaseIterable {
         case .roundAck: 4
         case .digestRequest: 0
         case .commit, .running: 8
-        case .hello, .helloReply, .digest, .abort, .auth: nil
+        case .discardPages: 8 + 8
+        case .pageRequest, .pageEnRoute: 8 + 4
+        case .hello, .helloReply, .digest, .abort, .auth, .postCopy, .urgentChannel: nil
         }
     }
 }

@@ -82,6 +82,17 @@ public enum FrameCodec {
         case .auth(let nonce, let mac):
             writer.write(bytes: nonce, limit: Frame.maximumDigestLength)
             writer.write(bytes: mac, limit: Frame.maximumDigestLength)
+        case .discardPages(let firstPage, let pageCount):
+            writer.write(firstPage)
+            writer.write(pageCount)
+        case .postCopy(let generation, let token):
+            writer.write(generation)
+            writer.write(bytes: token, limit: Frame.maximumDigestLength)
+        case .urgentChannel(let token):
+            writer.write(bytes: token, limit: Frame.maximumDigestLength)
+        case .pageRequest(let firstPage, let pageCount), .pageEnRoute(let firstPage, let pageCount):
+            writer.write(firstPage)
+            writer.write(pageCount)
         }
         writer.endFrame(startingAt: start)
     }
@@ -168,6 +179,24 @@ public enum FrameCodec {
                 nonce: try reader.readBytes(field: "auth.nonce", limit: Frame.maximumDigestLength),
                 mac: try reader.readBytes(field: "auth.mac", limit: Frame.maximumDigestLength)
             )
+        case .discardPages:
+            let firstPage = try reader.read(UInt64.self)
+            let pageCount = try reader.read(UInt64.self)
+            try checkPageRange(firstPage: firstPage, pageCount: pageCount, frame: "discardPages")
+            frame = .discardPages(firstPage: firstPage, pageCount: pageCount)
+        case .postCopy:
+            frame = .postCopy(
+                generation: try reader.read(UInt64.self),
+                token: try reader.readBytes(field: "postCopy.token", limit: Frame.maximumDigestLength))
+        case .urgentChannel:
+            frame = .urgentChannel(token: try reader.readBytes(field: "urgentChannel.token", limit: Frame.maximumDigestLength))
+        case .pageRequest, .pageEnRoute:
+            let firstPage = try reader.read(UInt64.self)
+            let pageCount = try reader.read(UInt32.self)
+            let name = kind == .pageRequest ? "pageRequest" : "pageEnRoute"
+            try checkPageRange(firstPage: firstPage, pageCount: UInt64(pageCount), frame: name)
+            frame = kind == .pageRequest
+                ? .pageRequest(firstPage: firstPage, pageCount: pageCount) : .pageEnRoute(firstPage: firstPage, pageCount: pageCount)
         }
         try reader.finish()
         return frame
@@ -189,6 +218,11 @@ public enum FrameCodec {
         case .running: "running"
         case .abort: "abort"
         case .auth: "auth"
+        case .discardPages: "discardPages"
+        case .postCopy: "postCopy"
+        case .urgentChannel: "urgentChannel"
+        case .pageRequest: "pageRequest"
+        case .pageEnRoute: "pageEnRoute"
         case nil: "unknown"
         }
     }

@@ -71,6 +71,14 @@ let sampleFrames: [Frame] = {
         .abort(reason: longReason),
         .auth(nonce: [], mac: []),
         .auth(nonce: fullDigest, mac: fullDigest.reversed()),
+        .discardPages(firstPage: 0, pageCount: 1),
+        .discardPages(firstPage: .max - 1, pageCount: 1),
+        .postCopy(generation: 2, token: []),
+        .postCopy(generation: .max, token: fullDigest),
+        .urgentChannel(token: Array(fullDigest.prefix(16))),
+        .pageRequest(firstPage: 0, pageCount: 1),
+        .pageRequest(firstPage: .max - UInt64(UInt32.max), pageCount: .max),
+        .pageEnRoute(firstPage: 7, pageCount: 3),
     ]
     for code in [Refusal.Code.protocolVersion, .architecture, .pageSize, .address, .sharedMount, .workload,
                  .layoutVersion, .busy, .authentication, .build] {

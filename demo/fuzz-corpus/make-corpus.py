@@ -14,6 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 HELLO, HELLO_REPLY, PAGE_DATA, ZERO_PAGES, ROUND_END, ROUND_ACK = 1, 2, 3, 4, 5, 6
 DIGEST_REQUEST, DIGEST, COMMIT, RUNNING, ABORT, AUTH = 7, 8, 9, 10, 11, 12
+DISCARD_PAGES, POST_COPY, URGENT_CHANNEL, PAGE_REQUEST, PAGE_EN_ROUTE = 13, 14, 15, 16, 17  # protocol 3
 
 
 def u8(v): return struct.pack(">B", v)
@@ -49,7 +50,7 @@ def hello_v1_body(version, build, arch, page, base, size, workload, layout, toke
             + u8(1 if audit else 0))
 
 
-def hello(version=2, build="ferry 0.1 (git abc123)", arch="x86_64", page=4096, base=0x7F0000000000,
+def hello(version=3, build="ferry 0.1 (git abc123)", arch="x86_64", page=4096, base=0x7F0000000000,
           size=1 << 30, workload="hotset", layout=1, token="ferry-token-1f2e", value="c0ffee", generation=7, audit=False,
           images=IMAGES, fixed=False):
     """A hello of the version 2 layout: the version 1 fields, then u16 image count | images | u8 fixedLayout."""
@@ -77,7 +78,7 @@ seeds = {
                               images=[("é" * 512, bytes(range(64)), MAX64), ("/" * 1024, b"", 0), ("", b"\x01", 1)],
                               fixed=True),
     # Another version in this layout decodes (the destination refuses it by its version).
-    "hello-version-3": hello(version=3),
+    "hello-version-4": hello(version=4),
     "hello-reply-accepted": frame(HELLO_REPLY, u8(0) + f64(0.25)),
     "hello-reply-accepted-zero": frame(HELLO_REPLY, u8(0) + f64(0.0)),
     "hello-reply-refused-memory": frame(HELLO_REPLY, u8(1) + u16(4)
@@ -105,6 +106,11 @@ seeds = {
     "auth-response": frame(AUTH, blob(nonce) + blob(mac)),
     "auth-confirm": frame(AUTH, blob(b"") + blob(mac)),
     "auth-empty": frame(AUTH, blob(b"") + blob(b"")),
+    "discard-pages": frame(DISCARD_PAGES, u64(0) + u64(262144)),
+    "post-copy": frame(POST_COPY, u64(2) + blob(bytes(range(16)))),
+    "urgent-channel": frame(URGENT_CHANNEL, blob(bytes(range(16)))),
+    "page-request": frame(PAGE_REQUEST, u64(4242) + u32(1)),
+    "page-en-route": frame(PAGE_EN_ROUTE, u64(4242) + u32(1)),
     # Streams of several frames, as a migration sends them.
     "stream-handshake": frame(AUTH, blob(nonce) + blob(b"")) + frame(AUTH, blob(nonce) + blob(mac)) + hello(),
     "stream-round": frame(PAGE_DATA, u64(0) + u32(1)) + frame(ZERO_PAGES, u64(1) + u64(7))
@@ -121,6 +127,7 @@ seeds = {
     "bad-bool": frame(ROUND_END, u32(0) + u64(0) + u64(0) + u64(0) + u8(2)),
     "bad-page-count-zero": frame(ZERO_PAGES, u64(5) + u64(0)),
     "bad-page-overflow": frame(PAGE_DATA, u64(MAX64) + u32(1)),
+    "bad-page-request-zero": frame(PAGE_REQUEST, u64(1) + u32(0)),
     "bad-nonce-too-long": frame(AUTH, blob(bytes(65)) + blob(b"")),
     "bad-setup-nan": frame(HELLO_REPLY, u8(0) + f64(float("nan"))),
     "bad-refusal-code": frame(HELLO_REPLY, u8(1) + u16(99) + string("x")),
