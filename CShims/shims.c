@@ -248,20 +248,23 @@ int CShims_uffd_next_fault(int uffd, int stop_fd, uint64_t *address) {
     }
 }
 
-int CShims_uffd_copy(int uffd, uintptr_t destination, const void *source, size_t length) {
+int CShims_uffd_copy(int uffd, uintptr_t destination, const void *source, size_t length, size_t *copied) {
     struct uffdio_copy copy = {.dst = destination, .src = (uintptr_t)source, .len = length, .mode = 0};
+    *copied = 0;
     while (ioctl(uffd, UFFDIO_COPY, &copy) != 0) {
-        if (errno == EAGAIN && copy.copy > 0 && (size_t)copy.copy < length) {
-            // Partly done: go on with the rest.
+        int error = errno;
+        if (copy.copy > 0) {
+            // Partly done before the error: count it, and go on with the rest if the error allows.
+            *copied += (size_t)copy.copy;
             copy.dst += (uint64_t)copy.copy;
             copy.src += (uint64_t)copy.copy;
             copy.len -= (uint64_t)copy.copy;
-            copy.copy = 0;
-            continue;
         }
-        if (errno == EINTR || errno == EAGAIN) continue;
-        return -errno;
+        copy.copy = 0;
+        if (error == EINTR || error == EAGAIN) continue;
+        return -error;
     }
+    *copied = length;
     return 0;
 }
 

@@ -161,10 +161,11 @@ int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, u
 /// faulting address in `*address`, 0 when stopped, -1 with errno when a call failed.
 int CShims_uffd_next_fault(int uffd, int stop_fd, uint64_t *address);
 
-/// Installs `length` bytes from `source` at `destination` atomically (`UFFDIO_COPY`) and wakes the threads
-/// blocked there. Returns 0, or -errno: -EEXIST when a page there is already present (nothing is changed
-/// then; the caller wakes the waiters with `CShims_uffd_wake`).
-int CShims_uffd_copy(int uffd, uintptr_t destination, const void *source, size_t length);
+/// Installs `length` bytes from `source` at `destination` atomically per page (`UFFDIO_COPY`) and wakes the
+/// threads blocked there. Returns 0, or -errno: -EEXIST when a page there is already present (the pages
+/// before it are installed, `*copied` bytes of them; the present one is left as it is, and the caller wakes
+/// its waiters with `CShims_uffd_wake`).
+int CShims_uffd_copy(int uffd, uintptr_t destination, const void *source, size_t length, size_t *copied);
 
 /// Installs zero pages at `destination` (`UFFDIO_ZEROPAGE`) and wakes the waiters; 0 or -errno as above.
 int CShims_uffd_zeropage(int uffd, uintptr_t destination, size_t length);

@@ -228,3 +228,54 @@ double CFerryBaseline_pagemap_scan_ms(size_t pages, size_t dirty_every) {
     if (found == 0 && pages >= dirty_every) { errno = EIO; return -1; }
     return ms;
 }
+
+// MARK: - Read pass (what a memory-speed digest is measured against)
+
+/// One slice of a read pass and its result.
+struct read_slice {
+    const uint64_t *words;
+    size_t count;
+    uint64_t sum;
+};
+
+/// A plain read of a slice: the sum of its 64-bit words on four accumulators (so the adds do not chain).
+static void *read_slice(void *arg) {
+    struct read_slice *slice = arg;
+    const uint64_t *w = slice->words;
+    uint64_t a = 0, b = 0, c = 0, d = 0;
+    size_t i = 0;
+    for (; i + 4 <= slice->count; i += 4) { a += w[i]; b += w[i + 1]; c += w[i + 2]; d += w[i + 3]; }
+    for (; i < slice->count; i++) a += w[i];
+    slice->sum = a + b + c + d;
+    return NULL;
+}
+
+/// Keeps the sums alive, so the compiler cannot drop the reads.
+static volatile uint64_t read_sink;
+
+double CFerryBaseline_read_pass_seconds(const void *base, size_t bytes, int threads) {
+    enum { MAX_THREADS = 256 };
+    if (threads < 1 || threads > MAX_THREADS || (uintptr_t)base % 8 != 0) { errno = EINVAL; return -1; }
+    struct read_slice slices[MAX_THREADS];
+    pthread_t ids[MAX_THREADS];
+    size_t words = bytes / 8, per = (words + (size_t)threads - 1) / (size_t)threads;
+    for (int t = 0; t < threads; t++) {
+        size_t first = (size_t)t * per < words ? (size_t)t * per : words;
+        size_t end = first + per < words ? first + per : words;
+        slices[t] = (struct read_slice){ .words = (const uint64_t *)base + first, .count = end - first };
+    }
+    double start = now_ns();
+    // Slices 1... on threads of their own, slice 0 on this one (as the digest's concurrentPerform does).
+    int started = 1;
+    for (; started < threads; started++) {
+        if (pthread_create(&ids[started], NULL, read_slice, &slices[started]) != 0) break;
+    }
+    read_slice(&slices[0]);
+    for (int t = 1; t < started; t++) pthread_join(ids[t], NULL);
+    double seconds = (now_ns() - start) / 1e9;
+    if (started < threads) { errno = EAGAIN; return -1; }
+    uint64_t sum = 0;
+    for (int t = 0; t < threads; t++) sum += slices[t].sum;
+    read_sink = sum;
+    return seconds;
+}

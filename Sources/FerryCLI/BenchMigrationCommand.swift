@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CFerryBaseline
 import Foundation
 import FerryMigration
 import FerrySystem
@@ -46,6 +47,12 @@ struct BenchMigrationCommand: Command {
         /// The same pass on `digest_threads` threads (what a migration's strict verify uses).
         let digest_parallel_seconds: Double
         let digest_threads: Int
+        /// A plain C read of the same region (a sum of its words), on one thread and on `digest_threads`:
+        /// the floor a digest pass can reach; the ratios are digest / read pass on as many threads.
+        let read_pass_seconds: Double
+        let read_pass_parallel_seconds: Double
+        let digest_read_ratio: Double
+        let digest_parallel_read_ratio: Double
         let points: [Point]
     }
 
@@ -91,9 +98,13 @@ struct BenchMigrationCommand: Command {
         }
         let threads = RegionDigest.defaultThreads
         let digest = try digestSeconds(size: size, threads: threads)
-        printLine(String(format: "digest of %@ (one pass, medians of 5): one thread %.1f ms, %d threads %.1f ms", ByteCount(size).description,
-                         digest.one * 1000, threads, digest.parallel * 1000))
-        let report = Report(region_bytes: size, digest_seconds: digest.one, digest_parallel_seconds: digest.parallel, digest_threads: threads, points: points)
+        printLine(String(format: "digest of %@ (one pass, medians of 5): one thread %.1f ms (C read pass %.1f ms, %.2fx), %d threads %.1f ms (C read pass %.1f ms, %.2fx)",
+                         ByteCount(size).description, digest.one * 1000, digest.readOne * 1000, digest.one / digest.readOne,
+                         threads, digest.parallel * 1000, digest.readParallel * 1000, digest.parallel / digest.readParallel))
+        let report = Report(region_bytes: size, digest_seconds: digest.one, digest_parallel_seconds: digest.parallel, digest_threads: threads,
+                            read_pass_seconds: digest.readOne, read_pass_parallel_seconds: digest.readParallel,
+                            digest_read_ratio: digest.one / digest.readOne, digest_parallel_read_ratio: digest.parallel / digest.readParallel,
+                            points: points)
         if let path = arguments.string("json") { try JSONReport.write(report, to: path) }
         if let path = arguments.string("svg") {
             try Data(Chart.sweep(points: points, regionBytes: size).utf8).write(to: URL(fileURLWithPath: path))
@@ -104,24 +115,26 @@ struct BenchMigrationCommand: Command {
 }
 
 extension BenchMigrationCommand {
-    /// The median of three digest passes over a populated region of random bytes.
-    /// Median seconds of one digest pass over `size` bytes of random data, on one thread and on `threads`.
-    static func digestSeconds(size: Int, threads: Int) throws -> (one: Double, parallel: Double) {
+    /// Median seconds of one digest pass over `size` bytes of random data, on one thread and on `threads`, and of
+    /// a plain C read pass over the same region on as many threads (CFerryBaseline), alternating, five of each.
+    static func digestSeconds(size: Int, threads: Int) throws -> (one: Double, parallel: Double, readOne: Double, readParallel: Double) {
         let mapping = try AnonymousMapping(byteCount: size, populate: true)
         var random = SplitMix64(seed: 3)
         let words = mapping.range.baseAddress.assumingMemoryBound(to: UInt64.self)
         for index in 0..<(size / 8) { words[index] = random.next() }
-        var one: [Double] = []
-        var parallel: [Double] = []
+        var digest: [Int: [Double]] = [:]
+        var read: [Int: [Double]] = [:]
         for _ in 0..<5 {
-            for count in [1, threads] {
+            for count in Set([1, threads]).sorted() {
+                let seconds = CFerryBaseline_read_pass_seconds(mapping.range.baseAddress, size, Int32(count))
+                guard seconds >= 0 else { throw CommandFailure(status: .failure, message: "the C read pass on \(count) threads failed: \(Errno.current)") }
+                read[count, default: []].append(seconds)
                 let start = ContinuousClock.now
                 _ = RegionDigest.compute(mapping.range, threads: count)
-                let seconds = (ContinuousClock.now - start).secondsValue
-                if count == 1 { one.append(seconds) } else { parallel.append(seconds) }
+                digest[count, default: []].append((ContinuousClock.now - start).secondsValue)
             }
         }
-        return (Statistics.median(one), Statistics.median(parallel))
+        return (Statistics.median(digest[1]!), Statistics.median(digest[threads]!), Statistics.median(read[1]!), Statistics.median(read[threads]!))
     }
 }
 

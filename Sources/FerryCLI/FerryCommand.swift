@@ -7,7 +7,7 @@ import FerryMigration
 public enum FerryCommand {
     static let commands: [any Command.Type] = [
         RunCommand.self, ReceiveCommand.self, MigrateCommand.self, StatusCommand.self, VerifyCommand.self,
-        StopCommand.self, KeygenCommand.self, ServeBlocksCommand.self, DemoCommand.self, BenchTrackingCommand.self, BenchTransferCommand.self, BenchMigrationCommand.self, BenchMoveCommand.self, BenchTCPSinkCommand.self,
+        StopCommand.self, ProbeCommand.self, PlanCommand.self, KeygenCommand.self, ServeBlocksCommand.self, DemoCommand.self, BenchTrackingCommand.self, BenchTransferCommand.self, BenchMigrationCommand.self, BenchMoveCommand.self, BenchTCPSinkCommand.self,
     ]
 
     static var overview: String {

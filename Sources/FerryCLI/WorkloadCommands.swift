@@ -202,7 +202,8 @@ struct MigrateCommand: Command {
         OptionSpec("max-bandwidth", "RATE", "Cap the stream, e.g. 100mbit or 200MB/s."),
         OptionSpec("timeout", "DURATION", "How long a silent destination is waited for before the attempt is abandoned (the workload stays on the source); keep it above the destination's set-up time for the region.", default: "30s"),
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
-        OptionSpec("on-stall", "POLICY", "When it does not converge: force (stop anyway), abort (stay on the source), throttle (slow the workload).", default: "force"),
+        OptionSpec("mode", "MODE", "pre-copy (rounds, then a pause for the last); post-copy (move at once, the pages follow on demand and in the background: a pause of a few ms whatever the workload dirties); hybrid (pre-copy, post-copy if it stalls).", default: "pre-copy"),
+        OptionSpec("on-stall", "POLICY", "When it does not converge: force (stop anyway), abort (stay on the source), throttle (slow the workload), post-copy (move now, fetch the rest).", default: "force"),
         OptionSpec("verify", "MODE", "strict: compare digests before the handoff (in the downtime); audit: after it, while the destination already runs.", default: "strict"),
         OptionSpec("encryption", "MODE", "aes-256-gcm: seal every frame (confidential, tamper-evident); none: plain after the authenticated handshake, for a migration network you trust.", default: "aes-256-gcm"),
         OptionSpec("report", "FILE", "Write the JSON report to FILE."),
@@ -215,14 +216,16 @@ struct MigrateCommand: Command {
         let encryption = arguments.string("encryption", default: "aes-256-gcm")
         guard StreamEncryption(rawValue: encryption) != nil else { throw UsageError("--encryption \(encryption): expected aes-256-gcm or none") }
         let onStall = arguments.string("on-stall", default: "force")
-        guard StallPolicy(rawValue: onStall) != nil else { throw UsageError("--on-stall \(onStall): expected force, abort or throttle") }
+        guard StallPolicy(rawValue: onStall) != nil else { throw UsageError("--on-stall \(onStall): expected force, abort, throttle or post-copy") }
+        let mode = arguments.string("mode", default: "pre-copy")
+        guard MigrationMode(rawValue: mode) != nil else { throw UsageError("--mode \(mode): expected pre-copy, post-copy or hybrid") }
         let to = try arguments.required("to")
         guard Endpoint(to) != nil else { throw UsageError("--to \(to): expected ADDR:PORT") }
         var request: ControlChannel.Message = [
             "command": "migrate", "to": to,
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
             "tracker": arguments.string("tracker", default: "auto"), "verify": verify, "on_stall": onStall,
-            "timeout": try streamTimeout(arguments), "encryption": encryption,
+            "timeout": try streamTimeout(arguments), "encryption": encryption, "mode": mode,
         ]
         if arguments.string("downtime-target") != nil { request["downtime_target"] = try arguments.seconds("downtime-target", default: 0) }
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
@@ -241,6 +244,12 @@ struct MigrateCommand: Command {
             printLine(String(format: "completed: downtime %.1f ms (last pages predicted %.1f ms), total %.2f s, %@ sent, verified %@ (%@), encryption %@", downtime, predicted, total,
                              ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "NO",
                              verify, report["encryption"] as? String ?? encryption))
+            if let post = report["post_copy"] as? [String: Any] {
+                let number = { (key: String) -> Double in post[key] as? Double ?? Double(post[key] as? Int ?? 0) }
+                printLine(String(format: "post-copy from round %d: %d pages lacking, %d fetched on demand, %d in the background, every page there after %.2f s; demand faults p50 %@, p99 %@",
+                                 Int(number("switch_round")), Int(number("lacking_pages")), Int(number("demand_pages")), Int(number("background_pages")),
+                                 number("complete_seconds"), post["latency_p50_us"].map { "≤ \($0) µs" } ?? "–", post["latency_p99_us"].map { "≤ \($0) µs" } ?? "–"))
+            }
             if let stall = report["stall"] as? String {
                 let throttle = report["throttle_percent"] as? Double
                 printLine("did not converge by itself: handled with \(stall)" + (throttle.map { String(format: ", the workload slowed by %.0f %%", $0) } ?? ""))

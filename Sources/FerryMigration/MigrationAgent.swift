@@ -43,6 +43,8 @@ public final class MigrationAgent: Sendable {
         var control: ControlServer?
         /// Control requests that may finish the agent (`migrate`, `stop`) and have not replied yet.
         var pendingReplies = 0
+        /// A post-copy migration that brought the workload here: the pages still to arrive.
+        var incoming: MigrationDestination.Received?
     }
 
     /// The shared mount: ownership record, claims, key, the workload's files.
@@ -186,6 +188,9 @@ public final class MigrationAgent: Sendable {
         guard let record = try readRecord() else {
             throw .cannotResume("nothing to resume in \(directory): it has no ownership record; start a workload with 'ferry run' (without --resume)")
         }
+        if let source = record.postCopySource {
+            throw .cannotResume("generation \(record.generation) is in a post-copy migration from \(source) to \(record.owner): neither side alone holds the workload (the source still holds pages the destination lacks), so it cannot be resumed from the shared mount; let the migration finish (both processes must stay up), see 'ferry status' on either side")
+        }
         guard let base = record.regionBase, let bytes = record.regionBytes else {
             throw .cannotResume("the record in \(directory) was written by an older ferry and lacks the region's address and size; resume is not possible with it")
         }
@@ -268,9 +273,11 @@ public final class MigrationAgent: Sendable {
                         }
                         let received = try MigrationDestination.receive(
                             on: connection, sharedDirectory: sharedDirectory, keys: keys, workloads: workloads,
-                            memory: memory, log: log)
+                            memory: memory, acceptUrgent: { try listener.accept(timeoutSeconds: timeoutSeconds, connectionTimeoutSeconds: timeoutSeconds) },
+                            log: log)
                         // `ferry stop` may have ended the wait meanwhile: then nobody else runs what we claimed.
                         adopt(received.host, generation: received.generation)
+                        if received.postCopy != nil { update { $0.incoming = received } }
                         return
                     } catch {
                         log("migration from \(connection.peer) failed: \(error)")
@@ -315,6 +322,7 @@ public final class MigrationAgent: Sendable {
             switch command {
             case "status": reply(status())
             case "verify": reply(verify())
+            case "probe": reply(probe(request))
             case "migrate": reply(migrate(request, progress: reply))
             case "stop":
                 stop()
@@ -361,6 +369,10 @@ public final class MigrationAgent: Sendable {
             if let error = host.lastError { message["error"] = error }
         }
         if let last { message["last_migration"] = last }
+        if let incoming = state.withLock({ $0.incoming }), incoming.pagesLeft > 0 {
+            message["post_copy"] = "from \(incoming.source): \(incoming.pagesLeft) pages still to arrive; until then neither side alone holds the workload"
+            message["post_copy_pages_left"] = incoming.pagesLeft
+        }
         return message
     }
 
@@ -406,6 +418,10 @@ public final class MigrationAgent: Sendable {
         guard let (host, generation) = claimed else {
             return failure(.failed, "no workload runs here to migrate (\(role.rawValue))")
         }
+        if let probing = probeInProgressRefusal() {
+            update { if $0.role == .migrating { $0.role = .running } }
+            return failure(.failed, probing)
+        }
         let key: PresharedKey
         do throws(KeyError) {
             key = try PresharedKey(loadingFrom: keyPath)
@@ -423,6 +439,7 @@ public final class MigrationAgent: Sendable {
         if let value = request["verify"] as? String, let mode = VerificationMode(rawValue: value) { options.verification = mode }
         if let value = request["on_stall"] as? String, let policy = StallPolicy(rawValue: value) { options.onStall = policy }
         if let value = request["encryption"] as? String, let encryption = StreamEncryption(rawValue: value) { options.encryption = encryption }
+        if let value = request["mode"] as? String, let mode = MigrationMode(rawValue: value) { options.mode = mode }
         let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
         let report = source.migrate(options) { round in
             progress([
@@ -439,6 +456,8 @@ public final class MigrationAgent: Sendable {
         update {
             if completed {
                 $0.role = .migratedAway
+            } else if report.post_copy != nil || report.reason?.hasPrefix("post-copy interrupted") == true {
+                // Past a post-copy switch-over: the destination may need this region's pages; stay as we are.
             } else if $0.role == .migrating {
                 $0.role = .running  // a stop that came in meanwhile stands
             }

@@ -50,6 +50,11 @@ public enum MigrationDestination {
         public let source: String
         /// The workload's step counter when it took over here.
         public let startStep: UInt64
+        /// A post-copy migration still under way: the pages this side lacks.
+        let postCopy: PostCopyDestination?
+
+        /// Pages still to arrive from the source (post-copy), 0 once the move is over.
+        public var pagesLeft: Int { postCopy?.pagesLeft ?? 0 }
     }
 
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
@@ -57,7 +62,8 @@ public enum MigrationDestination {
     /// `memory` says where the region comes from.
     public static func receive(
         on connection: Connection, sharedDirectory: String, keys: [PresharedKey], workloads: ReceivableWorkloads,
-        memory: DestinationMemory = .onArrival(hugePages: true), log: @Sendable (String) -> Void
+        memory: DestinationMemory = .onArrival(hugePages: true), acceptUrgent: (() throws -> Connection)? = nil,
+        log: @escaping @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.
         let encryption: StreamEncryption
@@ -82,8 +88,9 @@ public enum MigrationDestination {
             try? connection.send(.helloReply(.refused(refusal)))
             throw MigrationError.refused(refusal)
         }
-        // A fresh mapping is populated alongside the stream; a standby one is populated already.
-        let populator = region.populateSeconds == nil ? RegionPopulator(region: region) : nil
+        // A fresh mapping is populated alongside the stream, from its first page on (a post-copy switch-over
+        // that comes first finds nothing to undo); a standby one is populated already.
+        var populator: RegionPopulator?
         // Whatever ends this attempt, the populator lets go of the region (at once after a handoff: the
         // pages it did not reach are zero and fault in when the workload first touches them).
         var handedOver = false
@@ -131,8 +138,11 @@ public enum MigrationDestination {
             log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
             handedOver = true
             return Received(
-                host: workloads.run(workload), generation: generation, source: connection.peer, startStep: step)
+                host: workloads.run(workload), generation: generation, source: connection.peer, startStep: step, postCopy: nil)
         }
+        // Post-copy: the urgent channel (a second connection, for demand faults) and the stale pages.
+        var urgent: (link: Connection, token: [UInt8])?
+        var stale: [PageRun] = []
         var fullCopyPhaseReached = false
         while true {
             let frame: Frame
@@ -150,6 +160,10 @@ public enum MigrationDestination {
             }
             switch frame {
             case .pageData(let first, let count):
+                // (One page before any round is the header a post-copy switch-over sends ahead: no full copy.)
+                if populator == nil && region.populateSeconds == nil && !fullCopyDone && (urgent == nil || count > 1) {
+                    populator = RegionPopulator(region: region)
+                }
                 populator?.wait(untilPopulated: (Int(first) + Int(count)) * range.pageSize)
                 try connection.receivePages(into: range, first: first, count: count)
                 if audit {
@@ -195,6 +209,45 @@ public enum MigrationDestination {
                     try? connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: auditDigest)))
                 }
                 return received
+            case .urgentChannel(let token):
+                guard urgent == nil, let acceptUrgent else {
+                    throw MigrationError.protocolViolation("the source opens an urgent channel this receiver cannot take")
+                }
+                let candidate = try acceptUrgent()
+                do throws(AuthError) {
+                    _ = try PeerAuthentication.challengeSource(on: candidate, keys: keys)
+                } catch {
+                    throw MigrationError.authentication(error)
+                }
+                guard case .urgentChannel(let presented) = try candidate.receive(while: "opening the urgent channel"), presented == token else {
+                    throw MigrationError.protocolViolation("the urgent channel from \(candidate.peer) did not present this migration's token")
+                }
+                urgent = (candidate, token)
+            case .discardPages(let first, let count):
+                guard first < UInt64(range.pageCount), count <= UInt64(range.pageCount) - first else {
+                    throw MigrationError.protocolViolation("stale pages \(first)+\(count) lie outside the region")
+                }
+                stale.append(PageRun(first: Int(first), count: Int(count)))
+            case .postCopy(let generation, let token):
+                guard let urgent, urgent.token == token, let digest = incremental else {
+                    throw MigrationError.protocolViolation("a post-copy switch-over without this migration's urgent channel or per-page hashes")
+                }
+                // Nothing may populate a range in missing mode: a populated page would never fault.
+                populator?.cancel()
+                let session = try PostCopyDestination(region: region, lacking: stale, digest: digest, main: connection, urgent: urgent.link, log: log)
+                let started = try takeOver(generation, why: "switched to post-copy by \(connection.peer), \(stale.reduce(0) { $0 + $1.count }) pages to fetch")
+                try connection.send(.running(step: started.startStep))
+                let directory = sharedDirectory
+                let finisher = Thread {
+                    do {
+                        _ = try session.finish(sharedDirectory: directory, generation: generation, log: log)
+                    } catch {
+                        log("post-copy did not complete: \(error); the workload waits for the \(session.pagesLeft) pages it lacks (threads touching them block), and the source keeps them")
+                    }
+                }
+                finisher.name = "ferry-postcopy-background"
+                finisher.start()
+                return Received(host: started.host, generation: generation, source: connection.peer, startStep: started.startStep, postCopy: session)
             case .abort(let reason):
                 throw MigrationError.aborted("the source: \(reason)")
             case let other:

@@ -47,6 +47,32 @@ public struct MigrationReport: Codable, Sendable {
     public var throttle_percent: Double?
     /// Where the downtime went, in milliseconds.
     public var downtime_parts: DowntimeParts?
+    /// `pre-copy`, `post-copy` or `hybrid`.
+    public var mode: String?
+    /// What post-copy did, when the migration switched to it.
+    public var post_copy: PostCopy?
+
+    /// A post-copy phase: from the switch-over until the destination held every page.
+    public struct PostCopy: Codable, Sendable {
+        /// The round at which the workload moved (0: before any round, pure post-copy).
+        public var switch_round: Int
+        /// Pages the destination lacked at the switch-over.
+        public var lacking_pages: Int
+        /// Pages the destination fetched on demand (as it counted them).
+        public var demand_pages: Int
+        /// Pages sent on the background stream.
+        public var background_pages: Int
+        /// Demand requests for pages the background had already sent.
+        public var en_route_replies: Int
+        /// From the switch-over until the destination held every page.
+        public var complete_seconds: Double
+        /// Demand faults by latency: element i counts faults served in [2^i, 2^(i+1)) microseconds.
+        public var latency_buckets_us: [UInt64]
+        /// Median and 99th percentile of the demand-fault latency (upper bounds of their buckets), when there were faults.
+        public var latency_p50_us: Double?
+        public var latency_p99_us: Double?
+    }
+
     /// The pause predicted when iterating stopped: the last pages' transfer at the measured bandwidth (the
     /// pause's fixed costs come on top, strict verification above all: `downtime_parts` shows them).
     public var predicted_downtime_ms: Double?

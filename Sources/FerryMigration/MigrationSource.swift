@@ -38,11 +38,24 @@ public struct MigrationOptions: Sendable {
     public var onStall = StallPolicy.force
     /// Whether the stream is sealed (AES-256-GCM, the default) or plain after the handshake.
     public var encryption = StreamEncryption.aes256gcm
+    /// Pre-copy (the default), post-copy, or pre-copy switching to post-copy when it stalls.
+    public var mode = MigrationMode.preCopy
 
     public init(destination: Endpoint, key: PresharedKey) {
         self.destination = destination
         self.key = key
     }
+}
+
+/// How a migration moves the workload: before its pages, or after.
+public enum MigrationMode: String, Sendable, CaseIterable {
+    /// Rounds of pages while the workload runs, then a pause for the last one (the default).
+    case preCopy = "pre-copy"
+    /// The workload moves at once and its pages follow, on demand and in the background: a pause of a few
+    /// milliseconds whatever it dirties; until every page arrived, neither side alone holds it.
+    case postCopy = "post-copy"
+    /// Pre-copy while it converges, post-copy when it stalls (the same as `--on-stall post-copy`).
+    case hybrid
 }
 
 /// What a migration does when it does not converge (the pages left stop shrinking, or the round or byte
@@ -55,6 +68,8 @@ public enum StallPolicy: String, Sendable, CaseIterable {
     /// Slow the workload's steps until a round's dirtying fits the downtime target (auto-converge), then
     /// stop; the report says by how much (`throttle_percent`). At the round limit it stops anyway.
     case throttle
+    /// Switch to post-copy: the workload moves now and the pages it lacks follow.
+    case postCopy = "post-copy"
 }
 
 /// When a migration compares the destination's region with the paused source's.
@@ -97,6 +112,8 @@ public final class MigrationSource: Sendable {
             downtime_ms: nil, setup_seconds: nil, bytes_sent: 0, verify: options.verification.rawValue, verified: false, rounds: [])
         var paused = false
         var committed = false
+        /// Past a post-copy switch-over: the destination runs the workload and this region holds pages it lacks.
+        var postCopyStarted = false
         var connection: Connection?
         var tracker: WriteTracker?
         var tokenPath: String?
@@ -137,12 +154,17 @@ public final class MigrationSource: Sendable {
             guard FileManager.default.createFile(atPath: tokenPath!, contents: Data(token.utf8)) else {
                 throw MigrationError.sharedMount("cannot write a token file in \(sharedDirectory); is it mounted and writable?")
             }
+            // Post-copy may happen (asked for, or the answer to a stall): the destination then keeps per-page
+            // hashes as pages arrive (the digest is compared at the end), and an urgent channel is opened.
+            let onStall = options.mode == .hybrid ? StallPolicy.postCopy : options.onStall
+            let usesPostCopy = options.mode == .postCopy || onStall == .postCopy
+            report.mode = options.mode == .preCopy && onStall == .postCopy ? MigrationMode.hybrid.rawValue : options.mode.rawValue
             let info = try region.readHeader()
             try link.send(.hello(Hello(
                 protocolVersion: wireProtocolVersion, buildIdentity: ProgramIdentity.buildIdentity(), architecture: Kernel.architecture,
                 pageSize: UInt32(range.pageSize), regionBase: UInt64(range.start), regionSize: UInt64(range.byteCount),
                 workloadName: info.workloadName, layoutVersion: info.layoutVersion, sharedMountToken: tokenName,
-                sharedMountTokenValue: token, generation: generation, auditVerification: options.verification == .audit,
+                sharedMountTokenValue: token, generation: generation, auditVerification: options.verification == .audit || usesPostCopy,
                 images: ProgramIdentity.currentImages(), fixedLayout: ProgramIdentity.fixedLayoutRequested)))
             FaultInjection.reached(.hello, link: link)
             switch try link.receive(while: "waiting for the resource check") {
@@ -150,6 +172,124 @@ public final class MigrationSource: Sendable {
             case .helloReply(.refused(let refusal)): throw MigrationError.refused(refusal)
             case .abort(let reason): throw MigrationError.aborted("the destination: \(reason)")
             case let other: throw MigrationError.protocolViolation("expected the reply to hello, got \(other)")
+            }
+
+            // The urgent channel for demand faults, opened now so the switch-over does not wait for it.
+            var urgentLink: Connection?
+            let urgentToken = (0..<16).map { _ in UInt8.random(in: 0...255) }
+            if usesPostCopy {
+                try link.send(.urgentChannel(token: urgentToken))
+                let opened = try Connection.connect(
+                    to: options.destination, from: options.bindAddress, maximumBytesPerSecond: options.maximumBytesPerSecond,
+                    timeoutSeconds: options.timeoutSeconds)
+                do throws(AuthError) {
+                    try PeerAuthentication.proveToDestination(on: opened, key: options.key, encryption: options.encryption)
+                } catch {
+                    throw MigrationError.authentication(error)
+                }
+                try opened.send(.urgentChannel(token: urgentToken))
+                urgentLink = opened
+            }
+
+            /// The post-copy switch-over (DESIGN §3.3 step 7): pause, tell the destination which of its pages are
+            /// stale, commit the record in its post-copy state, let the destination run, then serve what it lacks
+            /// until it holds every page, and compare the digests.
+            func switchToPostCopy(dirty: DirtyPages?, round: Int, predicted: Double) throws -> MigrationReport {
+                guard let urgent = urgentLink else { throw MigrationError.protocolViolation("post-copy without an urgent channel") }
+                guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
+                    throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
+                }
+                let next = current.successor(owner: "destination \(link.peer)", postCopySource: OwnershipRecord.thisProcess)
+                let prepared = try next.prepare(in: sharedDirectory)
+                defer { if !committed { prepared.discard() } }
+                var parts = MigrationReport.DowntimeParts()
+                var mark = ContinuousClock.now
+                func lap() -> Double {
+                    let now = ContinuousClock.now
+                    defer { mark = now }
+                    return (now - mark).secondsValue * 1000
+                }
+                host.flushAhead()
+                mark = ContinuousClock.now
+                let pauseStart = mark
+                guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
+                paused = true
+                parts.pause_ms = lap()
+                let stale: DirtyPages
+                if let dirty {
+                    let final = try activeTracker.collect()
+                    stale = DirtyPages(unorderedRuns: dirty.runs + final.runs)
+                } else {
+                    stale = .all(pageCount: range.pageCount)
+                }
+                parts.final_collect_ms = lap()
+                // The header page goes now, with the switch: the destination reads it first, to attach the
+                // workload, and would otherwise fault on it inside the pause.
+                let lacking = DirtyPages(unorderedRuns: stale.runs.compactMap { run in
+                    run.first == 0 ? (run.count > 1 ? PageRun(first: 1, count: run.count - 1) : nil) : run
+                })
+                try link.batched {
+                    try link.sendPages(of: range, first: 0, count: 1)
+                    for run in lacking.runs { try link.send(.discardPages(firstPage: UInt64(run.first), pageCount: UInt64(run.count))) }
+                }
+                guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
+                    throw MigrationError.sharedMount("the ownership record changed during the migration; another host may own the workload")
+                }
+                try prepared.commit()
+                committed = true
+                postCopyStarted = true
+                report.generation = next.generation
+                parts.handoff_ms = lap()
+                let server = PostCopySource(range: range, lacking: lacking, urgent: urgent)
+                server.startServing()
+                defer { server.stop() }
+                let switched = ContinuousClock.now
+                try link.send(.postCopy(generation: next.generation, token: urgentToken))
+                switch try link.receive(while: "waiting for the destination to run the workload") {
+                case .running(let step): report.step_at_handoff = step
+                case let other: throw MigrationError.protocolViolation("expected running, got \(other)")
+                }
+                host.stop(flush: false, reason: .handedOver)
+                parts.resume_ack_ms = lap()
+                report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
+                report.downtime_parts = parts
+                report.predicted_downtime_ms = predicted * 1000
+                if dirty != nil { report.stall = "post-copy" }
+                let record = MigrationReport.Round(
+                    round: round, pages: 0, zero_pages: 0, bytes: 0, seconds: (ContinuousClock.now - pauseStart).secondsValue,
+                    dirty_pages: lacking.pageCount, bandwidth_mbps: 0, dirty_rate: 0, predicted_downtime_ms: predicted * 1000, final: true)
+                report.rounds.append(record)
+                progress(record)
+
+                // The background stream, then both digests: ours of the frozen region, theirs of what it installed.
+                let resident = try ResidentPages.runs(of: range)
+                try server.sendBackground(on: link, resident: resident, round: round + 1)
+                let ours = RegionDigest.compute(range, resident: resident, threads: RegionDigest.defaultThreads)
+                report.source_digest = String(ours, radix: 16)
+                guard case .postCopyDone(let demandPages, let buckets) = try link.receive(while: "waiting for the destination to hold every page") else {
+                    throw MigrationError.protocolViolation("expected the end of post-copy")
+                }
+                let complete = (ContinuousClock.now - switched).secondsValue
+                guard case .digest(_, let value) = try link.receive(while: "waiting for the destination's digest"),
+                      let theirs = RegionDigest.value(of: value) else {
+                    throw MigrationError.protocolViolation("expected the destination's digest")
+                }
+                report.destination_digest = String(theirs, radix: 16)
+                report.verified = theirs == ours
+                if theirs != ours {
+                    report.reason = "POST-COPY AUDIT FAILED: the destination's pages (digest \(String(theirs, radix: 16))) differ from the frozen source region (\(String(ours, radix: 16))); run 'ferry verify' on the destination now"
+                }
+                let counts = server.sentCounts
+                report.post_copy = MigrationReport.PostCopy(
+                    switch_round: round, lacking_pages: lacking.pageCount, demand_pages: Int(demandPages),
+                    background_pages: counts.backgroundPages, en_route_replies: counts.enRouteReplies, complete_seconds: complete,
+                    latency_buckets_us: buckets, latency_p50_us: Self.percentile(0.5, of: buckets),
+                    latency_p99_us: Self.percentile(0.99, of: buckets))
+                report.outcome = .completed
+                return report
+            }
+            if options.mode == .postCopy {
+                return finished(try switchToPostCopy(dirty: nil, round: 0, predicted: 0))
             }
 
             // 2. Full copy, with tracking armed first so nothing written meanwhile is missed.
@@ -172,7 +312,7 @@ public final class MigrationSource: Sendable {
             var stalledRounds = 0
             var previousDirty = Int.max
             var stepsAtRoundStart = host.stepCount
-            let cap = options.downtimeTarget ?? (options.onStall == .force ? Double.infinity : MigrationOptions.defaultStallCap)
+            let cap = options.downtimeTarget ?? (onStall == .force ? Double.infinity : MigrationOptions.defaultStallCap)
             while true {
                 roundStart = ContinuousClock.now
                 let dirty = try activeTracker.collect()
@@ -198,7 +338,9 @@ public final class MigrationSource: Sendable {
                     let why = String(
                         format: "%d pages still dirty after %d rounds; the workload dirties %.1f MB/s against a link of %.1f MB/s, a pause of %.0f ms against a target of %.0f ms",
                         dirty.pageCount, round, dirtyRate * Double(range.pageSize) / 1e6, bandwidth / 1e6, predicted * 1000, cap * 1000)
-                    switch options.onStall {
+                    switch onStall {
+                    case .postCopy:
+                        return finished(try switchToPostCopy(dirty: dirty, round: round, predicted: predicted))
                     case .abort:
                         report.stall = "abort"
                         throw MigrationError.notConverging(why + "; aborted as asked (--on-stall abort)")
@@ -219,7 +361,7 @@ public final class MigrationSource: Sendable {
                         report.stall = report.stall ?? "force"
                     }
                 }
-                if (!worthAnotherRound && predicted <= cap) || exhausted || (stalled && options.onStall == .force) {
+                if (!worthAnotherRound && predicted <= cap) || exhausted || (stalled && onStall == .force) {
                     report.predicted_downtime_ms = predicted * 1000
                     // Without a cap, a long pause that no round can shorten (the workload dirties memory as fast
                     // as the link drains it) is still a stall, handled by stopping: say so.
@@ -345,6 +487,12 @@ public final class MigrationSource: Sendable {
             }
         } catch {
             report.reason = Self.describe(error)
+            if postCopyStarted {
+                // The destination may run the workload and wait for pages only this region holds: keep it.
+                report.reason = "post-copy interrupted after the switch-over: \(Self.describe(error)); the destination may be running the workload and waiting for pages only this process holds: keep this process up"
+                report.outcome = .failed
+                return finished(report)
+            }
             if committed {
                 // Past the commit this source never runs generation g again: either the destination runs g+1
                 // (it acknowledged, or claimed it) or settling who runs it failed on the shared mount; then
@@ -365,6 +513,18 @@ public final class MigrationSource: Sendable {
             if paused || report.stall == "throttle" { host.setPace(nil) }
             return finished(report)
         }
+    }
+
+    /// The upper bound, in microseconds, of the bucket holding the `quantile` of a log2 latency histogram.
+    static func percentile(_ quantile: Double, of buckets: [UInt64]) -> Double? {
+        let total = buckets.reduce(0, +)
+        guard total > 0 else { return nil }
+        var seen: UInt64 = 0
+        for (index, count) in buckets.enumerated() {
+            seen += count
+            if Double(seen) >= quantile * Double(total) { return Double(UInt64(1) << UInt64(index + 1)) }
+        }
+        return nil
     }
 
     /// How long a source that lost the link after the commit waits before it claims the generation itself:

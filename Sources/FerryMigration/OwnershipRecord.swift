@@ -55,6 +55,10 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
     public var seed: UInt64?
     /// The workload's pace in steps per second, for a resume (absent: the program paces itself).
     public var stepsPerSecond: Double?
+    /// Set while a post-copy migration is under way: the source (`host:pid`) still holds pages the owner
+    /// lacks, so neither side alone holds the workload and it cannot be resumed from the shared mount.
+    /// Cleared by the owner once every page arrived.
+    public var postCopySource: String?
 
     public init(
         generation: UInt64, owner: String, workload: String, regionBase: UInt64? = nil, regionBytes: Int? = nil,
@@ -73,11 +77,14 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
     /// The recorded pace (`.infinity` is stored as -1, which JSON can hold).
     public var pace: Double? { stepsPerSecond.map { $0 < 0 ? .infinity : $0 } }
 
-    /// The record of the next generation, owned by `owner`, describing the same workload.
-    public func successor(owner: String) -> OwnershipRecord {
-        OwnershipRecord(
+    /// The record of the next generation, owned by `owner`, describing the same workload; `postCopySource`
+    /// when the handoff is a post-copy switch-over.
+    public func successor(owner: String, postCopySource: String? = nil) -> OwnershipRecord {
+        var next = OwnershipRecord(
             generation: generation + 1, owner: owner, workload: workload, regionBase: regionBase, regionBytes: regionBytes,
             seed: seed, stepsPerSecond: pace)
+        next.postCopySource = postCopySource
+        return next
     }
 
     /// Reads the record in `directory`, nil if there is none.

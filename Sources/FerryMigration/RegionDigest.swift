@@ -1,37 +1,25 @@
 public import FerrySystem
 public import FerryTracking
+import CShims
 import Dispatch
 import Foundation
 
 /// A 64-bit digest of a memory region, computed the same way on both hosts, page by page.
 ///
 /// Not cryptographic: it exists to catch a page that differs between the source's paused region and the
-/// destination's reconstruction (a write no tracker saw, a lost frame). Each page is hashed with four
-/// independent multiply-rotate lanes over its 8-byte words; the digest is the wrapping sum of every
-/// page's hash mixed with its index. Because it is a sum over pages, a side may supply the hashes of
-/// pages it knows to be zero without reading them, or keep per-page hashes as pages arrive.
+/// destination's reconstruction (a write no tracker saw, a lost frame). Each page is hashed in C (CShims'
+/// digest.c) on eight fixed 64-bit lanes, XXH3-style, with AVX2 or SSE2 where the CPU has them and the same
+/// bits on every CPU; the digest is the wrapping sum of every page's hash mixed with its index. Because it
+/// is a sum over pages, a side may supply the hashes of pages it knows to be zero without reading them, or
+/// keep per-page hashes as pages arrive.
 public enum RegionDigest {
-    public static let algorithm = "ferry-pagemix64"
+    /// Sent beside every digest: two builds that hash differently name different algorithms.
+    public static let algorithm = "ferry-pagemix64-v2"
 
-    /// The hash of one page's bytes.
-    @inline(__always)
+    /// The hash of one page's bytes (`byteCount` a positive multiple of 1 KiB, as every page size is).
     public static func pageHash(_ page: UnsafeRawPointer, byteCount: Int) -> UInt64 {
-        let words = page.assumingMemoryBound(to: UInt64.self)
-        let prime: UInt64 = 0x9E37_79B1_85EB_CA87
-        var a: UInt64 = 0x9E37_79B9_7F4A_7C15
-        var b: UInt64 = 0xC2B2_AE3D_27D4_EB4F
-        var c: UInt64 = 0x1656_67B1_9E37_79F9
-        var d: UInt64 = 0x85EB_CA77_C2B2_AE63
-        var index = 0
-        let count = byteCount / 8
-        while index + 4 <= count {
-            a = ((a ^ words[index]) &* prime).rotated(31)
-            b = ((b ^ words[index + 1]) &* prime).rotated(31)
-            c = ((c ^ words[index + 2]) &* prime).rotated(31)
-            d = ((d ^ words[index + 3]) &* prime).rotated(31)
-            index += 4
-        }
-        return mix(a ^ b.rotated(17) ^ c.rotated(29) ^ d.rotated(43))
+        checkPageSize(byteCount)
+        return CShims_digest_page(page, byteCount)
     }
 
     /// The hash of an all-zero page of `byteCount` bytes.
@@ -41,9 +29,8 @@ public enum RegionDigest {
     }
 
     /// A page's contribution to the digest.
-    @inline(__always)
     public static func contribution(page: Int, hash: UInt64) -> UInt64 {
-        mix(hash ^ (UInt64(page) &* 0xFF51_AFD7_ED55_8CCD))
+        CShims_digest_contribution(UInt64(page), hash)
     }
 
     /// Threads a digest uses when a workload is paused (its cores are idle): every core this process may run on.
@@ -69,21 +56,21 @@ public enum RegionDigest {
         return sums.reduce(0, &+)
     }
 
-    /// The digest's share from the pages in `pages`, reading those of them inside `runs`.
+    /// The digest's share from the pages in `pages`, reading those of them inside `runs`: each stretch of
+    /// resident pages is one C call, each stretch between them a sum of zero-page contributions.
     private static func compute(_ range: MemoryRange, runs: [PageRun], pages: Range<Int>) -> UInt64 {
+        checkPageSize(range.pageSize)
         let zero = zeroPageHash(byteCount: range.pageSize)
         var digest: UInt64 = 0
         var cursor = pages.lowerBound
         for run in runs where run.end > pages.lowerBound && run.first < pages.upperBound {
             let first = Swift.max(run.first, pages.lowerBound)
             let end = Swift.min(run.end, pages.upperBound)
-            while cursor < first { digest &+= contribution(page: cursor, hash: zero); cursor += 1 }
-            for page in first..<end {
-                digest &+= contribution(page: page, hash: pageHash(range.baseAddress + page * range.pageSize, byteCount: range.pageSize))
-            }
+            if cursor < first { digest &+= CShims_digest_sum(nil, zero, UInt64(cursor), first - cursor) }
+            digest &+= CShims_digest_run(range.baseAddress + first * range.pageSize, range.pageSize, UInt64(first), end - first, nil)
             cursor = end
         }
-        while cursor < pages.upperBound { digest &+= contribution(page: cursor, hash: zero); cursor += 1 }
+        if cursor < pages.upperBound { digest &+= CShims_digest_sum(nil, zero, UInt64(cursor), pages.upperBound - cursor) }
         return digest
     }
 
@@ -96,12 +83,8 @@ public enum RegionDigest {
         return bytes.reduce(0) { $0 << 8 | UInt64($1) }
     }
 
-    @inline(__always)
-    static func mix(_ value: UInt64) -> UInt64 {
-        var z = value
-        z = (z ^ (z >> 33)) &* 0xFF51_AFD7_ED55_8CCD
-        z = (z ^ (z >> 33)) &* 0xC4CE_B9FE_1A85_EC53
-        return z ^ (z >> 33)
+    static func checkPageSize(_ byteCount: Int) {
+        precondition(byteCount > 0 && byteCount % Int(CSHIMS_DIGEST_BLOCK) == 0, "page size \(byteCount) is not a multiple of 1 KiB")
     }
 }
 
@@ -120,8 +103,19 @@ public struct IncrementalDigest: Sendable {
 
     /// Records the pages `first..<first+count` as they now are in `range`.
     public mutating func update(_ range: MemoryRange, first: Int, count: Int) {
-        for page in first..<(first + count) {
-            hashes[page] = RegionDigest.pageHash(range.baseAddress + page * pageSize, byteCount: pageSize)
+        precondition(first >= 0 && count >= 0 && first + count <= hashes.count && range.pageSize == pageSize)
+        guard count > 0 else { return }
+        hashes.withUnsafeMutableBufferPointer { hashes in
+            _ = CShims_digest_run(range.baseAddress + first * pageSize, pageSize, UInt64(first), count, hashes.baseAddress! + first)
+        }
+    }
+
+    /// Records the pages `first..<first+count` as the bytes at `bytes` (a copy about to be installed there).
+    public mutating func record(first: Int, count: Int, from bytes: UnsafeRawPointer) {
+        precondition(first >= 0 && count >= 0 && first + count <= hashes.count)
+        guard count > 0 else { return }
+        hashes.withUnsafeMutableBufferPointer { hashes in
+            _ = CShims_digest_run(bytes, pageSize, UInt64(first), count, hashes.baseAddress! + first)
         }
     }
 
@@ -132,13 +126,6 @@ public struct IncrementalDigest: Sendable {
     }
 
     public var digest: UInt64 {
-        var digest: UInt64 = 0
-        for (page, hash) in hashes.enumerated() { digest &+= RegionDigest.contribution(page: page, hash: hash) }
-        return digest
+        hashes.withUnsafeBufferPointer { CShims_digest_sum($0.baseAddress, 0, 0, $0.count) }
     }
-}
-
-extension UInt64 {
-    @inline(__always)
-    fileprivate func rotated(_ count: UInt64) -> UInt64 { (self << count) | (self >> (64 - count)) }
 }

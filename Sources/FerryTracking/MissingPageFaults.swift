@@ -80,12 +80,13 @@ public final class MissingPageFaults: Sendable {
     @discardableResult
     public func install(first: Int, count: Int, from source: UnsafeRawPointer) throws(SystemCallError) -> Int {
         let pageSize = range.pageSize
-        if CShims_uffd_copy(uffd.rawValue, range.address(ofPage: first), source, count * pageSize) == 0 { return count }
-        // Some page is present already: one by one, keeping what is there.
-        var installed = 0
-        for index in 0..<count {
+        var copied = 0
+        if CShims_uffd_copy(uffd.rawValue, range.address(ofPage: first), source, count * pageSize, &copied) == 0 { return count }
+        // Some page is present already: the ones before it are in; the rest one by one, keeping what is there.
+        var installed = copied / pageSize
+        for index in installed..<count {
             let address = range.address(ofPage: first + index)
-            let result = CShims_uffd_copy(uffd.rawValue, address, source + index * pageSize, pageSize)
+            let result = CShims_uffd_copy(uffd.rawValue, address, source + index * pageSize, pageSize, &copied)
             if result == 0 {
                 installed += 1
             } else if result == -EEXIST {

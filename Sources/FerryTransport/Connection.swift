@@ -200,6 +200,19 @@ public final class Connection: Sendable {
             try sendVectors(&vectors, what: what)
             return
         }
+        let total = pieces.reduce(0) { $0 + $1.count }
+        if pieces.count == 1, total <= GatheredSends.largestGathered {
+            // One small record (a frame, a demand-fetched page, a gathered batch): sealed and written here,
+            // without the hop to the send queue, which only pays for large ones.
+            try sealer.lock.withLock { _ throws(TransportError) in
+                guard let record = sealer.seal(pieces[0], into: sealer.staging) else {
+                    throw .crypto(peer: peer, "AES-256-GCM sealing failed in libcrypto")
+                }
+                var vectors = [iovec(iov_base: UnsafeMutableRawPointer(mutating: record.baseAddress), iov_len: record.count)]
+                try sendVectors(&vectors, what: what)
+            }
+            return
+        }
         try sealer.lock.withLock { _ throws(TransportError) in
             // Seal record n+1 while record n is on the wire (`sendQueue`); return once all of them are, so no
             // queued send outlives the buffers it reads.

@@ -1,7 +1,8 @@
 /// The version of the migration protocol this build speaks; the first field of every ``Hello``.
 ///
 /// Version 2 added the loaded objects (``Hello/images``) and ``Hello/fixedLayout`` at the end of the hello;
-/// version 3 the post-copy frames (`discardPages`, `postCopy`, `urgentChannel`, `pageRequest`, `pageEnRoute`).
+/// version 3 the post-copy frames (`discardPages`, `postCopy`, `urgentChannel`, `pageRequest`, `pageEnRoute`,
+/// `postCopyDone`).
 public let wireProtocolVersion: UInt16 = 3
 
 /// One object loaded in the source process, the executable or a shared library, as the hello reports it.
@@ -216,7 +217,13 @@ public enum Frame: Hashable, Sendable {
     case pageRequest(firstPage: UInt64, pageCount: UInt32)
     /// Post-copy, on the urgent channel: these requested pages were already sent on the background stream.
     case pageEnRoute(firstPage: UInt64, pageCount: UInt32)
+    /// Post-copy, destination to source: every page is here. `demandPages` were fetched on demand;
+    /// `latencyBuckets[i]` counts demand faults served in [2^i, 2^(i+1)) microseconds (at most
+    /// ``maximumLatencyBuckets`` buckets).
+    case postCopyDone(demandPages: UInt64, latencyBuckets: [UInt64])
 
+    /// The most buckets of a ``postCopyDone`` latency histogram (2^32 µs is over an hour).
+    public static let maximumLatencyBuckets = 32
     /// The largest frame length (type byte plus body) a peer may send: 1 MiB.
     public static let maximumLength: UInt32 = 1 << 20
     /// The limit, in UTF-8 bytes, of names and identities: build identity, architecture, workload name,
@@ -254,6 +261,7 @@ public enum Frame: Hashable, Sendable {
         case .urgentChannel: .urgentChannel
         case .pageRequest: .pageRequest
         case .pageEnRoute: .pageEnRoute
+        case .postCopyDone: .postCopyDone
         }
     }
 }
@@ -277,6 +285,7 @@ enum FrameType: UInt8, CaseIterable {
     case urgentChannel = 15
     case pageRequest = 16
     case pageEnRoute = 17
+    case postCopyDone = 18
 
     /// The body size of frames whose body is fixed, nil for variable-size bodies.
     var fixedBodySize: Int? {
@@ -289,7 +298,7 @@ enum FrameType: UInt8, CaseIterable {
         case .commit, .running: 8
         case .discardPages: 8 + 8
         case .pageRequest, .pageEnRoute: 8 + 4
-        case .hello, .helloReply, .digest, .abort, .auth, .postCopy, .urgentChannel: nil
+        case .hello, .helloReply, .digest, .abort, .auth, .postCopy, .urgentChannel, .postCopyDone: nil
         }
     }
 }

@@ -93,6 +93,11 @@ public enum FrameCodec {
         case .pageRequest(let firstPage, let pageCount), .pageEnRoute(let firstPage, let pageCount):
             writer.write(firstPage)
             writer.write(pageCount)
+        case .postCopyDone(let demandPages, let latencyBuckets):
+            writer.write(demandPages)
+            let buckets = latencyBuckets.prefix(Frame.maximumLatencyBuckets)
+            writer.write(UInt16(buckets.count))
+            for bucket in buckets { writer.write(bucket) }
         }
         writer.endFrame(startingAt: start)
     }
@@ -197,6 +202,15 @@ public enum FrameCodec {
             try checkPageRange(firstPage: firstPage, pageCount: UInt64(pageCount), frame: name)
             frame = kind == .pageRequest
                 ? .pageRequest(firstPage: firstPage, pageCount: pageCount) : .pageEnRoute(firstPage: firstPage, pageCount: pageCount)
+        case .postCopyDone:
+            let demandPages = try reader.read(UInt64.self)
+            let count = try reader.read(UInt16.self)
+            guard Int(count) <= Frame.maximumLatencyBuckets else {
+                throw .fieldOutOfRange(field: "postCopyDone.latencyBuckets", value: UInt64(count))
+            }
+            var buckets: [UInt64] = []
+            for _ in 0..<count { buckets.append(try reader.read(UInt64.self)) }
+            frame = .postCopyDone(demandPages: demandPages, latencyBuckets: buckets)
         }
         try reader.finish()
         return frame
@@ -223,6 +237,7 @@ public enum FrameCodec {
         case .urgentChannel: "urgentChannel"
         case .pageRequest: "pageRequest"
         case .pageEnRoute: "pageEnRoute"
+        case .postCopyDone: "postCopyDone"
         case nil: "unknown"
         }
     }

@@ -44,6 +44,42 @@ import Testing
         #expect(RegionDigest.compute(range, threads: 4) == before)
     }
 
+    @Test func aFlippedBitAtAnySampledPlaceChangesTheDigest() throws {
+        // 32 MiB: two 16 MiB slices on two threads. Random bytes in the first half, never touched in the second.
+        let mapping = try AnonymousMapping(byteCount: 32 << 20)
+        let range = mapping.release()
+        defer { munmap(range.baseAddress, range.byteCount) }
+        var random = SplitMix64(seed: 12)
+        let words = range.baseAddress.assumingMemoryBound(to: UInt64.self)
+        for index in 0..<(range.byteCount / 16) { words[index] = random.next() }
+        let before = RegionDigest.compute(range, threads: 2)
+        var incremental = IncrementalDigest(pageCount: range.pageCount, pageSize: range.pageSize)
+        incremental.update(range, first: 0, count: range.pageCount / 2)
+        #expect(incremental.digest == before)
+        let bytes = range.baseAddress.assumingMemoryBound(to: UInt8.self)
+        // 96 pages spread over both halves and both slices; in each, a byte at a lane, stripe, block or page
+        // edge or in between, and a bit, both cycling.
+        let offsets = [0, 1, 7, 8, 63, 64, 100, 1023, 1024, 2047, 2048, 2500, 3071, 3072, 4000, 4095]
+        var seen: Set<UInt64> = [before]
+        for sample in 0..<96 {
+            let page = (sample * 7919) % range.pageCount
+            let offset = page * range.pageSize + offsets[sample % offsets.count] % range.pageSize
+            let bit = UInt8(1) << UInt8((sample * 3) % 8)
+            bytes[offset] ^= bit
+            let changed = RegionDigest.compute(range, threads: 2)
+            #expect(changed != before, "page \(page), byte \(offset % range.pageSize), bit \(bit)")
+            #expect(RegionDigest.compute(range, resident: try ResidentPages.runs(of: range), threads: 1) == changed)
+            incremental.update(range, first: page, count: 1)
+            #expect(incremental.digest == changed, "the incremental digest sees it too")
+            seen.insert(changed)
+            bytes[offset] ^= bit
+            incremental.update(range, first: page, count: 1)
+        }
+        #expect(seen.count == 97, "every flip gives its own digest")
+        #expect(RegionDigest.compute(range, threads: 2) == before)
+        #expect(incremental.digest == before)
+    }
+
     @Test func swappedPagesChangeTheDigest() throws {
         let range = try Self.halfRandomRegion()
         defer { munmap(range.baseAddress, range.byteCount) }

@@ -110,8 +110,9 @@ import Testing
         #expect(FrameCodec.name(ofType: 0) == "unknown")
         #expect(FrameCodec.name(ofType: 13) == "discardPages")
         #expect(FrameCodec.name(ofType: 17) == "pageEnRoute")
-        #expect(FrameCodec.name(ofType: 18) == "unknown")
-        #expect(Set(sampleFrames.map(\.typeCode)) == Set(1...17))
+        #expect(FrameCodec.name(ofType: 18) == "postCopyDone")
+        #expect(FrameCodec.name(ofType: 19) == "unknown")
+        #expect(Set(sampleFrames.map(\.typeCode)) == Set(1...18))
     }
 
     @Test func encoderCutsOverlongFieldsSoTheyStillDecode() throws {

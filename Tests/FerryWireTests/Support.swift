@@ -79,6 +79,8 @@ let sampleFrames: [Frame] = {
         .pageRequest(firstPage: 0, pageCount: 1),
         .pageRequest(firstPage: .max - UInt64(UInt32.max), pageCount: .max),
         .pageEnRoute(firstPage: 7, pageCount: 3),
+        .postCopyDone(demandPages: 0, latencyBuckets: []),
+        .postCopyDone(demandPages: .max, latencyBuckets: (0..<UInt64(Frame.maximumLatencyBuckets)).map { $0 * 1000 }),
     ]
     for code in [Refusal.Code.protocolVersion, .architecture, .pageSize, .address, .sharedMount, .workload,
                  .layoutVersion, .busy, .authentication, .build] {

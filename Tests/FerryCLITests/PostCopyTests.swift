@@ -1,0 +1,86 @@
+import FerryTestSupport
+import Foundation
+import Testing
+
+/// Post-copy between real `ferry` processes over loopback: the workload moves first, its pages follow.
+@Suite struct PostCopyTests {
+    static func report(_ path: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+    }
+
+    static func number(_ object: [String: Any], _ key: String) -> Int { object[key] as? Int ?? Int(object[key] as? Double ?? -1) }
+
+    @Test func postCopyMovesAWorkloadDirtyingFlatOutAndVerifies() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let receiver = try lab.startReceiver(port: port, ["--once"])
+        let source = try lab.startSource(regionSize: "32MiB", ["--fill", "random", "--dirty-rate", "max"])
+        let path = lab.directory + "/report.json"
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--mode", "post-copy", "--report", path])
+        #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)")
+        source.waitUntilExit()
+        #expect(source.terminationStatus == 0, "the source exits once the destination holds every page")
+        let report = try Self.report(path)
+        #expect(report["mode"] as? String == "post-copy")
+        #expect(report["verified"] as? Bool == true, "\(report)")
+        #expect(report["source_digest"] as? String == report["destination_digest"] as? String)
+        let post = try #require(report["post_copy"] as? [String: Any])
+        // Every page but the header (sent with the switch-over) was lacking, and each went out exactly once.
+        #expect(Self.number(post, "lacking_pages") == 32 * 256 - 1)
+        #expect(Self.number(post, "demand_pages") + Self.number(post, "background_pages") == Self.number(post, "lacking_pages"), "\(post)")
+        #expect(Self.number(post, "switch_round") == 0)
+        #expect((report["rounds"] as? [[String: Any]])?.count == 1, "no pre-copy round")
+        // The workload runs on, whole: its invariants hold, and the record says the move is over.
+        let verify = try runFerry(["verify", "--control", lab.socket("b")])
+        #expect(verify.status == 0, "\(verify.standardOutput) \(verify.standardError)")
+        let record = try String(contentsOfFile: lab.shared + "/ferry-owner.json", encoding: .utf8)
+        #expect(record.contains("\"generation\":2"), "\(record)")
+        #expect(!record.contains("postCopySource"), "the record must no longer say post-copy: \(record)")
+        #expect(lab.log("b").contains("post-copy complete"), "\(lab.log("b"))")
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        receiver.waitUntilExit()
+    }
+
+    /// A workload dirtying its whole 8 MiB region faster than a 40 Mbit/s link drains it never converges;
+    /// `--on-stall post-copy` and `--mode hybrid` move it once the stall shows, and lose nothing.
+    @Test(arguments: [["--on-stall", "post-copy"], ["--mode", "hybrid"]])
+    func aStallSwitchesToPostCopy(flags: [String]) throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let receiver = try lab.startReceiver(port: port, ["--once"])
+        let source = try lab.startSource(regionSize: "8MiB", ["--dirty-rate", "5000"])
+        let path = lab.directory + "/report.json"
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--max-bandwidth", "40mbit", "--report", path] + flags)
+        #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)")
+        source.waitUntilExit()
+        let report = try Self.report(path)
+        #expect(report["stall"] as? String == "post-copy", "\(migrate.standardOutput)")
+        #expect(report["mode"] as? String == "hybrid")
+        #expect(report["verified"] as? Bool == true)
+        let post = try #require(report["post_copy"] as? [String: Any])
+        #expect(Self.number(post, "switch_round") >= 1, "it switched after pre-copy rounds: \(post)")
+        #expect(Self.number(post, "demand_pages") + Self.number(post, "background_pages") == Self.number(post, "lacking_pages"))
+        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        receiver.waitUntilExit()
+    }
+
+    @Test func resumeIsRefusedWhileTheRecordSaysPostCopy() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let source = try lab.startSource()
+        _ = try runFerry(["stop", "--control", lab.socket("a")])
+        source.waitUntilExit()
+        // As a source writes it at a post-copy switch-over: the owner runs the workload, the source holds pages.
+        let path = lab.shared + "/ferry-owner.json"
+        var record = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        record["postCopySource"] = "elsewhere:4242"
+        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: path))
+        let resume = try runFerry(["run", "--resume", "--owner-gone", "--shared-dir", lab.shared, "--control", lab.socket("r")])
+        #expect(resume.status != 0)
+        #expect(resume.standardError.contains("post-copy migration from elsewhere:4242"), "\(resume.standardError)")
+        #expect(resume.standardError.contains("neither side alone holds the workload"))
+    }
+}
