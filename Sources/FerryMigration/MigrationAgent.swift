@@ -410,6 +410,9 @@ public final class MigrationAgent: Sendable {
         guard let to = request["to"] as? String, let endpoint = Endpoint(to) else {
             return failure(.usage, "'to' must be HOST:PORT")
         }
+        if let incoming = state.withLock({ $0.incoming }), incoming.pagesLeft > 0 {
+            return failure(.failed, "the workload is still arriving by post-copy from \(incoming.source) (\(incoming.pagesLeft) pages left); migrate it once every page is here ('ferry status' shows the pages left)")
+        }
         let claimed = state.withLock { state -> (WorkloadHost, UInt64)? in
             guard state.role == .running, let host = state.host else { return nil }
             state.role = .migrating

@@ -134,6 +134,46 @@ import Testing
         #expect(printed == reference.output, "\(script): \(printed.count) bytes against lua5.4's \(reference.output.count)\n\(lab.log(last))")
     }
 
+    /// A Lua script moved by post-copy (the interpreter resumes on the destination at once and its heap
+    /// follows), then on by pre-copy, prints byte for byte what `lua5.4` prints for it.
+    @Test(arguments: ["bigtables", "gc"])
+    func aLuaScriptMovedByPostCopyPrintsWhatLuaPrints(script: String) throws {
+        guard let lua = Self.luaAvailable("aLuaScriptMovedByPostCopy") else { return }
+        let binary = try Self.buildDemo("lua/build.sh")
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let scriptPath = try Self.scaledScript(script, in: lab.directory)
+        let reference = NamespaceLab.run(lua, [scriptPath], deadline: 120)
+        try #require(reference.status == 0, "\(reference.output)")
+        let output = lab.shared + "/\(script).txt"
+        let first = try lab.startProgram(binary, ["start", "--script", scriptPath, "--output", output, "--shared-dir", lab.shared,
+                                                  "--control", lab.socket("a"), "--region-size", "256MiB"], log: "a")
+        try lab.waitForSocket(lab.socket("a"))
+        usleep(300_000)
+        var current = "a"
+        var last: Process = first
+        for (hop, mode) in ["post-copy", "pre-copy"].enumerated() {
+            let port = Lab.freePort()
+            let name = "hop\(hop + 1)"
+            last = try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
+            try lab.waitForSocket(lab.socket(name))
+            // A move while pages are still arriving is refused; wait until post-copy completed.
+            var migrate = try runFerry(["migrate", "--control", lab.socket(current), "--to", "127.0.0.1:\(port)", "--mode", mode])
+            for _ in 0..<100 where migrate.status != 0 && migrate.standardError.contains("still arriving by post-copy") {
+                usleep(100_000)
+                migrate = try runFerry(["migrate", "--control", lab.socket(current), "--to", "127.0.0.1:\(port)", "--mode", mode])
+            }
+            try #require(migrate.status == 0, "\(mode): \(migrate.standardOutput) \(migrate.standardError)\n\(lab.log(current))\n\(lab.log(name))")
+            #expect(migrate.standardOutput.contains(mode == "post-copy" ? "post-copy from round 0" : "verified yes"), "\(migrate.standardOutput)")
+            current = name
+        }
+        #expect(Self.waitForExit(first))
+        #expect(Self.waitForExit(last, seconds: 300), "the last owner finishes")
+        #expect(last.terminationStatus == 0, "\(lab.log(current))")
+        let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        #expect(printed == reference.output, "\(script): \(printed.count) bytes against lua5.4's \(reference.output.count)\n\(lab.log(current))")
+    }
+
     /// The `lua5.4` interpreter when Lua 5.4 (interpreter, headers, pkg-config) is installed; otherwise prints
     /// why the test is skipped and returns nil.
     static func luaAvailable(_ test: String) -> String? {
