@@ -92,7 +92,8 @@ final class LocalPair {
 /// One line of migration progress, as `ferry migrate` and `ferry demo` print it.
 func progressLine(_ progress: ControlChannel.Message) -> String {
     func number(_ key: String) -> Double { progress[key] as? Double ?? Double(progress[key] as? Int ?? 0) }
-    let label = "\(progress["round"] as? Int ?? 0)\((progress["final"] as? Bool ?? false) ? " (final)" : "")"
+    let phase = progress["phase"] as? String ?? ""
+    let label = "\(progress["round"] as? Int ?? 0)" + (phase == "switch" ? " (switch)" : phase == "background" ? " (post)" : (progress["final"] as? Bool ?? false) ? " (final)" : "")
     return label.padding(to: 10) + String(
         format: "%6.0f %12.0f %12.0f %9.3f %9.1f %15.0f %17.1f ms", number("pages"), number("zero_pages"), number("bytes"),
         number("seconds"), number("bandwidth_mbps"), number("dirty_rate"), number("predicted_downtime_ms"))

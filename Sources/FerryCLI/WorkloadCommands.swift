@@ -240,10 +240,10 @@ struct MigrateCommand: Command {
         if outcome == "completed" {
             let downtime = report["downtime_ms"] as? Double ?? 0
             let total = report["total_seconds"] as? Double ?? 0
-            let predicted = report["predicted_downtime_ms"] as? Double ?? 0
-            printLine(String(format: "completed: downtime %.1f ms (last pages predicted %.1f ms), total %.2f s, %@ sent, verified %@ (%@), encryption %@", downtime, predicted, total,
+            let predicted = (report["predicted_downtime_ms"] as? Double).map { String(format: " (last pages predicted %.1f ms)", $0) } ?? ""
+            printLine(String(format: "completed: downtime %.1f ms%@, total %.2f s, %@ sent, verified %@ (%@), encryption %@", downtime, predicted, total,
                              ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "NO",
-                             verify, report["encryption"] as? String ?? encryption))
+                             report["post_copy"] == nil ? verify : "when every page arrived", report["encryption"] as? String ?? encryption))
             if let post = report["post_copy"] as? [String: Any] {
                 let number = { (key: String) -> Double in post[key] as? Double ?? Double(post[key] as? Int ?? 0) }
                 printLine(String(format: "post-copy from round %d: %d pages lacking, %d fetched on demand, %d in the background, every page there after %.2f s; demand faults p50 %@, p99 %@",

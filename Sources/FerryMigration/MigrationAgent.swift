@@ -449,6 +449,7 @@ public final class MigrationAgent: Sendable {
                 "event": "progress", "round": round.round, "pages": round.pages, "zero_pages": round.zero_pages,
                 "bytes": round.bytes, "seconds": round.seconds, "bandwidth_mbps": round.bandwidth_mbps,
                 "dirty_rate": round.dirty_rate, "predicted_downtime_ms": round.predicted_downtime_ms, "final": round.final,
+                "phase": round.phase ?? "",
             ])
         }
         let completed = report.outcome == .completed

@@ -18,6 +18,8 @@ public struct MigrationReport: Codable, Sendable {
         public var dirty_rate: Double
         public var predicted_downtime_ms: Double
         public var final: Bool
+        /// Post-copy only: `switch` for the pause that moved the workload, `background` for the pages sent after it.
+        public var phase: String?
     }
 
     public var outcome: Outcome

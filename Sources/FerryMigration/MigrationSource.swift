@@ -253,17 +253,27 @@ public final class MigrationSource: Sendable {
                 parts.resume_ack_ms = lap()
                 report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
                 report.downtime_parts = parts
-                report.predicted_downtime_ms = predicted * 1000
                 if dirty != nil { report.stall = "post-copy" }
                 let record = MigrationReport.Round(
-                    round: round, pages: 0, zero_pages: 0, bytes: 0, seconds: (ContinuousClock.now - pauseStart).secondsValue,
-                    dirty_pages: lacking.pageCount, bandwidth_mbps: 0, dirty_rate: 0, predicted_downtime_ms: predicted * 1000, final: true)
+                    round: round, pages: 1, zero_pages: 0, bytes: range.pageSize, seconds: (ContinuousClock.now - pauseStart).secondsValue,
+                    dirty_pages: lacking.pageCount, bandwidth_mbps: 0, dirty_rate: 0, predicted_downtime_ms: predicted * 1000, final: true,
+                    phase: "switch")
                 report.rounds.append(record)
                 progress(record)
 
                 // The background stream, then both digests: ours of the frozen region, theirs of what it installed.
                 let resident = try ResidentPages.runs(of: range)
+                let backgroundStart = ContinuousClock.now
+                let bytesBefore = link.byteCounts.sent
                 try server.sendBackground(on: link, resident: resident, round: round + 1)
+                let backgroundSeconds = (ContinuousClock.now - backgroundStart).secondsValue
+                let backgroundBytes = link.byteCounts.sent - bytesBefore
+                let background = MigrationReport.Round(
+                    round: round + 1, pages: server.sentCounts.backgroundPages, zero_pages: 0, bytes: backgroundBytes, seconds: backgroundSeconds,
+                    dirty_pages: lacking.pageCount, bandwidth_mbps: Double(backgroundBytes) / Swift.max(backgroundSeconds, 1e-6) / 1e6,
+                    dirty_rate: 0, predicted_downtime_ms: 0, final: false, phase: "background")
+                report.rounds.append(background)
+                progress(background)
                 let ours = RegionDigest.compute(range, resident: resident, threads: RegionDigest.defaultThreads)
                 report.source_digest = String(ours, radix: 16)
                 guard case .postCopyDone(let demandPages, let buckets) = try link.receive(while: "waiting for the destination to hold every page") else {
