@@ -26,9 +26,10 @@ Options:
   --dirty-rate N|0|max    workload steps per second (default 0: idle)
   --fill none|zero|random what the region holds at the start (default random)
   --max-bandwidth RATE    passed to ferry migrate (Ferry's own cap, e.g. 50mbit)
-  --downtime-target DUR   passed to ferry migrate (default 50ms)
+  --downtime-target DUR   passed to ferry migrate: a cap on the pause (default: none, the shortest the link allows)
+  --mode MODE             passed to ferry migrate: pre-copy, post-copy or hybrid (default pre-copy)
   --verify strict|audit   passed to ferry migrate (default strict)
-  --on-stall POLICY       passed to ferry migrate: force, abort or throttle (default force)
+  --on-stall POLICY       passed to ferry migrate: force, abort, throttle or post-copy (default force)
   --tcp-baseline          also time a plain TCP transfer of the same number of bytes over the migration link
                           (python3 sender in A, `ferry bench tcp-sink` in B), to measure the link itself
   --report FILE           write the migration's JSON report (with a "lab" object added) to FILE
@@ -46,7 +47,7 @@ Exit status: 0 when the migration completed and verified (in the report and by `
 EOF
 }
 
-rate=""; size="256MiB"; workload="hotset"; dirty="0"; fill="random"; maxbw=""; target="50ms"; verify="strict"
+rate=""; size="256MiB"; workload="hotset"; dirty="0"; fill="random"; maxbw=""; target=""; mode="pre-copy"; verify="strict"
 report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500; timeout="30s"; cut_after=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -58,6 +59,7 @@ while [ $# -gt 0 ]; do
     --fill) fill=${2:?--fill needs a value}; shift 2 ;;
     --max-bandwidth) maxbw=${2:?--max-bandwidth needs a value}; shift 2 ;;
     --downtime-target) target=${2:?--downtime-target needs a value}; shift 2 ;;
+    --mode) mode=${2:?--mode needs a value}; shift 2 ;;
     --verify) verify=${2:?--verify needs a value}; shift 2 ;;
     --on-stall) on_stall=${2:?--on-stall needs a value}; shift 2 ;;
     --report) report=${2:?--report needs a value}; shift 2 ;;
@@ -227,8 +229,9 @@ done
 
 echo "== A: ferry migrate --to 10.77.3.2:$port --bind 10.77.3.1"
 json="$lab/report.json"
-migrate_args=(migrate --control "$lab/a.sock" --to "10.77.3.2:$port" --bind 10.77.3.1 --downtime-target "$target"
+migrate_args=(migrate --control "$lab/a.sock" --to "10.77.3.2:$port" --bind 10.77.3.1 --mode "$mode"
               --verify "$verify" --timeout "$timeout" --report "$json")
+[ -n "$target" ] && migrate_args+=(--downtime-target "$target")
 [ -n "$maxbw" ] && migrate_args+=(--max-bandwidth "$maxbw")
 [ -n "${on_stall:-}" ] && migrate_args+=(--on-stall "$on_stall")
 migrate_status=0
