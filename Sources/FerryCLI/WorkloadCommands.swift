@@ -286,7 +286,7 @@ struct StatusCommand: Command {
             let data = try JSONSerialization.data(withJSONObject: clean, options: [.prettyPrinted, .sortedKeys])
             printLine(String(decoding: data, as: UTF8.self))
         } else {
-            let keys = ["role", "workload", "step", "generation", "region_base", "region_bytes", "steps_per_second", "pid", "last_migration", "error"]
+            let keys = ["role", "workload", "step", "generation", "region_base", "region_bytes", "steps_per_second", "pid", "post_copy", "last_migration", "error"]
             for key in keys { if let value = result[key] { printLine("\(key.padding(to: 18))\(value)") } }
         }
         return .success

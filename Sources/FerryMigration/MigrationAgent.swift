@@ -371,6 +371,7 @@ public final class MigrationAgent: Sendable {
         if let last { message["last_migration"] = last }
         if let incoming = state.withLock({ $0.incoming }), incoming.pagesLeft > 0 {
             message["post_copy"] = "from \(incoming.source): \(incoming.pagesLeft) pages still to arrive; until then neither side alone holds the workload"
+                + (incoming.postCopyInterruption.map { "; INTERRUPTED: \($0)" } ?? "")
             message["post_copy_pages_left"] = incoming.pagesLeft
         }
         return message

@@ -55,6 +55,8 @@ public enum MigrationDestination {
 
         /// Pages still to arrive from the source (post-copy), 0 once the move is over.
         public var pagesLeft: Int { postCopy?.pagesLeft ?? 0 }
+        /// Why post-copy stopped before every page arrived, if it did.
+        public var postCopyInterruption: String? { postCopy?.interruption }
     }
 
     /// Serves one migration on `connection`. Returns the running workload after the commit; throws on any
@@ -242,7 +244,8 @@ public enum MigrationDestination {
                     do {
                         _ = try session.finish(sharedDirectory: directory, generation: generation, log: log)
                     } catch {
-                        log("post-copy did not complete: \(error); the workload waits for the \(session.pagesLeft) pages it lacks (threads touching them block), and the source keeps them")
+                        session.interrupted("\(error)")
+                        log("post-copy interrupted: \(error); the workload lacks \(session.pagesLeft) pages: threads touching them wait (never a wrong zero page); they are only on the source, which keeps them while it runs")
                     }
                 }
                 finisher.name = "ferry-postcopy-background"

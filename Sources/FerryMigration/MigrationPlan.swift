@@ -200,8 +200,15 @@ public enum MigrationPlan {
         public static let roundSeconds = 0.001
         /// Reaching a safe point (a paced workload reaches one within a step) and the final collect.
         public static let pauseSeconds = 0.001
-        /// Beyond the shared mount's syncs, the handoff's messages and the destination starting its loop.
-        public static let handoffMessagesSeconds = 0.002
+        /// The handoff syncs the shared mount about twice as often as the probe's timing does (the rename, then
+        /// the destination's claim, its check of the record, the old claims removed) ...
+        public static let handoffSyncs = 2.0
+        /// ... and adds its messages and the destination starting its loop (measured on loopback: the
+        /// handoff and "running" took 2-22 ms, median 6, where the probe timed the shared mount at 0.8-1.4 ms).
+        public static let handoffMessagesSeconds = 0.003
+        /// Strict verification beyond the digest passes: the request, each side's resident-page scan, the reply
+        /// (measured on loopback: 1.5-3 ms for 16 MiB whose digest pass takes 0.6 ms).
+        public static let verifyMessagesSeconds = 0.002
         /// Without a measurement of the shared mount: a synced create, a rename and two directory syncs.
         public static let defaultSharedMountSeconds = 0.01
 
@@ -213,8 +220,8 @@ public enum MigrationPlan {
             let sharing = sameHost ? 2.0 : 1.0
             return Costs(
                 start: handshakeSeconds + probe.arm_seconds + regionBytes / setupBytesPerSecond,
-                round: roundSeconds, verify: sharing * probe.digest_seconds, audit: probe.digest_seconds, pause: pauseSeconds,
-                handoff: (probe.shared_mount_seconds ?? defaultSharedMountSeconds) + handoffMessagesSeconds,
+                round: roundSeconds, verify: sharing * probe.digest_seconds + verifyMessagesSeconds, audit: probe.digest_seconds,
+                pause: pauseSeconds, handoff: handoffSyncs * (probe.shared_mount_seconds ?? defaultSharedMountSeconds) + handoffMessagesSeconds,
                 prepare: probe.shared_mount_write_seconds ?? defaultSharedMountSeconds / 2)
         }
     }

@@ -32,6 +32,15 @@ import FerrySystem
 /// | commit received | claims g+1, runs, answers "running" | before the claim: the source takes it back; after it: the only owner died | runs (the claim is won); the source sees the claim and stops |
 /// | running(g+1) | serves its control socket | nobody runs it: `ferry run --resume` as above | – |
 ///
+/// Post-copy (`--mode post-copy`, or the switch-over of `hybrid`) commits generation g+1 at the pause, with the
+/// record's `postCopySource` naming the source: the destination runs the workload at once and fetches the pages
+/// it lacks, so until every page arrived neither side alone holds it.
+///
+/// | post-copy state | source | destination | if the source dies | if a link breaks |
+/// |---|---|---|---|---|
+/// | switched (record = g+1, post-copy) | paused for good, serving pages | claims g+1, runs; faulting threads wait for pages | the pages only it held are lost, so the workload cannot complete (as with QEMU and CRIU): the destination's threads that touch them wait, and its log and `ferry status` say post-copy was interrupted | both keep what they hold and say so; threads touching missing pages wait (never a wrong zero page); `--resume` refuses; reconnecting is not built yet |
+/// | complete (record = g+1, mark cleared) | exits | the only owner | – | – |
+///
 /// An owner renews its claim (modification time) every second; `ferry run --resume` treats a claim silent for
 /// 10 s as a dead owner's. An owner that finds the record past its generation (it was resumed elsewhere while
 /// hung) stops its workload within a second.

@@ -81,6 +81,12 @@ final class PostCopyDestination: Sendable {
     /// Pages still to arrive.
     var pagesLeft: Int { state.withLock { $0.remaining } }
 
+    /// Why post-copy stopped before every page arrived, if it did.
+    var interruption: String? { state.withLock { $0.failure } }
+
+    /// Records why post-copy cannot go on (the background stream or the urgent channel broke).
+    func interrupted(_ why: String) { state.withLock { $0.failure = $0.failure ?? why } }
+
     // MARK: Installing
 
     /// Installs the pages of `buffer` at `first ..< first + count` that are not here yet, hashing what it installs.
