@@ -12,9 +12,10 @@ import Synchronization
 /// and its region frozen; this serves the pages the destination lacks, on demand over the urgent channel and
 /// in the background over the main connection.
 ///
-/// Guarantees: each lacking page goes out once, on whichever channel claims it first; a demand request for a
-/// page the background already claimed is answered `pageEnRoute` (the background copy wakes the faulting
-/// thread). Pages that hold no memory here go as zero ranges without being read.
+/// Guarantees: each lacking page goes out on the background stream unless a demand request claimed it first;
+/// a demand request is always answered with the page, also when the background claimed it already (it may be
+/// queued behind megabytes of stream: sent again, 4 KiB, rather than waited for). Pages that hold no memory
+/// here go as zero ranges without being read.
 final class PostCopySource: Sendable {
     /// What was sent where.
     struct Counts: Sendable {
@@ -67,20 +68,18 @@ final class PostCopySource: Sendable {
                     }
                     let page = Int(first)
                     lastRequested.withLock { $0 = page }
-                    if claim(page) {
-                        // One write (one sealed record) for the frame and its page.
-                        try urgent.batched {
-                            if MigrationSource.isZero(range, page: page) {
-                                try urgent.send(.zeroPages(firstPage: first, pageCount: 1))
-                            } else {
-                                try urgent.sendPages(of: range, first: page, count: 1)
-                            }
+                    // A page the background claimed may still be behind megabytes of queued stream: the
+                    // faulting thread should not wait for those, so it gets its page here too (the destination
+                    // keeps whichever copy lands first; both are the frozen page).
+                    let claimed = claim(page)
+                    try urgent.batched {
+                        if MigrationSource.isZero(range, page: page) {
+                            try urgent.send(.zeroPages(firstPage: UInt64(page), pageCount: 1))
+                        } else {
+                            try urgent.sendPages(of: range, first: page, count: 1)
                         }
-                        counts.withLock { $0.demandPages += 1 }
-                    } else {
-                        try urgent.send(.pageEnRoute(firstPage: first, pageCount: 1))
-                        counts.withLock { $0.enRouteReplies += 1 }
                     }
+                    counts.withLock { if claimed { $0.demandPages += 1 } else { $0.enRouteReplies += 1 } }
                 }
             } catch {
                 failure.withLock { $0 = "\(error)" }
