@@ -64,8 +64,9 @@ public struct MigrationReport: Codable, Sendable {
         public var demand_pages: Int
         /// Pages sent on the background stream.
         public var background_pages: Int
-        /// Demand requests for pages the background had already sent.
-        public var en_route_replies: Int
+        /// Pages sent on both channels: asked for on demand after the background had claimed them (each is
+        /// installed once, from whichever copy lands first).
+        public var sent_twice: Int
         /// From the switch-over until the destination held every page.
         public var complete_seconds: Double
         /// Demand faults by latency: element i counts faults served in [2^i, 2^(i+1)) microseconds.

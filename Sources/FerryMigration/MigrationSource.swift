@@ -292,7 +292,7 @@ public final class MigrationSource: Sendable {
                 let counts = server.sentCounts
                 report.post_copy = MigrationReport.PostCopy(
                     switch_round: round, lacking_pages: lacking.pageCount, demand_pages: Int(demandPages),
-                    background_pages: counts.backgroundPages, en_route_replies: counts.enRouteReplies, complete_seconds: complete,
+                    background_pages: counts.backgroundPages, sent_twice: counts.sentTwice, complete_seconds: complete,
                     latency_buckets_us: buckets, latency_p50_us: Self.percentile(0.5, of: buckets),
                     latency_p99_us: Self.percentile(0.99, of: buckets))
                 report.outcome = .completed

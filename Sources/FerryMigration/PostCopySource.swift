@@ -20,7 +20,7 @@ final class PostCopySource: Sendable {
     /// What was sent where.
     struct Counts: Sendable {
         var demandPages = 0
-        var enRouteReplies = 0
+        var sentTwice = 0
         var backgroundPages = 0
     }
 
@@ -79,7 +79,7 @@ final class PostCopySource: Sendable {
                             try urgent.sendPages(of: range, first: page, count: 1)
                         }
                     }
-                    counts.withLock { if claimed { $0.demandPages += 1 } else { $0.enRouteReplies += 1 } }
+                    counts.withLock { if claimed { $0.demandPages += 1 } else { $0.sentTwice += 1 } }
                 }
             } catch {
                 failure.withLock { $0 = "\(error)" }
