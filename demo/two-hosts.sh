@@ -39,6 +39,8 @@ Options:
   --timeout DUR           passed to ferry receive and ferry migrate: how long a silent peer is waited for (default 30s)
   --cut-link-after SECS   a silent partition: SECS after the migration starts, take B's end of the migration veth
                           down (no FIN, no RST: both sides only see silence until their --timeout)
+  --link-down-for SECS    with --cut-link-after: bring the link back up after SECS (a post-copy migration then
+                          reconnects and completes)
   --help                  this text
 
 Environment: FERRY=path/to/ferry (default: .build/release/ferry, built if missing).
@@ -48,7 +50,7 @@ EOF
 }
 
 rate=""; size="256MiB"; workload="hotset"; dirty="0"; fill="random"; maxbw=""; target=""; mode="pre-copy"; verify="strict"
-report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500; timeout="30s"; cut_after=""
+report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500; timeout="30s"; cut_after=""; down_for=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
@@ -69,6 +71,7 @@ while [ $# -gt 0 ]; do
     --keep-logs) keep_logs=${2:?--keep-logs needs a value}; shift 2 ;;
     --timeout) timeout=${2:?--timeout needs a value}; shift 2 ;;
     --cut-link-after) cut_after=${2:?--cut-link-after needs a value}; shift 2 ;;
+    --link-down-for) down_for=${2:?--link-down-for needs a value}; shift 2 ;;
     *) echo "two-hosts.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -243,10 +246,15 @@ if [ -n "$cut_after" ]; then
   sleep "$cut_after"
   echo "== partition: B's end of the migration veth goes down (nothing tells either side)"
   in_ns "$ns_b" ip link set mig down
+  if [ -n "$down_for" ]; then
+    sleep "$down_for"
+    echo "== partition over: B's end of the migration veth is up again after ${down_for}s"
+    in_ns "$ns_b" ip link set mig up
+  fi
 fi
 wait "${clients[-1]}" || migrate_status=$?
 migrate_ended=$(date +%s.%N)
-if [ -n "$cut_after" ]; then
+if [ -n "$cut_after" ] && [ -z "$down_for" ]; then
   # B gave up on the stream (it runs with --once): it must not run the workload.
   for _ in $(seq 1 100); do kill -0 "${pids[-2]}" 2>/dev/null || break; sleep 0.1; done
   if kill -0 "${pids[-2]}" 2>/dev/null; then b_state=running; else b_state=exited; fi

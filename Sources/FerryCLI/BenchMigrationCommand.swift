@@ -20,6 +20,7 @@ struct BenchMigrationCommand: Command {
     static let options = [
         OptionSpec("region-size", "SIZE", "Region to migrate.", default: "1GiB"),
         OptionSpec("dirty-rates", "LIST", "Comma-separated steps per second (each dirties a page of the working set); max = flat out.", default: "0,1000,5000,20000,100000,max"),
+        OptionSpec("modes", "LIST", "Comma-separated migration modes to sweep side by side: pre-copy, post-copy, hybrid.", default: "pre-copy"),
         OptionSpec("verify", "MODE", "strict or audit.", default: "strict"),
         OptionSpec("downtime-target", "DURATION", "A cap on the pause, as for 'ferry migrate' (none by default: the shortest pause the link allows)."),
         OptionSpec("warmup", "DURATION", "How long the workload runs before each migration.", default: "1s"),
@@ -28,6 +29,7 @@ struct BenchMigrationCommand: Command {
     ]
 
     struct Point: Encodable {
+        let mode: String
         let dirty_rate: Double?
         let dirty_rate_label: String
         let verify: String
@@ -38,6 +40,8 @@ struct BenchMigrationCommand: Command {
         let sent_ratio: Double
         let remaining_pages: [Int]
         let verified: Bool
+        /// Post-copy: pages fetched on demand (faults the destination's workload waited on).
+        let demand_pages: Int?
     }
 
     struct Report: Encodable {
@@ -66,35 +70,43 @@ struct BenchMigrationCommand: Command {
         }
         let target = arguments.string("downtime-target") == nil ? nil : try arguments.seconds("downtime-target", default: 0)
         let warmup = try arguments.seconds("warmup", default: 1)
+        let modes = arguments.string("modes", default: "pre-copy").split(separator: ",").map(String.init)
+        for mode in modes where MigrationMode(rawValue: mode) == nil {
+            throw UsageError("--modes: '\(mode)' is not pre-copy, post-copy or hybrid")
+        }
         #if DEBUG
         printError("note: this is a debug build; measure with 'swift run -c release ferry bench migration'")
         #endif
         printLine("Migration sweep: hotset in \(ByteCount(size)), verify \(verify), " + (target.map { "downtime cap \($0 * 1000) ms" } ?? "no downtime cap (the default)"))
-        printLine("dirty rate   total s   downtime ms   rounds   sent/region   verified")
+        printLine("mode        dirty rate   total s   downtime ms   rounds   sent/region   verified   demand pages")
         var points: [Point] = []
         for rate in rates {
+          for mode in modes {
             let pair = try LocalPair(workload: "hotset", regionSize: "\(size)", fill: "random", dirtyRate: rate)
             usleep(UInt32(warmup * 1e6))
-            var settings: [String: any Sendable] = ["verify": verify]
+            var settings: [String: any Sendable] = ["verify": verify, "mode": mode]
             if let target { settings["downtime_target"] = target }
             let result = try pair.migrate(settings) { _ in }
             pair.tearDown()
             guard let report = result["report"] as? [String: Any], report["outcome"] as? String == "completed",
                   let rounds = report["rounds"] as? [[String: Any]] else {
-                printLine("\(rate.padding(to: 12))failed: \(result["error"] ?? "unknown")")
+                printLine("\(mode.padding(to: 12))\(rate.padding(to: 12))failed: \(result["error"] ?? "unknown")")
                 continue
             }
             func number(_ object: [String: Any], _ key: String) -> Double { object[key] as? Double ?? Double(object[key] as? Int ?? 0) }
+            let postCopy = report["post_copy"] as? [String: Any]
             let point = Point(
-                dirty_rate: rate == "max" ? nil : Units.count(rate), dirty_rate_label: rate, verify: verify,
+                mode: mode, dirty_rate: rate == "max" ? nil : Units.count(rate), dirty_rate_label: rate, verify: verify,
                 total_seconds: number(report, "total_seconds"),
                 downtime_ms: number(report, "downtime_ms"),
                 downtime_parts: (report["downtime_parts"] as? [String: Double]) ?? [:],
                 rounds: rounds.count, sent_ratio: number(report, "bytes_sent") / Double(size),
-                remaining_pages: rounds.map { Int(number($0, "dirty_pages")) }, verified: report["verified"] as? Bool ?? false)
+                remaining_pages: rounds.filter { $0["phase"] == nil || $0["phase"] is NSNull }.map { Int(number($0, "dirty_pages")) },
+                verified: report["verified"] as? Bool ?? false, demand_pages: postCopy.map { Int(number($0, "demand_pages")) })
             points.append(point)
-            printLine(rate.padding(to: 12) + String(format: "%7.2f   %11.2f   %6d   %11.2f   %@", point.total_seconds, point.downtime_ms,
-                                                    point.rounds, point.sent_ratio, point.verified ? "yes" : "NO"))
+            printLine(mode.padding(to: 12) + rate.padding(to: 12) + String(format: "%7.2f   %11.2f   %6d   %11.2f   %@   %@", point.total_seconds, point.downtime_ms,
+                                                    point.rounds, point.sent_ratio, point.verified ? "yes     " : "NO      ", point.demand_pages.map { "\($0)" } ?? "–"))
+          }
         }
         let threads = RegionDigest.defaultThreads
         let digest = try digestSeconds(size: size, threads: threads)
@@ -110,7 +122,7 @@ struct BenchMigrationCommand: Command {
             try Data(Chart.sweep(points: points, regionBytes: size).utf8).write(to: URL(fileURLWithPath: path))
             printLine("charts written to \(path)")
         }
-        return points.count == rates.count && points.allSatisfy(\.verified) ? .success : .failure
+        return points.count == rates.count * modes.count && points.allSatisfy(\.verified) ? .success : .failure
     }
 }
 
@@ -181,15 +193,25 @@ enum Chart {
     /// The sweep's two panels side by side (downtime and total time against the rate; pages left per round).
     static func sweep(points: [BenchMigrationCommand.Point], regionBytes: Int) -> String {
         // Rates on an even axis by position, labelled with their values (they span orders of magnitude).
-        let ticks = points.enumerated().map { (Double($0.offset), $0.element.dirty_rate_label) }
-        let downtime = Series(name: "downtime (ms)", color: "#d62728", points: points.enumerated().map { (Double($0.offset), $0.element.downtime_ms) })
-        let total = Series(name: "total time (ms)", color: "#1f77b4", points: points.enumerated().map { (Double($0.offset), $0.element.total_seconds * 1000) })
+        var labels: [String] = []
+        for point in points where !labels.contains(point.dirty_rate_label) { labels.append(point.dirty_rate_label) }
+        let ticks = labels.enumerated().map { (Double($0.offset), $0.element) }
+        let modes = points.reduce(into: [String]()) { if !$0.contains($1.mode) { $0.append($1.mode) } }
+        let colors = ["pre-copy": "#1f77b4", "post-copy": "#d62728", "hybrid": "#9467bd"]
+        func series(_ value: (BenchMigrationCommand.Point) -> Double, _ what: String) -> [Series] {
+            modes.map { mode in
+                Series(name: "\(what), \(mode)", color: colors[mode] ?? "#7f7f7f",
+                       points: points.filter { $0.mode == mode }.map { (Double(labels.firstIndex(of: $0.dirty_rate_label) ?? 0), value($0)) })
+            }
+        }
+        let downtime = series(\.downtime_ms, "downtime (ms)")
+        let total = series({ $0.total_seconds * 1000 }, "total time (ms)")
         var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1500\" height=\"360\" font-family=\"sans-serif\">\n<rect width=\"1500\" height=\"360\" fill=\"white\"/>\n"
         svg += panel(title: "Total time, \(ByteCount(regionBytes)), end to end", xLabel: "dirty rate (steps/s)", yLabel: "milliseconds",
-                     xTicks: ticks, series: [total], origin: (0, 0), size: (500, 360))
+                     xTicks: ticks, series: total, origin: (0, 0), size: (500, 360))
         svg += panel(title: "Downtime (\(points.first?.verify ?? "") verification)", xLabel: "dirty rate (steps/s)", yLabel: "milliseconds",
-                     xTicks: ticks, series: [downtime], origin: (500, 0), size: (500, 360))
-        if let busiest = points.last(where: { $0.rounds > 2 }) ?? points.last {
+                     xTicks: ticks, series: downtime, origin: (500, 0), size: (500, 360))
+        if let busiest = points.last(where: { $0.mode == "pre-copy" && $0.rounds > 2 }) ?? points.last {
             let pages = Series(name: "pages to send (rate \(busiest.dirty_rate_label))", color: "#2ca02c",
                                points: busiest.remaining_pages.enumerated().map { (Double($0.offset), Double($0.element)) })
             let roundTicks = busiest.remaining_pages.indices.map { (Double($0), $0 == 0 ? "full" : "\($0)") }

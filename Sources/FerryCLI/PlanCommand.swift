@@ -15,7 +15,7 @@ struct PlanCommand: Command {
         pause is the last pages, strict verification (one digest pass on each side) and the handoff on the shared
         mount. Framing (a frame header per run of pages, sealed records) is counted.
         Then it recommends pre-copy (it converges), pre-copy with --on-stall throttle (it converges if the workload
-        is slowed by at most --max-throttle), or post-copy, which this build does not have yet.
+        is slowed by at most --max-throttle), or post-copy (--mode hybrid or post-copy), whose time it does not forecast.
         """
     static let options = [
         OptionSpec("control", "SOCKET", "Control socket of the process running the workload (probed now)."),
@@ -25,7 +25,7 @@ struct PlanCommand: Command {
         OptionSpec("link", "RATE", "The migration stream's rate, e.g. 100mbit, 1gbit or 200MB/s ('ferry migrate --max-bandwidth', or the link).", default: "required"),
         OptionSpec("link-mtu", "BYTES", "The rate counts whole Ethernet frames of this MTU (a NIC or a tc shaper): the stream gets (MTU-52)/(MTU+14) of it. Leave out for a --max-bandwidth cap."),
         OptionSpec("same-host", nil, "The destination shares this machine's cores (loopback, the lab): strict verification's two digest passes share them too."),
-        OptionSpec("mode", "MODE", "pre-copy (post-copy is not available yet).", default: "pre-copy"),
+        OptionSpec("mode", "MODE", "pre-copy (the plan does not forecast post-copy or hybrid yet).", default: "pre-copy"),
         OptionSpec("downtime-target", "DURATION", "As for 'ferry migrate': a cap on the pause, over which --on-stall decides."),
         OptionSpec("on-stall", "POLICY", "As for 'ferry migrate': force, abort or throttle.", default: "force"),
         OptionSpec("verify", "MODE", "As for 'ferry migrate': strict or audit.", default: "strict"),
@@ -54,7 +54,7 @@ struct PlanCommand: Command {
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
         let mode = arguments.string("mode", default: "pre-copy")
         guard mode == "pre-copy" else {
-            if mode == "post-copy" { throw UsageError("--mode post-copy: post-copy is not available yet; plan pre-copy (the recommendation says when post-copy would be needed)") }
+            if mode == "post-copy" || mode == "hybrid" { throw UsageError("--mode \(mode): the plan forecasts pre-copy only, not post-copy's time yet (the recommendation says when post-copy is needed)") }
             throw UsageError("--mode \(mode): expected pre-copy")
         }
         guard let rate = try arguments.rate("link") else { throw UsageError("--link is required (the migration stream's rate, like 100mbit)") }
@@ -143,7 +143,9 @@ struct PlanCommand: Command {
                     + (round.pace_fraction.map { String(format: "  (workload at %.0f %% of its pace)", $0 * 100) } ?? ""))
         }
         let dirtyRounds = plan.rounds.filter { $0.round > 0 && !$0.final }.count
-        if plan.outcome == "aborted" {
+        if plan.outcome == "post-copy" {
+            lines.append("converges: no; --on-stall post-copy switches to post-copy after \(dirtyRounds) dirty rounds (what follows is not forecast)")
+        } else if plan.outcome == "aborted" {
             lines.append("converges: no; --on-stall abort gives up after \(dirtyRounds) dirty rounds (\(plan.reason ?? "")); the workload stays on the source")
         } else if plan.converges {
             lines.append("converges: yes, after \(dirtyRounds) dirty rounds")
@@ -159,9 +161,9 @@ struct PlanCommand: Command {
                 plan.downtime_ms, plan.final_send_ms, plan.verify_ms, plan.fixed_pause_ms))
         }
         let data = Double(max(region.data_pages, 1) * region.page_size)
-        lines.append(String(
+        if plan.outcome != "post-copy" { lines.append(String(
             format: "total: %@ sent (%.2f × the region's data), %.2f s (start %.3f s, full copy %.3f s)",
-            ByteCount(Int(plan.bytes_sent.rounded())).description, plan.bytes_sent / data, plan.total_seconds, plan.costs.start, plan.full_copy_seconds))
+            ByteCount(Int(plan.bytes_sent.rounded())).description, plan.bytes_sent / data, plan.total_seconds, plan.costs.start, plan.full_copy_seconds)) }
         if let throttled = output.throttle_forecast, output.settings.on_stall != "throttle" {
             lines.append(throttled.outcome == "completed"
                 ? String(format: "with --on-stall throttle: the workload slowed by %.0f %%, a pause of %.1f ms, total %.2f s", throttled.throttle_percent ?? 0, throttled.downtime_ms, throttled.total_seconds)

@@ -203,6 +203,8 @@ struct MigrateCommand: Command {
         OptionSpec("timeout", "DURATION", "How long a silent destination is waited for before the attempt is abandoned (the workload stays on the source); keep it above the destination's set-up time for the region.", default: "30s"),
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
         OptionSpec("mode", "MODE", "pre-copy (rounds, then a pause for the last); post-copy (move at once, the pages follow on demand and in the background: a pause of a few ms whatever the workload dirties); hybrid (pre-copy, post-copy if it stalls).", default: "pre-copy"),
+        OptionSpec("recover-within", "DURATION", "Post-copy: how long to keep reconnecting when a link breaks after the switch-over.", default: "5m"),
+        OptionSpec("recover", nil, "Post-copy under way from this process: reconnect now (to --to, when given, e.g. over another network)."),
         OptionSpec("on-stall", "POLICY", "When it does not converge: force (stop anyway), abort (stay on the source), throttle (slow the workload), post-copy (move now, fetch the rest).", default: "force"),
         OptionSpec("verify", "MODE", "strict: compare digests before the handoff (in the downtime); audit: after it, while the destination already runs.", default: "strict"),
         OptionSpec("encryption", "MODE", "aes-256-gcm: seal every frame (confidential, tamper-evident); none: plain after the authenticated handshake, for a migration network you trust.", default: "aes-256-gcm"),
@@ -211,6 +213,20 @@ struct MigrateCommand: Command {
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
         let control = try arguments.required("control")
+        if arguments.has("recover") {
+            var request: ControlChannel.Message = ["command": "recover"]
+            if let to = arguments.string("to") {
+                guard Endpoint(to) != nil else { throw UsageError("--to \(to): expected ADDR:PORT") }
+                request["to"] = to
+            }
+            let result = try ControlChannel.request(request, at: control) { _ in }
+            guard result["ok"] as? Bool == true else {
+                printError("ferry migrate --recover: \(result["error"] as? String ?? "refused")")
+                return .failure
+            }
+            printLine("ferry migrate --recover: \(result["summary"] as? String ?? "reconnecting")")
+            return .success
+        }
         let verify = arguments.string("verify", default: "strict")
         guard VerificationMode(rawValue: verify) != nil else { throw UsageError("--verify \(verify): expected strict or audit") }
         let encryption = arguments.string("encryption", default: "aes-256-gcm")
@@ -226,6 +242,7 @@ struct MigrateCommand: Command {
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
             "tracker": arguments.string("tracker", default: "auto"), "verify": verify, "on_stall": onStall,
             "timeout": try streamTimeout(arguments), "encryption": encryption, "mode": mode,
+            "recover_within": try arguments.seconds("recover-within", default: 300),
         ]
         if arguments.string("downtime-target") != nil { request["downtime_target"] = try arguments.seconds("downtime-target", default: 0) }
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }

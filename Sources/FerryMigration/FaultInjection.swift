@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import FerryTransport
+import Synchronization
 
 /// The phases of a migration where the fault-matrix tests break one side.
 public enum MigrationPhase: String, Sendable, CaseIterable {
@@ -18,6 +19,8 @@ public enum MigrationPhase: String, Sendable, CaseIterable {
     case afterVerify = "after-verify"
     /// The record renamed (source) or the commit frame received (destination), before "running".
     case afterCommit = "after-commit"
+    /// Post-copy, a quarter of the region into the background stream (source).
+    case postCopy = "post-copy"
 }
 
 /// Test-only fault injection, compiled into debug builds only (`FERRY_TEST_HOOKS`, see Package.swift): with
@@ -41,8 +44,11 @@ enum FaultInjection {
     }()
 
     /// Breaks this process or `link` if the planned fault is at `phase`.
+    /// Whether the planned fault happened already: it breaks a process once.
+    static let fired = Mutex(false)
+
     static func reached(_ phase: MigrationPhase, link: Connection) {
-        guard let planned, planned.phase == phase else { return }
+        guard let planned, planned.phase == phase, !fired.withLock({ let was = $0; $0 = true; return was }) else { return }
         FileHandle.standardError.write(Data("ferry: test fault: \(planned.action.rawValue) at \(phase.rawValue)\n".utf8))
         switch planned.action {
         case .kill: kill(getpid(), SIGKILL)

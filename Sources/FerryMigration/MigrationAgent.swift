@@ -45,6 +45,8 @@ public final class MigrationAgent: Sendable {
         var pendingReplies = 0
         /// A post-copy migration that brought the workload here: the pages still to arrive.
         var incoming: MigrationDestination.Received?
+        /// The migration under way from here, if any.
+        var outgoing: MigrationSource?
     }
 
     /// The shared mount: ownership record, claims, key, the workload's files.
@@ -277,7 +279,11 @@ public final class MigrationAgent: Sendable {
                             log: log)
                         // `ferry stop` may have ended the wait meanwhile: then nobody else runs what we claimed.
                         adopt(received.host, generation: received.generation)
-                        if received.postCopy != nil { update { $0.incoming = received } }
+                        if let session = received.postCopy {
+                            update { $0.incoming = received }
+                            // Until every page is here, a source whose link broke comes back on this listener.
+                            acceptReconnections(on: listener, to: session, keys: keys, timeoutSeconds: timeoutSeconds, log: log)
+                        }
                         return
                     } catch {
                         log("migration from \(connection.peer) failed: \(error)")
@@ -309,6 +315,36 @@ public final class MigrationAgent: Sendable {
         acceptor.start()
     }
 
+    /// Takes a reconnecting post-copy source's connections (authenticated, naming the session's token) until
+    /// every page is here; refuses anything else meanwhile.
+    private func acceptReconnections(on listener: Listener, to session: PostCopyDestination, keys: [PresharedKey],
+                                     timeoutSeconds: Double, log: @escaping @Sendable (String) -> Void) {
+        while !session.isFinished && role == .running {
+            guard let connection = try? listener.accept(timeoutSeconds: 1, connectionTimeoutSeconds: timeoutSeconds) else { continue }
+            do {
+                do throws(AuthError) {
+                    _ = try PeerAuthentication.challengeSource(on: connection, keys: keys)
+                } catch {
+                    throw MigrationError.authentication(error)
+                }
+                switch try connection.receive(while: "waiting for a reconnecting source") {
+                case .postCopy(_, let token) where token == session.token:
+                    try session.reattach(main: connection)
+                    log("post-copy: the source reconnected from \(connection.peer); \(session.pagesLeft) pages to go")
+                case .urgentChannel(let token) where token == session.token:
+                    session.reattach(urgent: connection)
+                case .hello:
+                    try? connection.send(.helloReply(.refused(Refusal(
+                        code: .busy, reason: "this receiver already runs a workload that is still arriving by post-copy; use another receiver"))))
+                case let other:
+                    throw MigrationError.protocolViolation("unexpected \(other) from \(connection.peer) during post-copy")
+                }
+            } catch {
+                log("a connection from \(connection.peer) during post-copy was refused: \(error)")
+            }
+        }
+    }
+
     // MARK: Control socket
 
     /// Serves `status`, `verify`, `migrate` and `stop` on the Unix socket `path` until `closeControl()`.
@@ -324,6 +360,7 @@ public final class MigrationAgent: Sendable {
             case "verify": reply(verify())
             case "probe": reply(probe(request))
             case "migrate": reply(migrate(request, progress: reply))
+            case "recover": reply(recover(request))
             case "stop":
                 stop()
                 reply(["event": "result", "ok": true])
@@ -395,6 +432,22 @@ public final class MigrationAgent: Sendable {
         ]
     }
 
+    /// The `recover` reply: during post-copy, makes the migration reconnect (to `to`, when given) now.
+    func recover(_ request: ControlChannel.Message) -> ControlChannel.Message {
+        guard let source = state.withLock({ $0.outgoing }) else {
+            return ["event": "result", "ok": false, "error": "no migration is under way from this process; nothing to recover"]
+        }
+        var destination: Endpoint?
+        if let to = request["to"] as? String {
+            guard let endpoint = Endpoint(to) else { return ["event": "result", "ok": false, "error": "'to' must be HOST:PORT"] }
+            destination = endpoint
+        }
+        guard source.redirect(to: destination) else {
+            return ["event": "result", "ok": false, "error": "the migration from this process is not in post-copy; nothing to recover"]
+        }
+        return ["event": "result", "ok": true, "summary": "post-copy reconnects " + (destination.map { "to \($0)" } ?? "to the same destination") + " now"]
+    }
+
     /// Exit statuses of a `migrate` reply, as `ferry migrate` uses them.
     public enum MigrateStatus: Int, Sendable {
         case completed = 0, failed = 1, refused = 2, usage = 64
@@ -444,7 +497,10 @@ public final class MigrationAgent: Sendable {
         if let value = request["on_stall"] as? String, let policy = StallPolicy(rawValue: value) { options.onStall = policy }
         if let value = request["encryption"] as? String, let encryption = StreamEncryption(rawValue: value) { options.encryption = encryption }
         if let value = request["mode"] as? String, let mode = MigrationMode(rawValue: value) { options.mode = mode }
+        if let value = request["recover_within"] as? Double, value > 0 { options.recoverWithinSeconds = value }
         let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
+        update { $0.outgoing = source }
+        defer { update { $0.outgoing = nil } }
         let report = source.migrate(options) { round in
             progress([
                 "event": "progress", "round": round.round, "pages": round.pages, "zero_pages": round.zero_pages,

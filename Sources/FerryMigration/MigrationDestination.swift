@@ -236,7 +236,8 @@ public enum MigrationDestination {
                 }
                 // Nothing may populate a range in missing mode: a populated page would never fault.
                 populator?.cancel()
-                let session = try PostCopyDestination(region: region, lacking: stale, digest: digest, main: connection, urgent: urgent.link, log: log)
+                let session = try PostCopyDestination(
+                    region: region, lacking: stale, digest: digest, main: connection, urgent: urgent.link, token: token, log: log)
                 let started = try takeOver(generation, why: "switched to post-copy by \(connection.peer), \(stale.reduce(0) { $0 + $1.count }) pages to fetch")
                 try connection.send(.running(step: started.startStep))
                 let directory = sharedDirectory
@@ -245,7 +246,7 @@ public enum MigrationDestination {
                         _ = try session.finish(sharedDirectory: directory, generation: generation, log: log)
                     } catch {
                         session.interrupted("\(error)")
-                        log("post-copy interrupted: \(error); the workload lacks \(session.pagesLeft) pages: threads touching them wait (never a wrong zero page); they are only on the source, which keeps them while it runs")
+                        log("post-copy failed: \(error); the workload lacks \(session.pagesLeft) pages: threads touching them wait (never a wrong zero page); they are only on the source")
                     }
                 }
                 finisher.name = "ferry-postcopy-background"

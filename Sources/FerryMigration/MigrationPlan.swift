@@ -289,7 +289,7 @@ public enum MigrationPlan {
 
     /// What to do, and why.
     public struct Recommendation: Codable, Sendable {
-        /// `pre-copy`, `pre-copy --on-stall throttle`, or `post-copy (not available yet)`.
+        /// `pre-copy`, `pre-copy --on-stall throttle`, or `post-copy`.
         public var mode: String
         public var reason: String
     }
@@ -433,7 +433,7 @@ public enum MigrationPlan {
     }
 
     /// Pre-copy when it converges by itself; else throttling when it completes within the cap and slows the
-    /// workload by at most `maximumThrottlePercent`; else post-copy, which this build does not have yet.
+    /// workload by at most `maximumThrottlePercent`; else post-copy (whose time this plan does not forecast).
     /// - Parameters:
     ///   - precopy: the forecast with `--on-stall force`.
     ///   - throttled: the forecast with `--on-stall throttle`.
@@ -451,8 +451,8 @@ public enum MigrationPlan {
                                precopy.downtime_ms, slowdown, maximumThrottlePercent, throttled.downtime_ms))
         }
         return Recommendation(
-            mode: "post-copy (not available yet)",
-            reason: String(format: "pre-copy does not converge (--on-stall force would pause %.0f ms) and throttling would slow the workload by %.0f %% (more than the %.0f %% accepted); until post-copy exists: a faster link, a lower dirty rate, or one of those",
+            mode: "post-copy",
+            reason: String(format: "pre-copy does not converge (--on-stall force would pause %.0f ms) and throttling would slow the workload by %.0f %% (more than the %.0f %% accepted); post-copy moves the workload at once and its pages follow (ferry migrate --mode hybrid: pre-copy until it stalls, or --mode post-copy); this plan does not forecast post-copy's time",
                            precopy.downtime_ms, slowdown, maximumThrottlePercent))
     }
 }

@@ -67,6 +67,8 @@ public struct MigrationReport: Codable, Sendable {
         /// Pages sent on both channels: asked for on demand after the background had claimed them (each is
         /// installed once, from whichever copy lands first).
         public var sent_twice: Int
+        /// How often a broken link was reconnected during post-copy.
+        public var recoveries: Int
         /// From the switch-over until the destination held every page.
         public var complete_seconds: Double
         /// Demand faults by latency: element i counts faults served in [2^i, 2^(i+1)) microseconds.

@@ -6,6 +6,7 @@ import FerrySystem
 public import FerryTracking
 public import FerryTransport
 import FerryRegion
+import Synchronization
 import FerryWire
 public import FerryAuth
 
@@ -40,6 +41,8 @@ public struct MigrationOptions: Sendable {
     public var encryption = StreamEncryption.aes256gcm
     /// Pre-copy (the default), post-copy, or pre-copy switching to post-copy when it stalls.
     public var mode = MigrationMode.preCopy
+    /// Post-copy: how long to keep reconnecting when a link breaks after the switch-over (default 5 minutes).
+    public var recoverWithinSeconds = 300.0
 
     public init(destination: Endpoint, key: PresharedKey) {
         self.destination = destination
@@ -92,6 +95,17 @@ public final class MigrationSource: Sendable {
     public let host: WorkloadHost
     public let sharedDirectory: String
     public let generation: UInt64
+
+    /// The post-copy phase under way, if any (for `redirect(to:)`).
+    private let postCopy = Mutex<PostCopySource?>(nil)
+
+    /// During post-copy: reconnect now, to `destination` when given (`ferry migrate --recover [--to]`). Returns
+    /// false when no post-copy phase is under way.
+    public func redirect(to destination: Endpoint?) -> Bool {
+        guard let server = postCopy.withLock({ $0 }) else { return false }
+        server.redirect(to: destination)
+        return true
+    }
 
     public init(host: WorkloadHost, sharedDirectory: String, generation: UInt64) {
         self.host = host
@@ -240,9 +254,13 @@ public final class MigrationSource: Sendable {
                 postCopyStarted = true
                 report.generation = next.generation
                 parts.handoff_ms = lap()
-                let server = PostCopySource(range: range, lacking: lacking, urgent: urgent)
-                server.startServing()
-                defer { server.stop() }
+                let server = PostCopySource(
+                    range: range, lacking: lacking, generation: next.generation, token: urgentToken,
+                    peer: .init(destination: options.destination, bindAddress: options.bindAddress, key: options.key, encryption: options.encryption,
+                                maximumBytesPerSecond: options.maximumBytesPerSecond, timeoutSeconds: options.timeoutSeconds))
+                postCopy.withLock { $0 = server }
+                defer { postCopy.withLock { $0 = nil } }
+                server.startServing(on: urgent)
                 let switched = ContinuousClock.now
                 try link.send(.postCopy(generation: next.generation, token: urgentToken))
                 switch try link.receive(while: "waiting for the destination to run the workload") {
@@ -261,13 +279,18 @@ public final class MigrationSource: Sendable {
                 report.rounds.append(record)
                 progress(record)
 
-                // The background stream, then both digests: ours of the frozen region, theirs of what it installed.
+                // The background stream (reconnecting if a link breaks), then both digests: ours of the frozen
+                // region, theirs of what it installed.
                 let resident = try ResidentPages.runs(of: range)
+                var holdsMemory = [Bool](repeating: false, count: range.pageCount)
+                for run in resident.runs { for page in run.first..<run.end { holdsMemory[page] = true } }
                 let backgroundStart = ContinuousClock.now
-                let bytesBefore = link.byteCounts.sent
-                try server.sendBackground(on: link, resident: resident, round: round + 1)
+                let outcome = try server.complete(
+                    link: link, urgent: urgent, resident: holdsMemory, round: round + 1, recoverWithin: options.recoverWithinSeconds,
+                    log: { FileHandle.standardError.write(Data("ferry: \($0)\n".utf8)) })
+                let complete = (ContinuousClock.now - switched).secondsValue
                 let backgroundSeconds = (ContinuousClock.now - backgroundStart).secondsValue
-                let backgroundBytes = link.byteCounts.sent - bytesBefore
+                let backgroundBytes = server.sentCounts.backgroundPages * range.pageSize
                 let background = MigrationReport.Round(
                     round: round + 1, pages: server.sentCounts.backgroundPages, zero_pages: 0, bytes: backgroundBytes, seconds: backgroundSeconds,
                     dirty_pages: lacking.pageCount, bandwidth_mbps: Double(backgroundBytes) / Swift.max(backgroundSeconds, 1e-6) / 1e6,
@@ -276,14 +299,9 @@ public final class MigrationSource: Sendable {
                 progress(background)
                 let ours = RegionDigest.compute(range, resident: resident, threads: RegionDigest.defaultThreads)
                 report.source_digest = String(ours, radix: 16)
-                guard case .postCopyDone(let demandPages, let buckets) = try link.receive(while: "waiting for the destination to hold every page") else {
-                    throw MigrationError.protocolViolation("expected the end of post-copy")
-                }
-                let complete = (ContinuousClock.now - switched).secondsValue
-                guard case .digest(_, let value) = try link.receive(while: "waiting for the destination's digest"),
-                      let theirs = RegionDigest.value(of: value) else {
-                    throw MigrationError.protocolViolation("expected the destination's digest")
-                }
+                let theirs = outcome.destinationDigest
+                let demandPages = outcome.demandPages
+                let buckets = outcome.latencyBuckets
                 report.destination_digest = String(theirs, radix: 16)
                 report.verified = theirs == ours
                 if theirs != ours {
@@ -292,7 +310,7 @@ public final class MigrationSource: Sendable {
                 let counts = server.sentCounts
                 report.post_copy = MigrationReport.PostCopy(
                     switch_round: round, lacking_pages: lacking.pageCount, demand_pages: Int(demandPages),
-                    background_pages: counts.backgroundPages, sent_twice: counts.sentTwice, complete_seconds: complete,
+                    background_pages: counts.backgroundPages, sent_twice: counts.sentTwice, recoveries: counts.recoveries, complete_seconds: complete,
                     latency_buckets_us: buckets, latency_p50_us: Self.percentile(0.5, of: buckets),
                     latency_p99_us: Self.percentile(0.99, of: buckets))
                 report.outcome = .completed
@@ -426,6 +444,8 @@ public final class MigrationSource: Sendable {
                     }
                     func destinationDigest(while what: String) throws -> UInt64 {
                         switch try link.receive(while: what) {
+                        case .digest(let algorithm, _) where algorithm != RegionDigest.algorithm:
+                            throw MigrationError.protocolViolation("the destination's digest is \(algorithm), not \(RegionDigest.algorithm); run the same ferry build on both hosts")
                         case .digest(_, let value) where RegionDigest.value(of: value) != nil:
                             let digest = RegionDigest.value(of: value)!
                             report.destination_digest = String(digest, radix: 16)

@@ -18,7 +18,8 @@ import Synchronization
 /// once and hashed from the bytes installed, before any thread can touch it, so the digest compared at the end
 /// is of what the workload started from. When every page is here, missing mode ends and the ownership record
 /// says the move is over. If a connection breaks, faulting threads stay blocked (the workload waits; nothing
-/// is lost or invented) and the failure is logged.
+/// is lost or invented), the interruption is logged and shown, and when the source reconnects (`reattach`) it
+/// is told which pages are here and the rest continues.
 final class PostCopyDestination: Sendable {
     /// What the session did, for the logs and the source's report.
     struct Statistics: Sendable {
@@ -39,13 +40,22 @@ final class PostCopyDestination: Sendable {
         /// Faulting pages waiting for the background stream, since when.
         var waiting: [Int: ContinuousClock.Instant] = [:]
         var statistics = Statistics()
-        var failure: String?
+        /// Why the pages stopped coming, while they do not (a broken link, until the source reconnects).
+        var interruption: String?
+        var finished = false
+    }
+
+    /// The connections to the source: replaced when it reconnects after a break.
+    private struct Links {
+        var main: Connection?
+        var urgent: Connection?
     }
 
     let region: MigratableRegion
+    /// Names this migration's connections: a reconnecting source presents it.
+    let token: [UInt8]
     private let faults: MissingPageFaults
-    private let main: Connection
-    private let urgent: Connection
+    private let links: Mutex<Links>
     private let state: Mutex<State>
     private let started = ContinuousClock.now
     private let faultThreadDone = DispatchSemaphore(value: 0)
@@ -54,7 +64,7 @@ final class PostCopyDestination: Sendable {
     /// serving faults over `urgent`. Nothing of the workload runs yet; call `finish(sharedDirectory:generation:log:)`
     /// on a thread of its own once it does.
     init(region: MigratableRegion, lacking runs: [PageRun], digest: IncrementalDigest, main: Connection, urgent: Connection,
-         log: @escaping @Sendable (String) -> Void) throws {
+         token: [UInt8], log: @escaping @Sendable (String) -> Void) throws {
         let range = region.range
         var lacking = [Bool](repeating: false, count: range.pageCount)
         var remaining = 0
@@ -69,8 +79,8 @@ final class PostCopyDestination: Sendable {
             }
         }
         self.region = region
-        self.main = main
-        self.urgent = urgent
+        self.token = token
+        links = Mutex(Links(main: main, urgent: urgent))
         faults = try MissingPageFaults(range: range)
         state = Mutex(State(have: lacking.map { !$0 }, lacking: lacking, remaining: remaining, digest: digest))
         let thread = Thread { [self] in serveFaults(log: log) }
@@ -81,11 +91,58 @@ final class PostCopyDestination: Sendable {
     /// Pages still to arrive.
     var pagesLeft: Int { state.withLock { $0.remaining } }
 
-    /// Why post-copy stopped before every page arrived, if it did.
-    var interruption: String? { state.withLock { $0.failure } }
+    /// Why the pages stopped coming, while they do not.
+    var interruption: String? { state.withLock { $0.interruption } }
 
-    /// Records why post-copy cannot go on (the background stream or the urgent channel broke).
-    func interrupted(_ why: String) { state.withLock { $0.failure = $0.failure ?? why } }
+    /// Whether every page arrived and missing mode ended.
+    var isFinished: Bool { state.withLock { $0.finished } }
+
+    /// Records why the pages stopped coming.
+    func interrupted(_ why: String) { state.withLock { $0.interruption = $0.interruption ?? why } }
+
+    // MARK: Reconnecting
+
+    /// A reconnecting source's new main connection: it is told which pages are here (the rest continues on it).
+    func reattach(main link: Connection) throws {
+        let count = region.range.pageCount
+        let bitmap = state.withLock { state -> [UInt8] in
+            var bits = [UInt8](repeating: 0, count: (count + 7) / 8)
+            for page in 0..<count where state.have[page] { bits[page / 8] |= 1 << UInt8(page % 8) }
+            return bits
+        }
+        try link.send(.pagesHeld(pageCount: UInt64(count), bitmap: bitmap))
+        links.withLock { $0.main?.shutdown(); $0.main = link }
+        state.withLock { $0.interruption = nil }
+    }
+
+    /// A reconnecting source's new urgent channel.
+    func reattach(urgent link: Connection) {
+        links.withLock { $0.urgent?.shutdown(); $0.urgent = link }
+    }
+
+    /// The current link of one kind, waiting (indefinitely: the source decides how long to try) while there
+    /// is none; nil once the session finished.
+    private func current(_ kind: KeyPath<Links, Connection?>) -> Connection? {
+        while true {
+            if let link = links.withLock({ $0[keyPath: kind] }) { return link }
+            if isFinished { return nil }
+            usleep(20_000)
+        }
+    }
+
+    /// Forgets a link that broke (unless it was replaced meanwhile) and says why the pages stopped coming.
+    private func broken(_ link: Connection, _ kind: WritableKeyPath<Links, Connection?>, _ error: any Error, log: @Sendable (String) -> Void) {
+        let forgotten = links.withLock { links -> Bool in
+            guard links[keyPath: kind] === link else { return false }
+            links[keyPath: kind] = nil
+            return true
+        }
+        link.shutdown()
+        if forgotten {
+            interrupted("\(error); waiting for the source to reconnect")
+            log("post-copy interrupted: \(error); threads touching the \(pagesLeft) pages not here yet wait until the source reconnects")
+        }
+    }
 
     // MARK: Installing
 
@@ -169,23 +226,31 @@ final class PostCopyDestination: Sendable {
                     try installZero(first: page, count: 1, demand: true)
                     continue
                 }
-                try urgent.send(.pageRequest(firstPage: UInt64(page), pageCount: 1))
-                switch try urgent.receive(while: "waiting for page \(page) on the urgent channel") {
-                case .pageData(let first, let count) where count <= 16 && Int(first) == page:
-                    let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(count) * pageSize])
-                    try urgent.receiveBytes(into: bytes)
-                    try install(first: page, count: Int(count), from: bytes.baseAddress!, demand: true)
-                case .zeroPages(let first, let count) where Int(first) == page && count <= 16:
-                    try installZero(first: page, count: Int(count), demand: true)
-                case .pageEnRoute(let first, _) where Int(first) == page:
-                    break  // on the background stream; its install wakes the faulting thread
-                case let other:
-                    throw MigrationError.protocolViolation("expected page \(page) on the urgent channel, got \(other)")
+                // Ask on the urgent channel; when it breaks, ask again on the next one.
+                while let urgent = current(\.urgent) {
+                    do {
+                        try urgent.send(.pageRequest(firstPage: UInt64(page), pageCount: 1))
+                        switch try urgent.receive(while: "waiting for page \(page) on the urgent channel") {
+                        case .pageData(let first, let count) where count <= 16 && Int(first) == page:
+                            let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(count) * pageSize])
+                            try urgent.receiveBytes(into: bytes)
+                            try install(first: page, count: Int(count), from: bytes.baseAddress!, demand: true)
+                        case .zeroPages(let first, let count) where Int(first) == page && count <= 16:
+                            try installZero(first: page, count: Int(count), demand: true)
+                        case .pageEnRoute(let first, _) where Int(first) == page:
+                            break  // on the background stream; its install wakes the faulting thread
+                        case let other:
+                            throw MigrationError.protocolViolation("expected page \(page) on the urgent channel, got \(other)")
+                        }
+                        break
+                    } catch let error as TransportError {
+                        broken(urgent, \.urgent, error, log: log)
+                    }
                 }
             }
         } catch {
-            state.withLock { $0.failure = $0.failure ?? "\(error)" }
-            log("post-copy: serving faults stopped: \(error); threads touching pages not yet here wait")
+            interrupted("serving faults failed: \(error)")
+            log("post-copy: serving faults failed: \(error); threads touching pages not yet here wait")
         }
     }
 
@@ -199,37 +264,40 @@ final class PostCopyDestination: Sendable {
         let pageSize = region.range.pageSize
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: MigrationSource.pagesPerFrame * pageSize, alignment: pageSize)
         defer { buffer.deallocate() }
+        var main: Connection!
         receiving: while true {
-            switch try main.receive(while: "receiving the post-copy background stream") {
-            case .pageData(let first, let count):
-                guard count > 0, Int(count) <= MigrationSource.pagesPerFrame, Int(first) + Int(count) <= region.range.pageCount else {
-                    throw MigrationError.protocolViolation("background pages \(first)+\(count) do not fit")
+            guard let link = current(\.main) else { throw MigrationError.aborted("post-copy ended") }
+            main = link
+            do {
+                switch try main.receive(while: "receiving the post-copy background stream") {
+                case .pageData(let first, let count):
+                    guard count > 0, Int(count) <= MigrationSource.pagesPerFrame, Int(first) + Int(count) <= region.range.pageCount else {
+                        throw MigrationError.protocolViolation("background pages \(first)+\(count) do not fit")
+                    }
+                    let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(count) * pageSize])
+                    try main.receiveBytes(into: bytes)
+                    try install(first: Int(first), count: Int(count), from: bytes.baseAddress!, demand: false)
+                case .zeroPages(let first, let count):
+                    guard count > 0, first < UInt64(region.range.pageCount), count <= UInt64(region.range.pageCount) - first else {
+                        throw MigrationError.protocolViolation("background zero pages \(first)+\(count) lie outside the region")
+                    }
+                    try installZero(first: Int(first), count: Int(count), demand: false)
+                case .roundEnd(let summary) where summary.final:
+                    // Everything is sent; replies to demand requests may still be on their way.
+                    let deadline = ContinuousClock.now + .seconds(main.timeoutSeconds)
+                    while pagesLeft > 0 && ContinuousClock.now < deadline { usleep(200) }
+                    guard pagesLeft > 0 else { break receiving }
+                    throw MigrationError.protocolViolation("\(pagesLeft) pages never arrived after the source sent everything")
+                case .abort(let reason):
+                    throw MigrationError.aborted("the source: \(reason)")
+                case let other:
+                    throw MigrationError.protocolViolation("unexpected \(other) in the post-copy background stream")
                 }
-                let bytes = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(count) * pageSize])
-                try main.receiveBytes(into: bytes)
-                try install(first: Int(first), count: Int(count), from: bytes.baseAddress!, demand: false)
-            case .zeroPages(let first, let count):
-                guard count > 0, first < UInt64(region.range.pageCount), count <= UInt64(region.range.pageCount) - first else {
-                    throw MigrationError.protocolViolation("background zero pages \(first)+\(count) lie outside the region")
-                }
-                try installZero(first: Int(first), count: Int(count), demand: false)
-            case .roundEnd(let summary) where summary.final:
-                break receiving
-            case .abort(let reason):
-                throw MigrationError.aborted("the source: \(reason)")
-            case let other:
-                throw MigrationError.protocolViolation("unexpected \(other) in the post-copy background stream")
+            } catch let error as TransportError {
+                broken(main, \.main, error, log: log)
             }
         }
-        // Everything is sent; replies to demand requests may still be on their way.
-        let deadline = ContinuousClock.now + .seconds(main.timeoutSeconds)
-        while pagesLeft > 0 {
-            if let failure = state.withLock({ $0.failure }) { throw MigrationError.aborted("post-copy: \(failure)") }
-            guard ContinuousClock.now < deadline else {
-                throw MigrationError.aborted("post-copy: \(pagesLeft) pages never arrived after the source sent everything")
-            }
-            usleep(200)
-        }
+        state.withLock { $0.finished = true }
         faults.stopWaiting()
         faultThreadDone.wait()
         try faults.unregister()

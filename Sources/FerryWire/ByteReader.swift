@@ -51,6 +51,13 @@ struct ByteReader {
         return UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)])
     }
 
+    /// Exactly `count` bytes, with no length before them.
+    mutating func readRaw(count: Int) throws(WireError) -> [UInt8] {
+        try require(count)
+        defer { offset += count }
+        return Array(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + count)]))
+    }
+
     mutating func readBytes(field: String, limit: Int) throws(WireError) -> [UInt8] {
         Array(try readByteString(field: field, limit: limit))
     }

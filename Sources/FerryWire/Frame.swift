@@ -2,7 +2,7 @@
 ///
 /// Version 2 added the loaded objects (``Hello/images``) and ``Hello/fixedLayout`` at the end of the hello;
 /// version 3 the post-copy frames (`discardPages`, `postCopy`, `urgentChannel`, `pageRequest`, `pageEnRoute`,
-/// `postCopyDone`).
+/// `postCopyDone`, `pagesHeld`).
 public let wireProtocolVersion: UInt16 = 3
 
 /// One object loaded in the source process, the executable or a shared library, as the hello reports it.
@@ -221,9 +221,15 @@ public enum Frame: Hashable, Sendable {
     /// `latencyBuckets[i]` counts demand faults served in [2^i, 2^(i+1)) microseconds (at most
     /// ``maximumLatencyBuckets`` buckets).
     case postCopyDone(demandPages: UInt64, latencyBuckets: [UInt64])
+    /// Post-copy recovery, destination to source on a new main connection: which of `pageCount` pages the
+    /// destination holds (bit i is bit `i % 8` of byte `i / 8`); the source sends the others. At most
+    /// ``maximumBitmapPages`` pages.
+    case pagesHeld(pageCount: UInt64, bitmap: [UInt8])
 
     /// The most buckets of a ``postCopyDone`` latency histogram (2^32 µs is over an hour).
     public static let maximumLatencyBuckets = 32
+    /// The most pages a ``pagesHeld`` bitmap covers within ``maximumLength`` (32 GiB of 4 KiB pages).
+    public static let maximumBitmapPages: UInt64 = UInt64(maximumLength - 1 - 8) * 8
     /// The largest frame length (type byte plus body) a peer may send: 1 MiB.
     public static let maximumLength: UInt32 = 1 << 20
     /// The limit, in UTF-8 bytes, of names and identities: build identity, architecture, workload name,
@@ -262,6 +268,7 @@ public enum Frame: Hashable, Sendable {
         case .pageRequest: .pageRequest
         case .pageEnRoute: .pageEnRoute
         case .postCopyDone: .postCopyDone
+        case .pagesHeld: .pagesHeld
         }
     }
 }
@@ -286,6 +293,7 @@ enum FrameType: UInt8, CaseIterable {
     case pageRequest = 16
     case pageEnRoute = 17
     case postCopyDone = 18
+    case pagesHeld = 19
 
     /// The body size of frames whose body is fixed, nil for variable-size bodies.
     var fixedBodySize: Int? {
@@ -298,7 +306,7 @@ enum FrameType: UInt8, CaseIterable {
         case .commit, .running: 8
         case .discardPages: 8 + 8
         case .pageRequest, .pageEnRoute: 8 + 4
-        case .hello, .helloReply, .digest, .abort, .auth, .postCopy, .urgentChannel, .postCopyDone: nil
+        case .hello, .helloReply, .digest, .abort, .auth, .postCopy, .urgentChannel, .postCopyDone, .pagesHeld: nil
         }
     }
 }

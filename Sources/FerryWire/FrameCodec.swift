@@ -98,6 +98,13 @@ public enum FrameCodec {
             let buckets = latencyBuckets.prefix(Frame.maximumLatencyBuckets)
             writer.write(UInt16(buckets.count))
             for bucket in buckets { writer.write(bucket) }
+        case .pagesHeld(let pageCount, let bitmap):
+            // Always the exact size the count asks for (cut or zero-padded), so it decodes.
+            let count = Swift.min(pageCount, Frame.maximumBitmapPages)
+            let size = Int((count + 7) / 8)
+            writer.write(count)
+            writer.bytes.append(contentsOf: bitmap.prefix(size))
+            if bitmap.count < size { writer.bytes.append(contentsOf: [UInt8](repeating: 0, count: size - bitmap.count)) }
         }
         writer.endFrame(startingAt: start)
     }
@@ -211,6 +218,11 @@ public enum FrameCodec {
             var buckets: [UInt64] = []
             for _ in 0..<count { buckets.append(try reader.read(UInt64.self)) }
             frame = .postCopyDone(demandPages: demandPages, latencyBuckets: buckets)
+        case .pagesHeld:
+            let pageCount = try reader.read(UInt64.self)
+            guard pageCount <= Frame.maximumBitmapPages else { throw .fieldOutOfRange(field: "pagesHeld.pageCount", value: pageCount) }
+            let size = Int((pageCount + 7) / 8)
+            frame = .pagesHeld(pageCount: pageCount, bitmap: try reader.readRaw(count: size))
         }
         try reader.finish()
         return frame
@@ -238,6 +250,7 @@ public enum FrameCodec {
         case .pageRequest: "pageRequest"
         case .pageEnRoute: "pageEnRoute"
         case .postCopyDone: "postCopyDone"
+        case .pagesHeld: "pagesHeld"
         case nil: "unknown"
         }
     }

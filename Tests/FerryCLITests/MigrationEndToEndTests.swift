@@ -116,7 +116,7 @@ import Testing
         let points = try #require(object["points"] as? [[String: Any]])
         #expect(points.map { $0["dirty_rate"] as? Double } == [0, 3000])
         for point in points {
-            #expect(point["verify"] as? String == "audit")
+            #expect(point["verify"] as? String == "strict", "the default, as for ferry migrate")
             #expect((point["downtime_ms"] as? Double ?? 0) > 0)
             #expect((point["sent_ratio"] as? Double ?? 0) >= 1)
         }

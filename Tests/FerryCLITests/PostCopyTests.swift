@@ -77,6 +77,79 @@ import Testing
         receiver.waitUntilExit()
     }
 
+    /// The source's link cut a quarter into the background stream (a test hook): both sides keep what they
+    /// hold, the source reconnects, the destination says which pages it holds, and the rest follows.
+    @Test func aLinkCutDuringPostCopyIsReconnectedAndNothingIsLost() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let receiver = try lab.startReceiver(port: port, ["--once"])
+        let source = try lab.startSource(regionSize: "32MiB", ["--fill", "random", "--dirty-rate", "max"], environment: ["FERRY_TEST_FAULT": "post-copy:cut"])
+        let path = lab.directory + "/report.json"
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--mode", "post-copy", "--report", path])
+        #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)\n\(lab.log("a"))\n\(lab.log("b"))")
+        source.waitUntilExit()
+        let report = try Self.report(path)
+        #expect(report["verified"] as? Bool == true)
+        let post = try #require(report["post_copy"] as? [String: Any])
+        #expect(Self.number(post, "recoveries") == 1, "\(post)")
+        #expect(lab.log("a").contains("test fault: cut at post-copy"))
+        #expect(lab.log("b").contains("the source reconnected"), "\(lab.log("b"))")
+        #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+        _ = try runFerry(["stop", "--control", lab.socket("b")])
+        receiver.waitUntilExit()
+    }
+
+    /// The source killed during post-copy: the pages only it held are gone, so the move cannot complete. The
+    /// destination does not crash and does not invent pages: it says so, and `--resume` refuses.
+    @Test func theSourceKilledDuringPostCopyLeavesTheDestinationSayingSo() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let receiver = try lab.startReceiver(port: port, ["--once"])
+        _ = try lab.startSource(regionSize: "32MiB", ["--fill", "random", "--dirty-rate", "max"], environment: ["FERRY_TEST_FAULT": "post-copy:kill"])
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--mode", "post-copy"])
+        #expect(migrate.status != 0, "the source died mid-way: \(migrate.standardOutput)")
+        var status = ""
+        for _ in 0..<100 {
+            status = try runFerry(["status", "--control", lab.socket("b"), "--json"]).standardOutput
+            if status.contains("INTERRUPTED") { break }
+            usleep(100_000)
+        }
+        #expect(status.contains("INTERRUPTED"), "\(status)\n\(lab.log("b"))")
+        #expect(status.contains("post_copy_pages_left"))
+        #expect(receiver.isRunning, "the destination waits, it does not crash")
+        let resume = try runFerry(["run", "--resume", "--owner-gone", "--shared-dir", lab.shared, "--control", lab.socket("r")])
+        #expect(resume.status != 0 && resume.standardError.contains("post-copy migration"), "\(resume.standardError)")
+    }
+
+    /// The destination killed during post-copy: the source keeps reconnecting for --recover-within, then
+    /// gives up and says so, and keeps its region (the pages are nowhere else).
+    @Test func theDestinationKilledDuringPostCopyIsGivenUpOnAfterTheRecoveryWindow() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let receiver = try lab.startReceiver(port: port, ["--once"])
+        let source = try lab.startSource(regionSize: "32MiB", ["--fill", "random", "--dirty-rate", "max"])
+        // 32 MiB at 40 Mbit/s takes about 7 s: the destination dies a second into it.
+        let receiverLog = lab.directory + "/b.log"
+        let killer = Thread {
+            for _ in 0..<200 {
+                if ((try? String(contentsOfFile: receiverLog, encoding: .utf8)) ?? "").contains("switched to post-copy") { break }
+                usleep(50_000)
+            }
+            usleep(1_000_000)
+            kill(receiver.processIdentifier, SIGKILL)
+        }
+        killer.start()
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--mode", "post-copy",
+                                    "--max-bandwidth", "40mbit", "--recover-within", "3s", "--timeout", "2s"])
+        #expect(migrate.status == 1, "\(migrate.standardOutput) \(migrate.standardError)")
+        #expect(migrate.standardError.contains("could not reach the destination again within 3 s"), "\(migrate.standardError)")
+        #expect(migrate.standardError.contains("keep this process up"))
+        #expect(source.isRunning, "the source keeps the pages it alone holds")
+    }
+
     @Test func resumeIsRefusedWhileTheRecordSaysPostCopy() throws {
         let lab = try Lab()
         defer { lab.tearDown() }

@@ -61,7 +61,7 @@ import Testing
             #expect(probe.standardError.contains("--windows \(windows)"), "\(probe.standardError)")
         }
         let postCopy = try runFerry(["plan", "--control", "/tmp/nowhere.sock", "--link", "1gbit", "--mode", "post-copy"])
-        #expect(postCopy.status == 64 && postCopy.standardError.contains("post-copy is not available yet"), "\(postCopy.standardError)")
+        #expect(postCopy.status == 64 && postCopy.standardError.contains("the plan forecasts pre-copy only"), "\(postCopy.standardError)")
         let noLink = try runFerry(["plan", "--control", "/tmp/nowhere.sock"])
         #expect(noLink.status == 64 && noLink.standardError.contains("--link"), "\(noLink.standardError)")
         let both = try runFerry(["plan", "--control", "/tmp/nowhere.sock", "--probe", "/tmp/x.json", "--link", "1gbit"])
@@ -122,7 +122,7 @@ import Testing
 
     /// One case of the check: `ferry plan --control` (which probes) against `ferry migrate --max-bandwidth` of the
     /// same workload right after; prints how far off the forecast was.
-    static func forecastAndMigrate(regionSize: String, dirtyRate: Int, rate: String, windows: String) throws -> (plan: [String: Any], report: [String: Any]) {
+    static func forecastAndMigrate(regionSize: String, dirtyRate: Int, rate: String, windows: String) throws -> (output: [String: Any], forecast: [String: Any], report: [String: Any]) {
         let lab = try Lab()
         defer { lab.tearDown() }
         try lab.startSource(regionSize: regionSize, ["--dirty-rate", "\(dirtyRate)", "--fill", "random"])
@@ -137,13 +137,17 @@ import Testing
         _ = try runFerry(["stop", "--control", lab.socket("b")])
         destination.waitUntilExit()
         let report = try #require(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: reportPath))) as? [String: Any])
-        let forecast = try #require(try Self.json(plan)["forecast"] as? [String: Any])
+        let output = try Self.json(plan)
+        let forecast = try #require(output["forecast"] as? [String: Any])
         let predicted = forecast["total_seconds"] as? Double ?? 0
         let measured = report["total_seconds"] as? Double ?? 1
         print(String(format: "ferry plan against ferry migrate, %@ hotset at %d steps/s over %@: total %.3f s forecast, %.3f s measured (%+.1f %%); converges %@ forecast, %@ measured; pause %.1f ms forecast, %.1f ms measured",
                      regionSize, dirtyRate, rate, predicted, measured, 100 * (predicted - measured) / measured,
                      "\(forecast["converges"] as? Bool ?? false)", "\(report["stall"] == nil)", forecast["downtime_ms"] as? Double ?? 0, report["downtime_ms"] as? Double ?? 0))
-        return (forecast, report)
+        let rounds = (report["rounds"] as? [[String: Any]] ?? []).map { "\($0["dirty_pages"] ?? "?")/\(String(format: "%.3f", $0["seconds"] as? Double ?? 0))" }
+        let planned = (forecast["rounds"] as? [[String: Any]] ?? []).map { "\(Int(($0["pages"] as? Double ?? 0).rounded()))/\(String(format: "%.3f", $0["seconds"] as? Double ?? 0))" }
+        print("  rounds (pages/seconds) forecast: \(planned.joined(separator: " ")); measured: \(rounds.joined(separator: " ")); setup \(report["setup_seconds"] ?? "?") s")
+        return (output, forecast, report)
     }
 
     /// The bar: the total time within 20 % of the measured migration, and convergence forecast right.
@@ -158,7 +162,7 @@ import Testing
 
     @Test func thePlanForecastsAMigrationThatConverges() throws {
         // 2000 steps/s on 16 MiB against 12.5 MB/s: rounds shrink by about a third each.
-        let (forecast, report) = try Self.forecastAndMigrate(regionSize: "16MiB", dirtyRate: 2000, rate: "100mbit", windows: "100ms,1s,2s")
+        let (_, forecast, report) = try Self.forecastAndMigrate(regionSize: "16MiB", dirtyRate: 2000, rate: "100mbit", windows: "100ms,1s,2s")
         Self.check(forecast, report, converges: true)
         let rounds = (forecast["rounds"] as? [[String: Any]])?.count ?? 0
         #expect(rounds > 4, "several dirty rounds: \(rounds)")
@@ -166,16 +170,19 @@ import Testing
 
     @Test func thePlanForecastsAMigrationThatDoesNotConverge() throws {
         // 20000 steps/s dirty the whole 16 MiB faster than 100 Mbit/s drains it: the pause is the region again.
-        let (forecast, report) = try Self.forecastAndMigrate(regionSize: "16MiB", dirtyRate: 20000, rate: "100mbit", windows: "100ms,1s,2s")
+        let (output, forecast, report) = try Self.forecastAndMigrate(regionSize: "16MiB", dirtyRate: 20000, rate: "100mbit", windows: "100ms,1s,2s")
         Self.check(forecast, report, converges: false)
         #expect(report["stall"] as? String == "force")
         let plain = try runFerry(["plan", "--help"])
         #expect(plain.standardOutput.contains("--link RATE") && plain.standardOutput.contains("post-copy"))
+        // The recommendation for this case: pre-copy does not converge; throttling it means slowing it by most of its pace.
+        let recommendation = (output["recommendation"] as? [String: Any])?["mode"] as? String ?? ""
+        #expect(recommendation == "post-copy", "\(recommendation)")
     }
 
     @Test func theIdleCaseIsTheDocumentsArithmetic() throws {
         // Nothing dirty: one full copy, 32 MiB × 8 ÷ 200 Mbit/s = 1.34 s, and the pause.
-        let (forecast, report) = try Self.forecastAndMigrate(regionSize: "32MiB", dirtyRate: 0, rate: "200mbit", windows: "100ms,1s")
+        let (_, forecast, report) = try Self.forecastAndMigrate(regionSize: "32MiB", dirtyRate: 0, rate: "200mbit", windows: "100ms,1s")
         Self.check(forecast, report, converges: true)
         #expect((forecast["rounds"] as? [[String: Any]])?.count == 2)
     }

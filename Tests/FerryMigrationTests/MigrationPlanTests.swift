@@ -146,9 +146,9 @@ import Testing
         #expect(throttled.predicted_pause_ms <= 50, "within the cap: \(throttled.predicted_pause_ms) ms")
         #expect(throttled.rounds.contains { $0.pace_fraction != nil })
 
-        // The recommendation: throttling this much is more than 50 % accepted, so post-copy, which does not exist yet.
+        // The recommendation: throttling this much is more than the 50 % accepted, so post-copy.
         let advice = MigrationPlan.recommend(precopy: forced, throttled: throttled, maximumThrottlePercent: 50)
-        #expect(advice.mode == "post-copy (not available yet)")
+        #expect(advice.mode == "post-copy" && advice.reason.contains("not forecast"), "\(advice)")
         #expect(MigrationPlan.recommend(precopy: forced, throttled: throttled, maximumThrottlePercent: 100).mode == "pre-copy --on-stall throttle")
         let converging = MigrationPlan.forecast(region: workload, curve: Self.idle, link: link, settings: .init(), costs: Self.costs)
         #expect(MigrationPlan.recommend(precopy: converging, throttled: throttled, maximumThrottlePercent: 50).mode == "pre-copy")

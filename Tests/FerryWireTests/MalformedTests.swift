@@ -39,7 +39,7 @@ private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0
         #expect(throws: WireError.emptyFrame) { try FrameCodec.decodeHeader([0, 0, 0, 0, 7]) }
     }
 
-    @Test(arguments: [0, 19, 200, 255] as [UInt8])
+    @Test(arguments: [0, 20, 200, 255] as [UInt8])
     func unknownTypeIsRejected(type: UInt8) {
         #expect(streamError(header(length: 100) + [type]) == .unknownFrameType(type))
         #expect(throws: WireError.unknownFrameType(type)) { try FrameCodec.decodeHeader(header(length: 1) + [type]) }

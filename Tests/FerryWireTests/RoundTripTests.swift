@@ -111,8 +111,9 @@ import Testing
         #expect(FrameCodec.name(ofType: 13) == "discardPages")
         #expect(FrameCodec.name(ofType: 17) == "pageEnRoute")
         #expect(FrameCodec.name(ofType: 18) == "postCopyDone")
-        #expect(FrameCodec.name(ofType: 19) == "unknown")
-        #expect(Set(sampleFrames.map(\.typeCode)) == Set(1...18))
+        #expect(FrameCodec.name(ofType: 19) == "pagesHeld")
+        #expect(FrameCodec.name(ofType: 20) == "unknown")
+        #expect(Set(sampleFrames.map(\.typeCode)) == Set(1...19))
     }
 
     @Test func encoderCutsOverlongFieldsSoTheyStillDecode() throws {

@@ -81,6 +81,8 @@ let sampleFrames: [Frame] = {
         .pageEnRoute(firstPage: 7, pageCount: 3),
         .postCopyDone(demandPages: 0, latencyBuckets: []),
         .postCopyDone(demandPages: .max, latencyBuckets: (0..<UInt64(Frame.maximumLatencyBuckets)).map { $0 * 1000 }),
+        .pagesHeld(pageCount: 1, bitmap: [1]),
+        .pagesHeld(pageCount: 20, bitmap: [0xFF, 0x0F, 0x05]),
     ]
     for code in [Refusal.Code.protocolVersion, .architecture, .pageSize, .address, .sharedMount, .workload,
                  .layoutVersion, .busy, .authentication, .build] {

@@ -14,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 HELLO, HELLO_REPLY, PAGE_DATA, ZERO_PAGES, ROUND_END, ROUND_ACK = 1, 2, 3, 4, 5, 6
 DIGEST_REQUEST, DIGEST, COMMIT, RUNNING, ABORT, AUTH = 7, 8, 9, 10, 11, 12
-DISCARD_PAGES, POST_COPY, URGENT_CHANNEL, PAGE_REQUEST, PAGE_EN_ROUTE, POST_COPY_DONE = 13, 14, 15, 16, 17, 18  # protocol 3
+DISCARD_PAGES, POST_COPY, URGENT_CHANNEL, PAGE_REQUEST, PAGE_EN_ROUTE, POST_COPY_DONE, PAGES_HELD = 13, 14, 15, 16, 17, 18, 19  # protocol 3
 
 
 def u8(v): return struct.pack(">B", v)
@@ -111,6 +111,7 @@ seeds = {
     "urgent-channel": frame(URGENT_CHANNEL, blob(bytes(range(16)))),
     "page-request": frame(PAGE_REQUEST, u64(4242) + u32(1)),
     "page-en-route": frame(PAGE_EN_ROUTE, u64(4242) + u32(1)),
+    "pages-held": frame(PAGES_HELD, u64(20) + bytes([0xFF, 0x0F, 0x05])),
     "post-copy-done": frame(POST_COPY_DONE, u64(812) + u16(4) + u64(0) + u64(3) + u64(700) + u64(109)),
     # Streams of several frames, as a migration sends them.
     "stream-handshake": frame(AUTH, blob(nonce) + blob(b"")) + frame(AUTH, blob(nonce) + blob(mac)) + hello(),
@@ -129,6 +130,7 @@ seeds = {
     "bad-page-count-zero": frame(ZERO_PAGES, u64(5) + u64(0)),
     "bad-page-overflow": frame(PAGE_DATA, u64(MAX64) + u32(1)),
     "bad-page-request-zero": frame(PAGE_REQUEST, u64(1) + u32(0)),
+    "bad-pages-held-short": frame(PAGES_HELD, u64(20) + bytes([0xFF])),
     "bad-latency-buckets": frame(POST_COPY_DONE, u64(1) + u16(33) + u64(0) * 33),
     "bad-nonce-too-long": frame(AUTH, blob(bytes(65)) + blob(b"")),
     "bad-setup-nan": frame(HELLO_REPLY, u8(0) + f64(float("nan"))),
