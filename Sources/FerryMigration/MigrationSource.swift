@@ -99,6 +99,9 @@ public final class MigrationSource: Sendable {
     /// The post-copy phase under way, if any (for `redirect(to:)`).
     private let postCopy = Mutex<PostCopySource?>(nil)
 
+    /// During post-copy: the pages not sent yet (nil before the switch-over).
+    public var postCopyPagesUnsent: Int? { postCopy.withLock { $0 }?.pagesUnsent }
+
     /// During post-copy: reconnect now, to `destination` when given (`ferry migrate --recover [--to]`). Returns
     /// false when no post-copy phase is under way.
     public func redirect(to destination: Endpoint?) -> Bool {

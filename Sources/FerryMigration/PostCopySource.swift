@@ -77,6 +77,9 @@ final class PostCopySource: Sendable {
 
     var sentCounts: Counts { counts.withLock { $0 } }
 
+    /// Lacking pages not sent yet.
+    var pagesUnsent: Int { sent.withLock { $0.reduce(0) { $0 + ($1 ? 0 : 1) } } }
+
     /// Reconnects now (a retry waiting for its next second goes at once), to `destination` when given.
     func redirect(to destination: Endpoint?) {
         if let destination { peer.withLock { $0.destination = destination } }
