@@ -468,10 +468,6 @@ public final class MigrationAgent: Sendable {
         guard let to = request["to"] as? String, let endpoint = Endpoint(to) else {
             return failure(.usage, "'to' must be HOST:PORT")
         }
-        if let outgoing = state.withLock({ $0.outgoing }), let unsent = outgoing.postCopyPagesUnsent {
-            message["post_copy"] = "the workload runs on the destination, which still lacks pages this process holds (\(unsent) not sent yet); until it has them all, neither side alone holds the workload: keep this process up"
-            message["post_copy_pages_left"] = unsent
-        }
         if let incoming = state.withLock({ $0.incoming }), incoming.pagesLeft > 0 {
             return failure(.failed, "the workload is still arriving by post-copy from \(incoming.source) (\(incoming.pagesLeft) pages left); migrate it once every page is here ('ferry status' shows the pages left)")
         }
