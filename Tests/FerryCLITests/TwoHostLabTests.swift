@@ -56,6 +56,24 @@ import Testing
         #expect(abs(Self.number(lab, "full_copy_ratio") - fullCopy / expected) < 0.001)
     }
 
+    /// Post-copy across the lab's 100 Mbit/s link while the link goes down for 5 s (B's end of the veth, no
+    /// FIN, no RST): both sides wait, the source reconnects when the link is back, and nothing is lost.
+    @Test(.enabled(if: NamespaceLab.available("TwoHostLabTests.postCopySurvivesTheLinkGoingDownForFiveSeconds"),
+                   "needs root, ip, tc and jq"),
+          .timeLimit(.minutes(2)))
+    func postCopySurvivesTheLinkGoingDownForFiveSeconds() throws {
+        let (result, report) = try runLab(["--region-size", "32MiB", "--dirty-rate", "2000", "--migration-rate", "100mbit",
+                                           "--mode", "post-copy", "--cut-link-after", "1", "--link-down-for", "5", "--timeout", "2s"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("partition over"), "\(result.output)")
+        #expect(report["outcome"] as? String == "completed", "\(result.output)")
+        #expect(report["verified"] as? Bool == true)
+        #expect(result.output.contains("verify: all invariants hold"), "ferry verify in B: \(result.output)")
+        let post = try #require(report["post_copy"] as? [String: Any])
+        #expect(Self.number(post, "recoveries") >= 1, "\(post)")
+        #expect(Self.number(post, "complete_seconds") >= 5, "the link was down 5 s of it: \(post)")
+    }
+
     @Test(.enabled(if: NamespaceLab.available("TwoHostLabTests.maxBandwidthCapsTheStreamOnTheLabsMigrationNetwork"),
                    "needs root, ip, tc and jq"),
           .timeLimit(.minutes(2)))
