@@ -23,7 +23,7 @@ struct BenchMoveCommand: Command {
         OptionSpec("dirty-rate", "RATE", "The busy workload's steps per second (each dirties a page of its working set).", default: "5000"),
         OptionSpec("runs", "N", "Repetitions; medians are reported.", default: "3"),
         OptionSpec("warmup", "DURATION", "How long the workload runs before each move.", default: "1s"),
-        OptionSpec("huge-pages", "on|off", "Regions backed by transparent huge pages (both processes, and populate alone).", default: "on"),
+        OptionSpec("huge-pages", "on|off", "Regions backed by transparent huge pages (both processes, and populate alone).", default: "off"),
         OptionSpec("qemu", "SCRIPT", "Also run QEMU's default migration with this script (bench/qemu-migration.sh), same size."),
         OptionSpec("json", "FILE", "Also write the results as JSON to FILE (- for standard output)."),
     ]
@@ -70,7 +70,7 @@ struct BenchMoveCommand: Command {
         let runs = try arguments.integer("runs", default: 3, range: 1...100)
         let warmup = try arguments.seconds("warmup", default: 1)
         let qemu = arguments.string("qemu")
-        let hugePages = arguments.string("huge-pages", default: "on")
+        let hugePages = arguments.string("huge-pages", default: "off")
         guard ["on", "off"].contains(hugePages) else { throw UsageError("--huge-pages \(hugePages): expected on or off") }
         let host = ["--huge-pages", hugePages]
         #if DEBUG

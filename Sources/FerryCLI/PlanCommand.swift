@@ -49,6 +49,8 @@ struct PlanCommand: Command {
         /// With `--on-stall throttle`, when pre-copy does not converge by itself.
         var throttle_forecast: MigrationPlan.Forecast?
         var recommendation: MigrationPlan.Recommendation
+        /// Converges, but a dip of the link by less than 20 % in one round could stop it early, as a stall.
+        var marginal: Bool
     }
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -105,7 +107,7 @@ struct PlanCommand: Command {
         let output = Output(
             workload: probe.probe.workload, region: region, link: link, settings: settings, same_host: arguments.has("same-host"),
             curve: curve, working_set_pages: probe.working_set_pages, forecast: asked,
-            throttle_forecast: precopy.converges ? nil : throttled, recommendation: recommendation)
+            throttle_forecast: precopy.converges ? nil : throttled, recommendation: recommendation, marginal: asked.isMarginal())
         if arguments.has("json") {
             printLine(try JSONLines.encode(output))
         } else {
@@ -148,7 +150,13 @@ struct PlanCommand: Command {
         } else if plan.outcome == "aborted" {
             lines.append("converges: no; --on-stall abort gives up after \(dirtyRounds) dirty rounds (\(plan.reason ?? "")); the workload stays on the source")
         } else if plan.converges {
-            lines.append("converges: yes, after \(dirtyRounds) dirty rounds")
+            var line = "converges: yes, after \(dirtyRounds) dirty rounds"
+            if plan.isMarginal(), let closest = plan.closest_ratio {
+                line += String(
+                    format: " (marginal: while a round is sent the workload dirties %.2f of its pages again, and the engine stops iterating at 0.75; a dip of the link by %.0f %% in one of the %d rounds still over %@ would stop it early, as a stall)",
+                    closest, 100 * (1 - closest / 0.75), plan.rounds_over_cap, ProbeRequest.duration(output.settings.downtime_target ?? MigrationOptions.defaultStallCap))
+            }
+            lines.append(line)
         } else {
             let how = plan.stall == "throttle"
                 ? String(format: "slowing the workload by %.0f %% (--on-stall throttle)", plan.throttle_percent ?? 0)

@@ -85,7 +85,7 @@ public final class MigratableProgram: Sendable {
         try validate(options)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw .listen(error) }
-        var memory = DestinationMemory.onArrival(hugePages: true)
+        var memory = DestinationMemory.onArrival(hugePages: false)
         if options.reserve > 0 {
             do { memory = .reserved(try RegionReservation(layout: RegionLayout(base: options.base, byteCount: options.reserve))) } catch { throw .region(error) }
         }

@@ -253,7 +253,7 @@ public final class MigrationAgent: Sendable {
     /// populated beforehand; an attempt that took it and failed is followed by a fresh reservation.
     public func receive(
         on listener: Listener, timeoutSeconds: Double, once: Bool, workloads: ReceivableWorkloads,
-        memory: DestinationMemory = .onArrival(hugePages: true), log: @escaping @Sendable (String) -> Void
+        memory: DestinationMemory = .onArrival(hugePages: false), log: @escaping @Sendable (String) -> Void
     ) {
         let acceptor = Thread { [self] in
             var memory = memory

@@ -64,7 +64,7 @@ public enum MigrationDestination {
     /// `memory` says where the region comes from.
     public static func receive(
         on connection: Connection, sharedDirectory: String, keys: [PresharedKey], workloads: ReceivableWorkloads,
-        memory: DestinationMemory = .onArrival(hugePages: true), acceptUrgent: (() throws -> Connection)? = nil,
+        memory: DestinationMemory = .onArrival(hugePages: false), acceptUrgent: (() throws -> Connection)? = nil,
         log: @escaping @Sendable (String) -> Void
     ) throws -> Received {
         // Nothing is accepted from a peer that has not proven it holds the pre-shared key.

@@ -97,7 +97,7 @@ public final class MigratableRegion: Sendable {
     /// margin) is refused before anything is mapped: it would only grow until the OOM killer ends the process.
     /// - Throws: `RegionError.insufficientMemory` with the figures, `.addressInUse` when anything is mapped in
     ///   the way, `.invalidLayout`, `.mapFailed`.
-    public static func create(layout: RegionLayout, hugePages: Bool = true) throws(RegionError) -> MigratableRegion {
+    public static func create(layout: RegionLayout, hugePages: Bool = false) throws(RegionError) -> MigratableRegion {
         try checkMemory(for: layout.byteCount)
         return try MigratableRegion(layout: layout, populate: false, hugePages: hugePages)
     }
@@ -121,7 +121,7 @@ public final class MigratableRegion: Sendable {
     ///   `RegionPopulator` instead.
     /// - Parameter hugePages: back it with transparent huge pages where the kernel allows them.
     /// - Throws: `RegionError.addressInUse`, `.invalidLayout`, `.mapFailed`, `.populateFailed`.
-    public static func reserve(layout: RegionLayout, populate: Bool, hugePages: Bool = true) throws(RegionError) -> MigratableRegion {
+    public static func reserve(layout: RegionLayout, populate: Bool, hugePages: Bool = false) throws(RegionError) -> MigratableRegion {
         try MigratableRegion(layout: layout, populate: populate, hugePages: hugePages)
     }
 

@@ -20,7 +20,7 @@ public final class RegionReservation: Sendable {
     /// Maps and populates `layout` now (with transparent huge pages where the kernel allows them, when asked).
     /// - Throws: `RegionError.insufficientMemory` when the host cannot give it, `.addressInUse`,
     ///   `.invalidLayout`, `.mapFailed`, `.populateFailed`.
-    public init(layout: RegionLayout, hugePages: Bool = true) throws(RegionError) {
+    public init(layout: RegionLayout, hugePages: Bool = false) throws(RegionError) {
         try layout.validate()
         try MigratableRegion.checkMemory(for: layout.byteCount)
         let mapped: AnonymousMapping
