@@ -49,7 +49,7 @@ struct PlanCommand: Command {
         /// With `--on-stall throttle`, when pre-copy does not converge by itself.
         var throttle_forecast: MigrationPlan.Forecast?
         var recommendation: MigrationPlan.Recommendation
-        /// Converges, but a dip of the link by less than 20 % in one round could stop it early, as a stall.
+        /// Converges, but a dip of the link by less than 40 % in one round could stop it early, as a stall.
         var marginal: Bool
     }
 
