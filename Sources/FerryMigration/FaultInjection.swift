@@ -21,6 +21,9 @@ public enum MigrationPhase: String, Sendable, CaseIterable {
     case afterCommit = "after-commit"
     /// Post-copy, a quarter of the region into the background stream (source).
     case postCopy = "post-copy"
+    /// Post-copy, the switch-over: the record committed, before the `postCopy` frame (source); the frame
+    /// received, before the workload is claimed and run (destination).
+    case switchOver = "switch-over"
 }
 
 /// Test-only fault injection, compiled into debug builds only (`FERRY_TEST_HOOKS`, see Package.swift): with

@@ -190,7 +190,8 @@ public final class MigrationAgent: Sendable {
         guard let record = try readRecord() else {
             throw .cannotResume("nothing to resume in \(directory): it has no ownership record; start a workload with 'ferry run' (without --resume)")
         }
-        if let source = record.postCopySource {
+        // A post-copy the destination never claimed did not start there: the record's mark alone holds nothing.
+        if let source = record.postCopySource, OwnershipClaim.owner(of: record.generation, in: directory) != nil {
             throw .cannotResume("generation \(record.generation) is in a post-copy migration from \(source) to \(record.owner): neither side alone holds the workload (the source still holds pages the destination lacks), so it cannot be resumed from the shared mount; let the migration finish (both processes must stay up), see 'ferry status' on either side")
         }
         guard let base = record.regionBase, let bytes = record.regionBytes else {

@@ -234,12 +234,14 @@ public enum MigrationDestination {
                 guard let urgent, urgent.token == token, let digest = incremental else {
                     throw MigrationError.protocolViolation("a post-copy switch-over without this migration's urgent channel or per-page hashes")
                 }
+                FaultInjection.reached(.switchOver, link: connection)
                 // Nothing may populate a range in missing mode: a populated page would never fault.
                 populator?.cancel()
                 let session = try PostCopyDestination(
                     region: region, lacking: stale, digest: digest, main: connection, urgent: urgent.link, token: token, log: log)
                 let started = try takeOver(generation, why: "switched to post-copy by \(connection.peer), \(stale.reduce(0) { $0 + $1.count }) pages to fetch")
-                try connection.send(.running(step: started.startStep))
+                // Claimed and running: from here a broken link is the source's to reconnect, not a failed move.
+                try? connection.send(.running(step: started.startStep))
                 let directory = sharedDirectory
                 let finisher = Thread {
                     do {

@@ -265,10 +265,28 @@ public final class MigrationSource: Sendable {
                 defer { postCopy.withLock { $0 = nil } }
                 server.startServing(on: urgent)
                 let switched = ContinuousClock.now
-                try link.send(.postCopy(generation: next.generation, token: urgentToken))
-                switch try link.receive(while: "waiting for the destination to run the workload") {
-                case .running(let step): report.step_at_handoff = step
-                case let other: throw MigrationError.protocolViolation("expected running, got \(other)")
+                var linkAfterSwitch: Connection? = link
+                do {
+                    FaultInjection.reached(.switchOver, link: link)
+                    try link.send(.postCopy(generation: next.generation, token: urgentToken))
+                    switch try link.receive(while: "waiting for the destination to run the workload") {
+                    case .running(let step): report.step_at_handoff = step
+                    case let other: throw MigrationError.protocolViolation("expected running, got \(other)")
+                    }
+                } catch {
+                    // The switch-over broke before the destination said it runs the workload. As in pre-copy, the
+                    // claim of g+1 decides: unclaimed, the destination never ran it and this source takes it back
+                    // (g+2); claimed, the destination runs it and needs the pages only this region holds.
+                    server.stop()
+                    var settled = try settleUnacknowledgedHandoff(next, after: error, report: report)
+                    if settled.outcome != .completed {
+                        postCopyStarted = false
+                        return settled
+                    }
+                    settled.reason = nil
+                    report = settled
+                    linkAfterSwitch = nil
+                    FileHandle.standardError.write(Data("ferry: the switch-over broke (\(Self.describe(error))) after the destination claimed the workload; reconnecting to send it the pages it lacks\n".utf8))
                 }
                 host.stop(flush: false, reason: .handedOver)
                 parts.resume_ack_ms = lap()
@@ -289,7 +307,7 @@ public final class MigrationSource: Sendable {
                 for run in resident.runs { for page in run.first..<run.end { holdsMemory[page] = true } }
                 let backgroundStart = ContinuousClock.now
                 let outcome = try server.complete(
-                    link: link, urgent: urgent, resident: holdsMemory, round: round + 1, recoverWithin: options.recoverWithinSeconds,
+                    link: linkAfterSwitch, urgent: urgent, resident: holdsMemory, round: round + 1, recoverWithin: options.recoverWithinSeconds,
                     log: { FileHandle.standardError.write(Data("ferry: \($0)\n".utf8)) })
                 let complete = (ContinuousClock.now - switched).secondsValue
                 let backgroundSeconds = (ContinuousClock.now - backgroundStart).secondsValue

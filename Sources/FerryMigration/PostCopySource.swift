@@ -188,12 +188,13 @@ final class PostCopySource: Sendable {
         }
     }
 
-    /// Streams what the destination lacks on `link` while serving demand on `urgent`, and waits until the
+    /// Streams what the destination lacks on `link` (nil: reconnect first) while serving demand on `urgent`, and waits until the
     /// destination holds every page. When a link breaks, reconnects (every second, for `recoverWithin`
     /// seconds) and goes on from the pages the destination says it holds. Throws when it could not.
-    func complete(link: Connection, urgent: Connection, resident: [Bool], round: Int, recoverWithin: Double,
+    func complete(link: Connection?, urgent: Connection, resident: [Bool], round: Int, recoverWithin: Double,
                   log: @Sendable (String) -> Void) throws -> Outcome {
-        var links: (main: Connection, urgent: Connection)? = (link, urgent)
+        // Without a main link (the switch-over broke), reconnect first.
+        var links: (main: Connection, urgent: Connection)? = link.map { ($0, urgent) }
         var failedSince: ContinuousClock.Instant?
         while true {
             do {

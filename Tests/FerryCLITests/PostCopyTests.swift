@@ -150,6 +150,39 @@ import Testing
         #expect(source.isRunning, "the source keeps the pages it alone holds")
     }
 
+    /// Each side killed, or its link cut, at the switch-over (record committed, "running" not yet heard): as in
+    /// pre-copy, the claim of generation 2 decides who runs the workload, and exactly one does.
+    @Test(arguments: [("source", "cut"), ("destination", "kill"), ("destination", "cut")])
+    func aFaultAtTheSwitchOverLeavesExactlyOneOwner(side: String, action: String) throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let fault = ["FERRY_TEST_FAULT": "switch-over:\(action)"]
+        let receiver = try lab.startReceiver(port: port, ["--once"], environment: side == "destination" ? fault : [:])
+        let source = try lab.startSource(regionSize: "16MiB", ["--fill", "random", "--dirty-rate", "2000"], environment: side == "source" ? fault : [:])
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--mode", "post-copy",
+                                    "--timeout", "3s", "--recover-within", "20s"])
+        let record = try String(contentsOfFile: lab.shared + "/ferry-owner.json", encoding: .utf8)
+        if side == "destination" && action == "cut" {
+            // The destination claimed and runs generation 2; the source reconnects and sends it the rest.
+            #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)\n\(lab.log("a"))\n\(lab.log("b"))")
+            source.waitUntilExit()
+            #expect(record.contains("\"generation\":2"), "\(record)")
+            #expect(try runFerry(["verify", "--control", lab.socket("b")]).status == 0)
+            _ = try runFerry(["stop", "--control", lab.socket("b")])
+        } else {
+            // The destination never claimed generation 2: the source took the workload back as generation 3.
+            #expect(migrate.status == 1, "\(migrate.standardOutput) \(migrate.standardError)")
+            #expect(migrate.standardError.contains("took it back"), "\(migrate.standardError)")
+            #expect(record.contains("\"generation\":3") && !record.contains("postCopySource"), "\(record)")
+            let verify = try runFerry(["verify", "--control", lab.socket("a")])
+            #expect(verify.status == 0, "nothing lost on the source: \(verify.standardOutput) \(verify.standardError)")
+            _ = try runFerry(["stop", "--control", lab.socket("a")])
+            source.waitUntilExit()
+        }
+        receiver.waitUntilExit()
+    }
+
     @Test func resumeIsRefusedWhileTheRecordSaysPostCopy() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
