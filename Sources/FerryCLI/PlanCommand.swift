@@ -159,7 +159,7 @@ struct PlanCommand: Command {
             lines.append(line)
         } else {
             let how = plan.stall == "throttle"
-                ? String(format: "slowing the workload by %.0f %% (--on-stall throttle)", plan.throttle_percent ?? 0)
+                ? "slowing the workload by \(MigrationPlan.percent(plan.throttle_percent ?? 0)) (--on-stall throttle)"
                 : "stopping anyway (--on-stall force)"
             lines.append("converges: no; handled by \(how) after \(dirtyRounds) dirty rounds")
         }
@@ -174,7 +174,7 @@ struct PlanCommand: Command {
             ByteCount(Int(plan.bytes_sent.rounded())).description, plan.bytes_sent / data, plan.total_seconds, plan.costs.start, plan.full_copy_seconds)) }
         if let throttled = output.throttle_forecast, output.settings.on_stall != "throttle" {
             lines.append(throttled.outcome == "completed"
-                ? String(format: "with --on-stall throttle: the workload slowed by %.0f %%, a pause of %.1f ms, total %.2f s", throttled.throttle_percent ?? 0, throttled.downtime_ms, throttled.total_seconds)
+                ? String(format: "with --on-stall throttle: the workload slowed by %@, a pause of %.1f ms, total %.2f s", MigrationPlan.percent(throttled.throttle_percent ?? 0), throttled.downtime_ms, throttled.total_seconds)
                 : "with --on-stall throttle: \(throttled.reason ?? "it does not complete")")
         }
         lines.append("recommendation: \(output.recommendation.mode): \(output.recommendation.reason)")

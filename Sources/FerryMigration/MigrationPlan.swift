@@ -374,7 +374,9 @@ public enum MigrationPlan {
         }
 
         while true {
-            let dirty = curve.pages(in: window * pace)
+            // The workload's own time during the window: slowed by throttling, it dirties in w what it did in pace × w.
+            let dirtyWindow = window * pace
+            let dirty = curve.pages(in: dirtyWindow)
             let dirtyRate = dirty / Swift.max(window, 1e-6)
             let predicted = dirty * pageSize / Swift.max(bandwidth, 1)
             let stepsPerSecond = (region.steps_per_second ?? 0) * pace
@@ -424,8 +426,9 @@ public enum MigrationPlan {
                 }
                 // The record is prepared while the workload runs; what it writes meanwhile goes in the last round too.
                 elapsed += costs.prepare
-                let late = curve.pages(in: (costs.prepare + costs.pause) * pace)
-                let last = Swift.min(Double(region.pages), dirty + late)
+                // The last round sends the union of the pages dirty at the last collect and those written until the
+                // pause: the pages of one window from the last collect's window to the pause.
+                let last = curve.pages(in: dirtyWindow + (costs.prepare + costs.pause) * pace)
                 let lastBytes = wireBytes(pages: last, frames: last, zeroFrames: 0, pageSize: region.page_size, sealed: link.sealed)
                 let finalSend = lastBytes / rate + costs.round
                 let verify = settings.verify == VerificationMode.strict.rawValue ? costs.verify : 0
@@ -470,12 +473,17 @@ public enum MigrationPlan {
         if throttled.outcome == "completed", slowdown <= maximumThrottlePercent {
             return Recommendation(
                 mode: "pre-copy --on-stall throttle",
-                reason: String(format: "pre-copy alone does not converge (it would pause %.0f ms); slowing the workload by %.0f %% (at most %.0f %% accepted) brings the pause to %.0f ms",
-                               precopy.downtime_ms, slowdown, maximumThrottlePercent, throttled.downtime_ms))
+                reason: String(format: "pre-copy alone does not converge (it would pause %.0f ms); slowing the workload by %@ (at most %.0f %% accepted) brings the pause to %.0f ms",
+                               precopy.downtime_ms, percent(slowdown), maximumThrottlePercent, throttled.downtime_ms))
         }
         return Recommendation(
             mode: "post-copy",
-            reason: String(format: "pre-copy does not converge (--on-stall force would pause %.0f ms) and throttling would slow the workload by %.0f %% (more than the %.0f %% accepted); post-copy moves the workload at once and its pages follow (ferry migrate --mode hybrid: pre-copy until it stalls, or --mode post-copy); this plan does not forecast post-copy's time",
-                           precopy.downtime_ms, slowdown, maximumThrottlePercent))
+            reason: String(format: "pre-copy does not converge (--on-stall force would pause %.0f ms) and throttling would slow the workload by %@ (more than the %.0f %% accepted); post-copy moves the workload at once and its pages follow (ferry migrate --mode hybrid: pre-copy until it stalls, or --mode post-copy); this plan does not forecast post-copy's time",
+                           precopy.downtime_ms, percent(slowdown), maximumThrottlePercent))
+    }
+
+    /// `45 %`; `99.95 %` above 99 (a throttle of 99.95 % is not one of 100 %: the workload still runs, slowly).
+    public static func percent(_ value: Double) -> String {
+        String(format: value > 99 && value < 100 ? "%.2f %%" : "%.0f %%", value)
     }
 }

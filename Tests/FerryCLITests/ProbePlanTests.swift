@@ -161,9 +161,12 @@ import Testing
     }
 
     @Test func thePlanForecastsAMigrationThatConverges() throws {
-        // 2000 steps/s on 16 MiB against 12.5 MB/s: rounds shrink by about a third each.
-        let (_, forecast, report) = try Self.forecastAndMigrate(regionSize: "16MiB", dirtyRate: 2000, rate: "100mbit", windows: "100ms,1s,2s")
+        // 1000 steps/s on 16 MiB against 12.5 MB/s: each round leaves about a third of its pages dirty again, far
+        // from the 0.75 where the engine stops iterating (at 2000 steps/s, 0.66: a dip of the link in one round
+        // may stop it early, and the plan says so).
+        let (output, forecast, report) = try Self.forecastAndMigrate(regionSize: "16MiB", dirtyRate: 1000, rate: "100mbit", windows: "100ms,1s,2s")
         Self.check(forecast, report, converges: true)
+        #expect(output["marginal"] as? Bool == false)
         let rounds = (forecast["rounds"] as? [[String: Any]])?.count ?? 0
         #expect(rounds > 4, "several dirty rounds: \(rounds)")
     }

@@ -119,6 +119,17 @@ import Testing
         }
         #expect(plan.downtime_ms < 30, "\(plan.downtime_ms) ms")
         #expect(plan.bytes_sent > 1.9 * 16384 * 4096 && plan.bytes_sent < 2.1 * 16384 * 4096, "about twice the region: 1 + 1/2 + 1/4 + …")
+        #expect(!plan.isMarginal(margin: 0.2) && plan.isMarginal(), "each round leaves half its pages dirty: \(plan.closest_ratio ?? 0)")
+
+        // At 0.7 of the link it still converges, but with little to spare: a dip of the link by 7 % in a round whose
+        // pause is over 50 ms stops the engine there, and the forecast says so (at 0.5: 33 %, marginal too by
+        // the default 40 %, not by 20 %).
+        let close = MigrationPlan.forecast(
+            region: Self.region(pages: 16384), curve: Self.streaming(0.7 * rate / Double(Self.pageSize)), link: .init(bytes_per_second: rate),
+            settings: .init(), costs: Self.costs)
+        #expect(close.converges && close.isMarginal(), "\(close.closest_ratio ?? 0), \(close.rounds_over_cap) rounds over the cap")
+        // 0.7 × the framing, in the rounds whose pause is still over 50 ms.
+        #expect(abs((close.closest_ratio ?? 0) - 0.7 * 4113.0 / 4096) < 0.01, "\(close.closest_ratio ?? 0)")
     }
 
     /// Dirtying faster than the link: no round shrinks anything; without a target it stops at once and calls
