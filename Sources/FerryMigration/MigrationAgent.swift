@@ -381,12 +381,14 @@ public final class MigrationAgent: Sendable {
 
     /// Ends the workload here (files flushed) and finishes the agent; a receiver stops waiting.
     public func stop() {
-        let host = state.withLock { state -> WorkloadHost? in
+        let (host, incoming) = state.withLock { state -> (WorkloadHost?, MigrationDestination.Received?) in
             if ![.migratedAway, .fenced].contains(state.role) { state.role = .stopped }
-            return state.host
+            return (state.host, state.incoming)
         }
         update { _ in }
-        host?.stop()
+        // Pages still missing after post-copy: the workload may wait for one that never comes, so the stop
+        // does not wait for its safe point (what it lacks is lost with this process either way).
+        host?.stop(wait: (incoming?.pagesLeft ?? 0) == 0)
     }
 
     /// The `status` reply: role, pid, generation, and the workload's name, step, region and pace.

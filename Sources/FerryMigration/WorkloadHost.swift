@@ -132,7 +132,9 @@ public final class WorkloadHost: Sendable {
     ///   - flush: flush the workload's files on the way out; false after a handoff, when they belong to the
     ///     new owner.
     ///   - reason: what the loop is told (a program's safe point returns it).
-    public func stop(flush: Bool = true, reason: StopReason = .requested) {
+    /// With `wait: false` it only asks, and returns at once (a loop blocked for good, on a page a post-copy
+    /// source never sent, would never answer).
+    public func stop(flush: Bool = true, reason: StopReason = .requested, wait: Bool = true) {
         changed.lock()
         defer { changed.unlock() }
         state.withLock {
@@ -143,7 +145,7 @@ public final class WorkloadHost: Sendable {
             }
         }
         changed.broadcast()
-        while !state.withLock({ $0.phase == .stopped }) { changed.wait() }
+        while wait && !state.withLock({ $0.phase == .stopped }) { changed.wait() }
     }
 
     /// Called by the loop's own thread when it ends the loop itself (a program that finished its work): the

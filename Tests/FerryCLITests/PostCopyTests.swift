@@ -121,6 +121,9 @@ import Testing
         #expect(receiver.isRunning, "the destination waits, it does not crash")
         let resume = try runFerry(["run", "--resume", "--owner-gone", "--shared-dir", lab.shared, "--control", lab.socket("r")])
         #expect(resume.status != 0 && resume.standardError.contains("post-copy migration"), "\(resume.standardError)")
+        // Stopping it does not hang on a workload thread that waits for a page that never comes.
+        #expect(try runFerry(["stop", "--control", lab.socket("b")]).status == 0)
+        #expect(EmbeddingTests.waitForExit(receiver, seconds: 10), "the destination exits when stopped")
     }
 
     /// The destination killed during post-copy: the source keeps reconnecting for --recover-within, then
