@@ -194,16 +194,12 @@ public final class MigrationSource: Sendable {
             // The urgent channel for demand faults, opened now so the switch-over does not wait for it.
             var urgentLink: Connection?
             let urgentToken = (0..<16).map { _ in UInt8.random(in: 0...255) }
+            let peer = PostCopySource.Peer(
+                destination: options.destination, bindAddress: options.bindAddress, key: options.key, encryption: options.encryption,
+                maximumBytesPerSecond: options.maximumBytesPerSecond, timeoutSeconds: options.timeoutSeconds)
             if usesPostCopy {
                 try link.send(.urgentChannel(token: urgentToken))
-                let opened = try Connection.connect(
-                    to: options.destination, from: options.bindAddress, maximumBytesPerSecond: options.maximumBytesPerSecond,
-                    timeoutSeconds: options.timeoutSeconds)
-                do throws(AuthError) {
-                    try PeerAuthentication.proveToDestination(on: opened, key: options.key, encryption: options.encryption)
-                } catch {
-                    throw MigrationError.authentication(error)
-                }
+                let opened = try peer.connect()
                 try opened.send(.urgentChannel(token: urgentToken))
                 urgentLink = opened
             }
@@ -213,25 +209,11 @@ public final class MigrationSource: Sendable {
             /// until it holds every page, and compare the digests.
             func switchToPostCopy(dirty: DirtyPages?, round: Int, predicted: Double) throws -> MigrationReport {
                 guard let urgent = urgentLink else { throw MigrationError.protocolViolation("post-copy without an urgent channel") }
-                guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
-                    throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
-                }
-                let next = current.successor(owner: "destination \(link.peer)", postCopySource: OwnershipRecord.thisProcess)
-                let prepared = try next.prepare(in: sharedDirectory)
+                let (next, prepared) = try prepareSuccessor(owner: "destination \(link.peer)", postCopySource: OwnershipRecord.thisProcess)
                 defer { if !committed { prepared.discard() } }
-                var parts = MigrationReport.DowntimeParts()
-                var mark = ContinuousClock.now
-                func lap() -> Double {
-                    let now = ContinuousClock.now
-                    defer { mark = now }
-                    return (now - mark).secondsValue * 1000
-                }
-                host.flushAhead()
-                mark = ContinuousClock.now
-                let pauseStart = mark
-                guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
+                var timer = try pauseAtSafePoint()
                 paused = true
-                parts.pause_ms = lap()
+                let pauseStart = timer.start
                 let stale: DirtyPages
                 if let dirty {
                     let final = try activeTracker.collect()
@@ -239,7 +221,7 @@ public final class MigrationSource: Sendable {
                 } else {
                     stale = .all(pageCount: range.pageCount)
                 }
-                parts.final_collect_ms = lap()
+                timer.parts.final_collect_ms = timer.lap()
                 // The header page goes now, with the switch: the destination reads it first, to attach the
                 // workload, and would otherwise fault on it inside the pause.
                 let lacking = DirtyPages(unorderedRuns: stale.runs.compactMap { run in
@@ -256,11 +238,8 @@ public final class MigrationSource: Sendable {
                 committed = true
                 postCopyStarted = true
                 report.generation = next.generation
-                parts.handoff_ms = lap()
-                let server = PostCopySource(
-                    range: range, lacking: lacking, generation: next.generation, token: urgentToken,
-                    peer: .init(destination: options.destination, bindAddress: options.bindAddress, key: options.key, encryption: options.encryption,
-                                maximumBytesPerSecond: options.maximumBytesPerSecond, timeoutSeconds: options.timeoutSeconds))
+                timer.parts.handoff_ms = timer.lap()
+                let server = PostCopySource(range: range, lacking: lacking, generation: next.generation, token: urgentToken, peer: peer)
                 postCopy.withLock { $0 = server }
                 defer { postCopy.withLock { $0 = nil } }
                 server.startServing(on: urgent)
@@ -289,9 +268,9 @@ public final class MigrationSource: Sendable {
                     FileHandle.standardError.write(Data("ferry: the switch-over broke (\(Self.describe(error))) after the destination claimed the workload; reconnecting to send it the pages it lacks\n".utf8))
                 }
                 host.stop(flush: false, reason: .handedOver)
-                parts.resume_ack_ms = lap()
+                timer.parts.resume_ack_ms = timer.lap()
                 report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
-                report.downtime_parts = parts
+                report.downtime_parts = timer.parts
                 if dirty != nil { report.stall = "post-copy" }
                 let record = MigrationReport.Round(
                     round: round, pages: 1, zero_pages: 0, bytes: range.pageSize, seconds: (ContinuousClock.now - pauseStart).secondsValue,
@@ -418,34 +397,18 @@ public final class MigrationSource: Sendable {
                         report.stall = report.stall ?? "force"
                     }
                     // The next ownership record is written and synced now; the handoff only renames it.
-                    guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
-                        throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
-                    }
-                    let next = current.successor(owner: "destination \(link.peer)")
-                    let prepared = try next.prepare(in: sharedDirectory)
+                    let (next, prepared) = try prepareSuccessor(owner: "destination \(link.peer)", postCopySource: nil)
                     defer { if !committed { prepared.discard() } }
 
                     // 5. Stop-and-copy: pause at a safe point (files flushed), collect what is left, send it all.
-                    var parts = MigrationReport.DowntimeParts()
-                    var mark = ContinuousClock.now
-                    func lap() -> Double {
-                        let now = ContinuousClock.now
-                        defer { mark = now }
-                        return (now - mark).secondsValue * 1000
-                    }
-                    // Flush the workload's files while it still runs, so the flush at the safe point only
-                    // has the last few writes left (the download's fsync was most of its pause).
-                    host.flushAhead()
-                    mark = ContinuousClock.now
-                    let pauseStart = mark
-                    guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
+                    var timer = try pauseAtSafePoint()
                     paused = true
-                    parts.pause_ms = lap()
+                    let pauseStart = timer.start
                     let final = try activeTracker.collect()
                     let merged = DirtyPages(unorderedRuns: dirty.runs + final.runs)
-                    parts.final_collect_ms = lap()
+                    timer.parts.final_collect_ms = timer.lap()
                     sent = try sendRound(number: round, pages: merged, allPages: nil, link: link, range: range, final: true)
-                    parts.final_send_ms = lap()
+                    timer.parts.final_send_ms = timer.lap()
                     let finalSeconds = (ContinuousClock.now - pauseStart).secondsValue
                     record = MigrationReport.Round(
                         round: round, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: finalSeconds,
@@ -484,7 +447,7 @@ public final class MigrationSource: Sendable {
                             throw MigrationError.digestMismatch(source: ours, destination: theirs)
                         }
                         report.verified = true
-                        parts.verify_ms = lap()
+                        timer.parts.verify_ms = timer.lap()
                         FaultInjection.reached(.afterVerify, link: link)
                     }
 
@@ -494,7 +457,7 @@ public final class MigrationSource: Sendable {
                     }
                     try prepared.commit()
                     committed = true
-                    parts.handoff_ms = lap()
+                    timer.parts.handoff_ms = timer.lap()
                     report.generation = next.generation
                     FaultInjection.reached(.afterCommit, link: link)
                     do {
@@ -508,9 +471,9 @@ public final class MigrationSource: Sendable {
                         return finished(try settleUnacknowledgedHandoff(next, after: error, report: report))
                     }
                     host.stop(flush: false, reason: .handedOver)
-                    parts.resume_ack_ms = lap()
+                    timer.parts.resume_ack_ms = timer.lap()
                     report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
-                    report.downtime_parts = parts
+                    report.downtime_parts = timer.parts
                     report.outcome = .completed
                     if options.verification == .audit {
                         // Audit after the fact: the destination runs already; its digest is of the region as it
@@ -564,6 +527,41 @@ public final class MigrationSource: Sendable {
             if paused || report.stall == "throttle" { host.setPace(nil) }
             return finished(report)
         }
+    }
+
+    /// The next generation's record, owned by `owner`, written and synced beside the current one (the handoff
+    /// then only renames it): the slow part of a handoff, done while the workload still runs.
+    private func prepareSuccessor(owner: String, postCopySource: String?) throws -> (OwnershipRecord, PreparedOwnershipRecord) {
+        guard let current = try OwnershipRecord.read(in: sharedDirectory), current.generation == generation else {
+            throw MigrationError.sharedMount("the ownership record no longer names generation \(generation); another host may own the workload")
+        }
+        let next = current.successor(owner: owner, postCopySource: postCopySource)
+        return (next, try next.prepare(in: sharedDirectory))
+    }
+
+    /// Times the parts of a pause, from its start.
+    struct PauseTimer {
+        let start = ContinuousClock.now
+        var parts = MigrationReport.DowntimeParts()
+        private var mark = ContinuousClock.now
+
+        /// Milliseconds since the previous lap (or the start).
+        mutating func lap() -> Double {
+            let now = ContinuousClock.now
+            defer { mark = now }
+            return (now - mark).secondsValue * 1000
+        }
+    }
+
+    /// Every pause begins so: the workload's files are flushed while it still runs (the flush at the safe
+    /// point then has only the last few writes left: the download's fsync was most of its pause), then it
+    /// pauses at a safe point; the timer has `pause_ms`.
+    private func pauseAtSafePoint() throws -> PauseTimer {
+        host.flushAhead()
+        var timer = PauseTimer()
+        guard host.pause() else { throw MigrationError.aborted("the workload stopped: \(host.lastError ?? "unknown")") }
+        timer.parts.pause_ms = timer.lap()
+        return timer
     }
 
     /// The upper bound, in microseconds, of the bucket holding the `quantile` of a log2 latency histogram.

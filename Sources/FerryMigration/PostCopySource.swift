@@ -45,6 +45,18 @@ final class PostCopySource: Sendable {
         var encryption: StreamEncryption
         var maximumBytesPerSecond: Double?
         var timeoutSeconds: Double
+
+        /// A new connection to the destination, this side proven to hold the key.
+        func connect() throws -> Connection {
+            let link = try Connection.connect(
+                to: destination, from: bindAddress, maximumBytesPerSecond: maximumBytesPerSecond, timeoutSeconds: timeoutSeconds)
+            do throws(AuthError) {
+                try PeerAuthentication.proveToDestination(on: link, key: key, encryption: encryption)
+            } catch {
+                throw MigrationError.authentication(error)
+            }
+            return link
+        }
     }
 
     /// Pages per background frame: small, so a page a fault waits for (claimed, not yet on the wire) is
@@ -235,18 +247,7 @@ final class PostCopySource: Sendable {
     /// holds; the others count as unsent again (they may have been lost in flight).
     private func reconnect() throws -> (Connection, Connection) {
         let peer = self.peer.withLock { $0 }
-        func open() throws -> Connection {
-            let link = try Connection.connect(
-                to: peer.destination, from: peer.bindAddress, maximumBytesPerSecond: peer.maximumBytesPerSecond,
-                timeoutSeconds: peer.timeoutSeconds)
-            do throws(AuthError) {
-                try PeerAuthentication.proveToDestination(on: link, key: peer.key, encryption: peer.encryption)
-            } catch {
-                throw MigrationError.authentication(error)
-            }
-            return link
-        }
-        let main = try open()
+        let main = try peer.connect()
         try main.send(.postCopy(generation: generation, token: token))
         guard case .pagesHeld(let count, let bitmap) = try main.receive(while: "waiting for the pages the destination holds"),
               count == UInt64(range.pageCount) else {
@@ -255,7 +256,7 @@ final class PostCopySource: Sendable {
         sent.withLock { sent in
             for page in 0..<range.pageCount { sent[page] = bitmap[page / 8] & (1 << UInt8(page % 8)) != 0 }
         }
-        let urgent = try open()
+        let urgent = try peer.connect()
         try urgent.send(.urgentChannel(token: token))
         counts.withLock { $0.recoveries += 1 }
         return (main, urgent)
