@@ -9,8 +9,12 @@ enum JSONReport {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let data = try encoder.encode(value)
         if path == "-" {
-            FileHandle.standardOutput.write(data)
-            FileHandle.standardOutput.write(Data("\n".utf8))
+            // The throwing write: a reader that went away (`| head`) is an error, not a trap.
+            do {
+                try FileHandle.standardOutput.write(contentsOf: data + Data("\n".utf8))
+            } catch {
+                throw CommandFailure(status: .failure, message: "cannot write the report to standard output: \(error.localizedDescription)")
+            }
         } else {
             do {
                 try data.write(to: URL(fileURLWithPath: path), options: .atomic)
