@@ -46,7 +46,8 @@ struct DemoCommand: Command {
             "tracker": arguments.string("tracker", default: "auto"), "max_rounds": 30, "verify": arguments.string("verify", default: "strict"),
         ]
         if arguments.string("downtime-target") != nil { request["downtime_target"] = try arguments.seconds("downtime-target", default: 0) }
-        let result = try pair.migrate(request) { printLine(progressLine($0)) }
+        let printer = ProgressPrinter()
+        let result = try pair.migrate(request) { printer.show($0) }
         let report = result["report"] as? [String: Any] ?? [:]
         let completed = report["outcome"] as? String == "completed" && report["verified"] as? Bool == true
         var verified = false

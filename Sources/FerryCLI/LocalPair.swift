@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import FerryMigration
 import FerryTransport
+import FerrySystem
 
 /// A source (`ferry run`) and a destination (`ferry receive --once`) as two real processes on this
 /// machine, sharing a temporary directory: what `ferry demo` and `ferry bench` migrate between.
@@ -97,6 +98,41 @@ func progressLine(_ progress: ControlChannel.Message) -> String {
     return label.padding(to: 10) + String(
         format: "%6.0f %12.0f %12.0f %9.3f %9.1f %15.0f %17.1f ms", number("pages"), number("zero_pages"), number("bytes"),
         number("seconds"), number("bandwidth_mbps"), number("dirty_rate"), number("predicted_downtime_ms"))
+}
+
+/// Prints a migration's progress as `ferry migrate` and `ferry demo` show it: each finished round as a line, and
+/// on a terminal the round in progress as one line rewritten in place (bytes and pages done, rate, time left,
+/// pages left, predicted pause). Not on a terminal, only the finished rounds.
+final class ProgressPrinter {
+    private let onTerminal = isatty(STDOUT_FILENO) == 1
+    private var showingLive = false
+
+    func show(_ message: ControlChannel.Message) {
+        if message["event"] as? String == "live" {
+            guard onTerminal else { return }
+            write("\r\u{1B}[K" + liveLine(message))
+            showingLive = true
+            return
+        }
+        if showingLive {
+            write("\r\u{1B}[K")
+            showingLive = false
+        }
+        printLine(progressLine(message))
+    }
+
+    private func write(_ text: String) {
+        _ = text.withCString { Glibc.write(STDOUT_FILENO, $0, strlen($0)) }
+    }
+
+    private func liveLine(_ message: ControlChannel.Message) -> String {
+        func number(_ key: String) -> Double { message[key] as? Double ?? Double(message[key] as? Int ?? 0) }
+        let done = Int(number("pages_done")), total = Int(number("pages_total"))
+        let percent = total > 0 ? 100 * Double(done) / Double(total) : 100
+        return String(format: "round %d: %@ sent, %d of %d pages (%.0f %%), %.1f MB/s, %.1f s left, %d pages left, predicted pause %.1f ms",
+                      Int(number("round")), ByteCount(Int(number("bytes"))).description, done, total, percent, number("rate_mbps"),
+                      number("eta_seconds"), total - done, number("predicted_downtime_ms"))
+    }
 }
 
 let progressHeader = "round      pages   zero pages        bytes   seconds      MB/s   dirty pages/s   predicted downtime"

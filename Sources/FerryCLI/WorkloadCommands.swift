@@ -248,7 +248,8 @@ struct MigrateCommand: Command {
         if let rate = try arguments.rate("max-bandwidth") { request["max_bandwidth"] = rate }
         if let bind = arguments.string("bind") { request["bind"] = bind }
         printLine(progressHeader)
-        let result = try ControlChannel.request(request, at: control) { printLine(progressLine($0)) }
+        let printer = ProgressPrinter()
+        let result = try ControlChannel.request(request, at: control) { printer.show($0) }
         let report = result["report"] as? [String: Any] ?? [:]
         if let path = arguments.string("report"), let data = try? JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys]) {
             try data.write(to: URL(fileURLWithPath: path))

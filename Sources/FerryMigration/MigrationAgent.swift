@@ -515,6 +515,12 @@ public final class MigrationAgent: Sendable {
                 "dirty_rate": round.dirty_rate, "predicted_downtime_ms": round.predicted_downtime_ms, "final": round.final,
                 "phase": round.phase ?? "",
             ])
+        } live: { live in
+            progress([
+                "event": "live", "round": live.round, "pages_done": live.pages_done, "pages_total": live.pages_total,
+                "bytes": live.bytes, "seconds": live.seconds, "rate_mbps": live.rate_mbps, "eta_seconds": live.eta_seconds,
+                "predicted_downtime_ms": live.predicted_downtime_ms,
+            ])
         }
         let completed = report.outcome == .completed
         let encoded = ((try? JSONSerialization.jsonObject(with: JSONEncoder().encode(report))) as? [String: any Sendable]) ?? [:]

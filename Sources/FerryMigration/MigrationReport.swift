@@ -82,6 +82,21 @@ public struct MigrationReport: Codable, Sendable {
     /// pause's fixed costs come on top, strict verification above all: `downtime_parts` shows them).
     public var predicted_downtime_ms: Double?
 
+    /// A round in progress, a few times a second: what a live progress line shows.
+    public struct Live: Codable, Sendable {
+        public var round: Int
+        /// Pages of the round sent so far (as data or zero ranges), of `pages_total`.
+        public var pages_done: Int
+        public var pages_total: Int
+        public var bytes: Int
+        public var seconds: Double
+        public var rate_mbps: Double
+        /// Seconds until the round is sent at the rate so far.
+        public var eta_seconds: Double
+        /// The pause the round's pages predicted when it began (0 for the full copy).
+        public var predicted_downtime_ms: Double
+    }
+
     /// The parts of the pause, in the order they happen.
     public struct DowntimeParts: Codable, Sendable {
         /// From the pause request to the safe point, files flushed.

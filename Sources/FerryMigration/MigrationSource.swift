@@ -119,7 +119,11 @@ public final class MigrationSource: Sendable {
     /// Pages per `pageData` frame at most (4 MiB with 4 KiB pages).
     static let pagesPerFrame = 1024
 
-    public func migrate(_ options: MigrationOptions, progress: @Sendable (MigrationReport.Round) -> Void) -> MigrationReport {
+    /// `progress` sees each round when it ends; `live`, a round in progress a few times a second.
+    public func migrate(
+        _ options: MigrationOptions, progress: @Sendable (MigrationReport.Round) -> Void,
+        live: @Sendable (MigrationReport.Live) -> Void = { _ in }
+    ) -> MigrationReport {
         let start = ContinuousClock.now
         let region = host.workload.region
         let range = region.range
@@ -324,7 +328,7 @@ public final class MigrationSource: Sendable {
             try activeTracker.arm()
             let resident = try ResidentPages.runs(of: range)
             var roundStart = ContinuousClock.now
-            var sent = try sendRound(number: 0, pages: resident, allPages: range.pageCount, link: link, range: range, final: false)
+            var sent = try sendRound(number: 0, pages: resident, allPages: range.pageCount, link: link, range: range, final: false, predicted: 0, live: live)
             var roundSeconds = (ContinuousClock.now - roundStart).secondsValue
             var bandwidth = Double(sent.bytes) / Swift.max(roundSeconds, 1e-6)
             var record = MigrationReport.Round(
@@ -407,7 +411,7 @@ public final class MigrationSource: Sendable {
                     let final = try activeTracker.collect()
                     let merged = DirtyPages(unorderedRuns: dirty.runs + final.runs)
                     timer.parts.final_collect_ms = timer.lap()
-                    sent = try sendRound(number: round, pages: merged, allPages: nil, link: link, range: range, final: true)
+                    sent = try sendRound(number: round, pages: merged, allPages: nil, link: link, range: range, final: true, predicted: predicted, live: live)
                     timer.parts.final_send_ms = timer.lap()
                     let finalSeconds = (ContinuousClock.now - pauseStart).secondsValue
                     record = MigrationReport.Round(
@@ -487,7 +491,7 @@ public final class MigrationSource: Sendable {
                     }
                     return finished(report)
                 }
-                sent = try sendRound(number: round, pages: dirty, allPages: nil, link: link, range: range, final: false)
+                sent = try sendRound(number: round, pages: dirty, allPages: nil, link: link, range: range, final: false, predicted: predicted, live: live)
                 totalSent += sent.bytes
                 roundSeconds = (ContinuousClock.now - roundStart).secondsValue
                 if sent.bytes > 64 * range.pageSize { bandwidth = Double(sent.bytes) / Swift.max(roundSeconds, 1e-6) }
@@ -637,10 +641,30 @@ public final class MigrationSource: Sendable {
 
     /// Sends `pages` as one round: runs of non-zero pages as page data, zero pages as zero ranges; in
     /// round 0 (`allPages` set) every page not in `pages` is a zero range without being read.
-    private func sendRound(number: Int, pages: DirtyPages, allPages: Int?, link: Connection, range: MemoryRange, final: Bool) throws -> (pages: Int, zeroPages: Int, bytes: Int) {
+    private func sendRound(
+        number: Int, pages: DirtyPages, allPages: Int?, link: Connection, range: MemoryRange, final: Bool, predicted: Double,
+        live: @Sendable (MigrationReport.Live) -> Void
+    ) throws -> (pages: Int, zeroPages: Int, bytes: Int) {
         let before = link.byteCounts.sent
         var dataPages = 0
         var zeroPages = 0
+        // A few times a second, how far the round is (what a live progress line shows).
+        let started = ContinuousClock.now
+        var lastLive = started
+        let total = allPages ?? pages.pageCount
+        func showProgress() {
+            let now = ContinuousClock.now
+            guard now - lastLive >= .milliseconds(250) else { return }
+            lastLive = now
+            let seconds = (now - started).secondsValue
+            let bytes = link.byteCounts.sent - before
+            let rate = Double(bytes) / Swift.max(seconds, 1e-6)
+            let done = dataPages + zeroPages
+            let bytesPerPage = done > 0 ? Double(bytes) / Double(done) : Double(range.pageSize)
+            live(MigrationReport.Live(
+                round: number, pages_done: done, pages_total: total, bytes: bytes, seconds: seconds, rate_mbps: rate / 1e6,
+                eta_seconds: Double(Swift.max(0, total - done)) * bytesPerPage / Swift.max(rate, 1), predicted_downtime_ms: predicted * 1000))
+        }
         var cursor = 0
         // The phase a test fault (FERRY_TEST_FAULT) may break, reached after the round's first frame.
         let phase: MigrationPhase? = final ? .stopAndCopy : number == 0 ? .fullCopy : number == 1 ? .dirtyRound : nil
@@ -655,6 +679,7 @@ public final class MigrationSource: Sendable {
             try link.send(.zeroPages(firstPage: UInt64(first), pageCount: UInt64(count)))
             zeroPages += count
             reachPhase()
+            showProgress()
         }
         // Scattered pages go out gathered: a copy each, not a write and a sealed record each.
         try link.batched {
@@ -673,6 +698,7 @@ public final class MigrationSource: Sendable {
                         try link.sendPages(of: range, first: page, count: end - page)
                         dataPages += end - page
                         reachPhase()
+                        showProgress()
                     }
                     page = end
                 }
