@@ -24,6 +24,7 @@ struct DemoCommand: Command {
         OptionSpec("downtime-target", "DURATION", "A cap on the pause (as for 'ferry migrate'); without it, the shortest pause the link allows."),
         OptionSpec("warmup", "DURATION", "How long the workload runs before the migration.", default: "1s"),
         OptionSpec("verify", "MODE", "strict or audit (see 'ferry migrate --help').", default: "strict"),
+        OptionSpec("mode", "MODE", "pre-copy, post-copy or hybrid (see 'ferry migrate --help').", default: "pre-copy"),
         OptionSpec("report", "FILE", "Write the migration report as JSON to FILE."),
     ]
 
@@ -33,6 +34,8 @@ struct DemoCommand: Command {
         let rate = arguments.string("dirty-rate", default: "2000")
         let fill = arguments.string("fill", default: "random")
         let warmup = try arguments.seconds("warmup", default: 1)
+        let mode = arguments.string("mode", default: "pre-copy")
+        guard MigrationMode(rawValue: mode) != nil else { throw UsageError("--mode \(mode): expected pre-copy, post-copy or hybrid") }
         _ = try arguments.bytes("region-size", default: 0)
         let pair = try LocalPair(workload: workload, regionSize: size, fill: fill, dirtyRate: rate)
         defer { pair.tearDown() }
@@ -44,6 +47,7 @@ struct DemoCommand: Command {
         printLine(progressHeader)
         var request: ControlChannel.Message = [
             "tracker": arguments.string("tracker", default: "auto"), "max_rounds": 30, "verify": arguments.string("verify", default: "strict"),
+            "mode": mode,
         ]
         if arguments.string("downtime-target") != nil { request["downtime_target"] = try arguments.seconds("downtime-target", default: 0) }
         let printer = ProgressPrinter()

@@ -186,6 +186,16 @@ import Testing
         receiver.waitUntilExit()
     }
 
+    @Test func theDemoMovesAWorkloadByPostCopy() throws {
+        let report = "/tmp/ferry-demo-postcopy-\(getpid()).json"
+        defer { unlink(report) }
+        let run = try runFerry(["demo", "--mode", "post-copy", "--region-size", "64MiB", "--dirty-rate", "max", "--warmup", "0.3s", "--report", report])
+        #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
+        let object = try Self.report(report)
+        #expect(object["mode"] as? String == "post-copy")
+        #expect(object["verified"] as? Bool == true && object["destination_verify"] as? Bool == true)
+    }
+
     @Test func resumeIsRefusedWhileTheRecordSaysPostCopy() throws {
         let lab = try Lab()
         defer { lab.tearDown() }
