@@ -567,9 +567,10 @@ public final class MigrationAgent: Sendable {
                 return state.host
             }
             guard let host = fenced else { continue }
+            // Said before the agent counts as finished: the process may exit as soon as it does.
+            FileHandle.standardError.write(Data("ferry: the ownership record in \(sharedDirectory) moved to generation \(record.generation) (\(record.owner)) while this process ran generation \(generation): another process owns the workload now; stopping it here\n".utf8))
             host.stop(flush: false, reason: .fenced)
             update { _ in }
-            FileHandle.standardError.write(Data("ferry: the ownership record in \(sharedDirectory) moved to generation \(record.generation) (\(record.owner)) while this process ran generation \(generation): another process owns the workload now; stopped it here\n".utf8))
             return
         }
     }
