@@ -183,10 +183,9 @@ void CShims_segv_remove(int slot) {
 
 // MARK: - uffd-sync backend
 
-int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
-                         uint64_t *bitmap, uint64_t *counters) {
+/// Waits until `uffd` has messages (1) or `stop_fd` became readable (0); -1 with errno when polling failed.
+static int uffd_wait(int uffd, int stop_fd) {
     struct pollfd fds[2] = {{.fd = uffd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
-    struct uffd_msg messages[16];
     for (;;) {
         if (poll(fds, 2, -1) < 0) {
             if (errno == EINTR) continue;
@@ -197,6 +196,16 @@ int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, u
             errno = EPIPE;
             return -1;
         }
+        return 1;
+    }
+}
+
+int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, unsigned page_shift,
+                         uint64_t *bitmap, uint64_t *counters) {
+    struct uffd_msg messages[16];
+    for (;;) {
+        int ready = uffd_wait(uffd, stop_fd);
+        if (ready <= 0) return ready;
         ssize_t got = read(uffd, messages, sizeof messages);
         if (got < 0) {
             if (errno == EAGAIN || errno == EINTR) continue;
@@ -225,17 +234,9 @@ int CShims_uffd_wp_serve(int uffd, int stop_fd, uintptr_t base, size_t length, u
 // MARK: - Missing-page faults
 
 int CShims_uffd_next_fault(int uffd, int stop_fd, uint64_t *address) {
-    struct pollfd fds[2] = {{.fd = uffd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
     for (;;) {
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR) continue;
-            return -1;
-        }
-        if (fds[1].revents) return 0;
-        if (fds[0].revents & (POLLERR | POLLHUP)) {
-            errno = EPIPE;
-            return -1;
-        }
+        int ready = uffd_wait(uffd, stop_fd);
+        if (ready <= 0) return ready;
         struct uffd_msg message;
         ssize_t got = read(uffd, &message, sizeof message);
         if (got < 0) {

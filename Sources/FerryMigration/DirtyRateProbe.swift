@@ -231,19 +231,14 @@ public enum DirtyRateProbe {
         for run in resident.runs {
             if run.first > cursor { zeroFrames += 1 }
             cursor = run.end
-            var page = run.first
-            while page < run.end {
-                let isZero = MigrationSource.isZero(range, page: page)
-                var next = page + 1
-                while next < run.end && next - page < MigrationSource.pagesPerFrame && MigrationSource.isZero(range, page: next) == isZero { next += 1 }
+            MigrationSource.forEachFrame(of: run, in: range) { _, count, isZero in
                 if isZero {
                     zeroFrames += 1
-                    zeroPages += next - page
+                    zeroPages += count
                 } else {
                     dataFrames += 1
-                    dataPages += next - page
+                    dataPages += count
                 }
-                page = next
             }
         }
         if range.pageCount > cursor { zeroFrames += 1 }

@@ -686,21 +686,15 @@ public final class MigrationSource: Sendable {
             for run in pages.runs {
                 if allPages != nil { try sendZero(cursor, run.first - cursor) }
                 cursor = run.end
-                var page = run.first
-                while page < run.end {
-                    // Group consecutive pages of the same kind (zero or not), at most a frame's worth.
-                    let isZero = Self.isZero(range, page: page)
-                    var end = page + 1
-                    while end < run.end && end - page < Self.pagesPerFrame && Self.isZero(range, page: end) == isZero { end += 1 }
+                try Self.forEachFrame(of: run, in: range) { first, count, isZero in
                     if isZero {
-                        try sendZero(page, end - page)
+                        try sendZero(first, count)
                     } else {
-                        try link.sendPages(of: range, first: page, count: end - page)
-                        dataPages += end - page
+                        try link.sendPages(of: range, first: first, count: count)
+                        dataPages += count
                         reachPhase()
                         showProgress()
                     }
-                    page = end
                 }
             }
             if let allPages { try sendZero(cursor, allPages - cursor) }
@@ -714,6 +708,19 @@ public final class MigrationSource: Sendable {
         case let other: throw MigrationError.protocolViolation("expected the acknowledgement of round \(number), got \(other)")
         }
         return (dataPages, zeroPages, link.byteCounts.sent - before)
+    }
+
+    /// Splits `run` into the frames a round sends: consecutive pages of one kind (all zero, or holding data),
+    /// at most `pagesPerFrame` each, in order.
+    static func forEachFrame(of run: PageRun, in range: MemoryRange, _ body: (_ first: Int, _ count: Int, _ isZero: Bool) throws -> Void) rethrows {
+        var page = run.first
+        while page < run.end {
+            let isZero = Self.isZero(range, page: page)
+            var end = page + 1
+            while end < run.end && end - page < pagesPerFrame && Self.isZero(range, page: end) == isZero { end += 1 }
+            try body(page, end - page, isZero)
+            page = end
+        }
     }
 
     /// Whether a page is all zeros: its first word is zero and every byte equals the one 8 bytes before it

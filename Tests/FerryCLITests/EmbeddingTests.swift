@@ -114,24 +114,14 @@ import Testing
     @Test(arguments: ["closures", "coroutines", "metatables", "strings", "bigtables", "gc"])
     func aLuaScriptHopsFiveTimesAndPrintsWhatLuaPrints(script: String) throws {
         guard let lua = Self.luaAvailable("aLuaScriptHopsFiveTimes") else { return }
-        let binary = try Self.buildDemo("lua/build.sh")
         let lab = try Lab()
         defer { lab.tearDown() }
-        let scriptPath = try Self.scaledScript(script, in: lab.directory)
-        let reference = NamespaceLab.run(lua, [scriptPath], deadline: 120)
-        try #require(reference.status == 0, "\(reference.output)")
-        let output = lab.shared + "/\(script).txt"
-        let first = try lab.startProgram(binary, ["start", "--script", scriptPath, "--output", output, "--shared-dir", lab.shared,
-                                                  "--control", lab.socket("a"), "--region-size", "256MiB"], log: "a")
-        try lab.waitForSocket(lab.socket("a"))
+        let run = try LuaRun(script, lua: lua, in: lab)
+        let binary = run.binary
         let (last, lastProcess) = try Self.hop(lab, from: "a", hops: 5) { port, name in
             try lab.startProgram(binary, ["receive", "--listen", "127.0.0.1:\(port)", "--shared-dir", lab.shared, "--control", lab.socket(name)], log: name)
         }
-        #expect(Self.waitForExit(first))
-        #expect(Self.waitForExit(lastProcess, seconds: 300), "the last owner finishes")
-        #expect(lastProcess.terminationStatus == 0, "\(lab.log(last))")
-        let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-        #expect(printed == reference.output, "\(script): \(printed.count) bytes against lua5.4's \(reference.output.count)\n\(lab.log(last))")
+        run.expectPrintsWhatLuaPrints(last: lastProcess, named: last, in: lab)
     }
 
     /// A Lua script moved by post-copy (the interpreter resumes on the destination at once and its heap
@@ -139,19 +129,13 @@ import Testing
     @Test(arguments: ["bigtables", "gc"])
     func aLuaScriptMovedByPostCopyPrintsWhatLuaPrints(script: String) throws {
         guard let lua = Self.luaAvailable("aLuaScriptMovedByPostCopy") else { return }
-        let binary = try Self.buildDemo("lua/build.sh")
         let lab = try Lab()
         defer { lab.tearDown() }
-        let scriptPath = try Self.scaledScript(script, in: lab.directory)
-        let reference = NamespaceLab.run(lua, [scriptPath], deadline: 120)
-        try #require(reference.status == 0, "\(reference.output)")
-        let output = lab.shared + "/\(script).txt"
-        let first = try lab.startProgram(binary, ["start", "--script", scriptPath, "--output", output, "--shared-dir", lab.shared,
-                                                  "--control", lab.socket("a"), "--region-size", "256MiB"], log: "a")
-        try lab.waitForSocket(lab.socket("a"))
+        let run = try LuaRun(script, lua: lua, in: lab)
+        let binary = run.binary
         usleep(300_000)
         var current = "a"
-        var last: Process = first
+        var last: Process = run.first
         for (hop, mode) in ["post-copy", "pre-copy"].enumerated() {
             let port = Lab.freePort()
             let name = "hop\(hop + 1)"
@@ -167,11 +151,39 @@ import Testing
             #expect(migrate.standardOutput.contains(mode == "post-copy" ? "post-copy from round 0" : "verified yes"), "\(migrate.standardOutput)")
             current = name
         }
-        #expect(Self.waitForExit(first))
-        #expect(Self.waitForExit(last, seconds: 300), "the last owner finishes")
-        #expect(last.terminationStatus == 0, "\(lab.log(current))")
-        let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-        #expect(printed == reference.output, "\(script): \(printed.count) bytes against lua5.4's \(reference.output.count)\n\(lab.log(current))")
+        run.expectPrintsWhatLuaPrints(last: last, named: current, in: lab)
+    }
+
+    /// A Lua script of `demo/lua/scripts`, scaled, run once by `lua5.4` for reference and once started by
+    /// `ferry-lua` in `lab` (socket and log "a"), writing its output to the shared mount.
+    struct LuaRun {
+        let script: String
+        let binary: String
+        let reference: String
+        let output: String
+        let first: Process
+
+        init(_ script: String, lua: String, in lab: Lab) throws {
+            self.script = script
+            binary = try EmbeddingTests.buildDemo("lua/build.sh")
+            let scriptPath = try EmbeddingTests.scaledScript(script, in: lab.directory)
+            let reference = NamespaceLab.run(lua, [scriptPath], deadline: 120)
+            try #require(reference.status == 0, "\(reference.output)")
+            self.reference = reference.output
+            output = lab.shared + "/\(script).txt"
+            first = try lab.startProgram(binary, ["start", "--script", scriptPath, "--output", output, "--shared-dir", lab.shared,
+                                                  "--control", lab.socket("a"), "--region-size", "256MiB"], log: "a")
+            try lab.waitForSocket(lab.socket("a"))
+        }
+
+        /// Both the first and the last owner finish, and the script printed byte for byte what lua5.4 printed.
+        func expectPrintsWhatLuaPrints(last: Process, named name: String, in lab: Lab) {
+            #expect(EmbeddingTests.waitForExit(first))
+            #expect(EmbeddingTests.waitForExit(last, seconds: 300), "the last owner finishes")
+            #expect(last.terminationStatus == 0, "\(lab.log(name))")
+            let printed = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+            #expect(printed == reference, "\(script): \(printed.count) bytes against lua5.4's \(reference.count)\n\(lab.log(name))")
+        }
     }
 
     /// The `lua5.4` interpreter when Lua 5.4 (interpreter, headers, pkg-config) is installed; otherwise prints
