@@ -26,12 +26,12 @@ let package = Package(
         .library(name: "FerryWire", targets: ["FerryWire"]),
     ],
     targets: [
-        // Syscalls Swift cannot call, the fault handlers, newer uapi definitions, HMAC through libcrypto.
+        // Syscalls Swift cannot call, the fault handlers, newer uapi definitions, HMAC through libcrypto, zstd and lz4.
         .target(
             name: "CShims",
             path: "CShims",
             cSettings: [.define("_GNU_SOURCE")],
-            linkerSettings: [.linkedLibrary("crypto")]
+            linkerSettings: [.linkedLibrary("crypto"), .linkedLibrary("zstd"), .linkedLibrary("lz4")]
         ),
         // Errno, syscall helpers, owned file descriptors and mappings, kernel facts.
         .target(name: "FerrySystem", dependencies: ["CShims"], swiftSettings: strict),

@@ -220,6 +220,8 @@ unsigned long CShims_getauxval(unsigned long type);
 #include "CShimsAEAD.h"
 // The page hash of the region digest (SIMD, chosen at run time; every path gives the same bits).
 #include "CShimsDigest.h"
+// zstd, lz4 and the page delta, for compression on slow links.
+#include "CShimsPageCoding.h"
 
 // MARK: - Control socket peer and key fingerprint (ControlChannel in FerryMigration, PresharedKey in FerryAuth)
 //

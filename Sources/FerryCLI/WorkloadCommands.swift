@@ -89,7 +89,8 @@ struct RunCommand: Command {
         OptionSpec("workload", "NAME", "download or hotset.", default: "hotset"),
         OptionSpec("region-size", "SIZE", "Size of the region (at most the memory available on this host).", default: "256MiB"),
         OptionSpec("base", "ADDRESS", "Fixed address of the region (hex).", default: "0x7e0000000000"),
-        OptionSpec("fill", "MODE", "What the region holds before the loop starts: none, zero, random.", default: "none"),
+        OptionSpec("fill", "MODE", "What the region holds before the loop starts: none, zero, random, text (compressible, text-like).", default: "none"),
+        OptionSpec("writes", "KIND", "hotset: what a step writes: page (rewrites a whole page) or few (a few bytes of it, its version and checksum: what deltas shrink).", default: "page"),
         OptionSpec("seed", "N", "Seed of the workload's deterministic data.", default: "1"),
         OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties 2-3 pages); 0 = idle, max = flat out. With --resume: the recorded pace unless given.", default: "1000"),
         OptionSpec("source", "ADDR:PORT", "download: fetch the blocks from 'ferry serve-blocks' there (the business network) instead of generating them."),
@@ -104,8 +105,10 @@ struct RunCommand: Command {
             throw UsageError("--workload: expected download or hotset")
         }
         guard let fill = RegionFill(rawValue: arguments.string("fill", default: "none")) else {
-            throw UsageError("--fill: expected none, zero or random")
+            throw UsageError("--fill: expected none, zero, random or text")
         }
+        let writes = arguments.string("writes", default: "page")
+        guard ["page", "few"].contains(writes) else { throw UsageError("--writes \(writes): expected page or few") }
         let base = try regionBase(arguments)
         let size = try arguments.bytes("region-size", default: 256 << 20)
         let seed = UInt64(try arguments.integer("seed", default: 1, range: 0...Int.max))
@@ -125,7 +128,7 @@ struct RunCommand: Command {
             guard server == nil || kind == .download else { throw UsageError("--source is for the download workload") }
             try agent.ensureVacant()
             let region = try MigratableRegion.create(layout: RegionLayout(base: base, byteCount: size), hugePages: try hugePagesChoice(arguments))
-            let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed, stepsPerSecond: rate)
+            let options = WorkloadOptions(sharedDirectory: directory, fill: fill, seed: seed, stepsPerSecond: rate, fewByteWrites: writes == "few")
             let workload: any Workload = if let server {
                 try DownloadWorkload(creating: region, options: options, source: NetworkBlockSource(server: server, seed: seed))
             } else {
@@ -208,6 +211,8 @@ struct MigrateCommand: Command {
         OptionSpec("on-stall", "POLICY", "When it does not converge: force (stop anyway), abort (stay on the source), throttle (slow the workload), post-copy (move now, fetch the rest).", default: "force"),
         OptionSpec("verify", "MODE", "strict: compare digests before the handoff (in the downtime); audit: after it, while the destination already runs.", default: "strict"),
         OptionSpec("encryption", "MODE", "aes-256-gcm: seal every frame (confidential, tamper-evident); none: plain after the authenticated handshake, for a migration network you trust.", default: "aes-256-gcm"),
+        OptionSpec("compress", "CODEC", "auto: compress page data only while the link is slower than the compressor and the data compresses (measured as the stream runs); none; zstd; lz4. Zero pages are never sent as data.", default: "auto"),
+        OptionSpec("delta-cache", "SIZE", "Pages kept as last sent, so that a page sent again goes as the bytes that changed when that is smaller (XBZRLE); 0 turns deltas off.", default: "64MiB"),
         OptionSpec("report", "FILE", "Write the JSON report to FILE."),
     ]
 
@@ -235,9 +240,12 @@ struct MigrateCommand: Command {
         guard StallPolicy(rawValue: onStall) != nil else { throw UsageError("--on-stall \(onStall): expected force, abort, throttle or post-copy") }
         let mode = arguments.string("mode", default: "pre-copy")
         guard MigrationMode(rawValue: mode) != nil else { throw UsageError("--mode \(mode): expected pre-copy, post-copy or hybrid") }
+        let compress = arguments.string("compress", default: "auto")
+        guard CompressionChoice(rawValue: compress) != nil else { throw UsageError("--compress \(compress): expected auto, none, zstd or lz4") }
         let to = try arguments.required("to")
         guard Endpoint(to) != nil else { throw UsageError("--to \(to): expected ADDR:PORT") }
         var request: ControlChannel.Message = [
+            "compress": compress, "delta_cache": arguments.string("delta-cache") == "0" ? 0 : try arguments.bytes("delta-cache", default: 64 << 20),
             "command": "migrate", "to": to,
             "max_rounds": try arguments.integer("max-rounds", default: 30, range: 1...10_000),
             "tracker": arguments.string("tracker", default: "auto"), "verify": verify, "on_stall": onStall,

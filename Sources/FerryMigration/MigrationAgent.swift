@@ -505,6 +505,8 @@ public final class MigrationAgent: Sendable {
         if let value = request["encryption"] as? String, let encryption = StreamEncryption(rawValue: value) { options.encryption = encryption }
         if let value = request["mode"] as? String, let mode = MigrationMode(rawValue: value) { options.mode = mode }
         if let value = request["recover_within"] as? Double, value > 0 { options.recoverWithinSeconds = value }
+        if let value = request["compress"] as? String, let choice = CompressionChoice(rawValue: value) { options.compression = choice }
+        if let value = request["delta_cache"] as? Int, value >= 0 { options.deltaCacheBytes = value }
         let source = MigrationSource(host: host, sharedDirectory: sharedDirectory, generation: generation)
         update { $0.outgoing = source }
         defer { update { $0.outgoing = nil } }

@@ -146,6 +146,7 @@ public enum MigrationDestination {
         var urgent: (link: Connection, token: [UInt8])?
         var stale: [PageRun] = []
         var fullCopyPhaseReached = false
+        let decoder = PageDecoder()
         while true {
             let frame: Frame
             do {
@@ -161,13 +162,17 @@ public enum MigrationDestination {
                 throw error
             }
             switch frame {
-            case .pageData(let first, let count):
+            case .pageData(let first, let count), .encodedPages(let first, let count, _, _):
                 // (One page before any round is the header a post-copy switch-over sends ahead: no full copy.)
                 if populator == nil && region.populateSeconds == nil && !fullCopyDone && (urgent == nil || count > 1) {
                     populator = RegionPopulator(region: region)
                 }
                 populator?.wait(untilPopulated: (Int(first) + Int(count)) * range.pageSize)
-                try connection.receivePages(into: range, first: first, count: count)
+                if case .encodedPages(_, _, let encoding, let byteCount) = frame {
+                    try decoder.receive(into: range, first: first, count: count, encoding: encoding, byteCount: byteCount, from: connection)
+                } else {
+                    try connection.receivePages(into: range, first: first, count: count)
+                }
                 if audit {
                     incremental!.update(range, first: Int(first), count: Int(count))
                 } else {

@@ -20,6 +20,19 @@ public struct MigrationReport: Codable, Sendable {
         public var final: Bool
         /// Post-copy only: `switch` for the pause that moved the workload, `background` for the pages sent after it.
         public var phase: String?
+        /// Pages sent as deltas against the copy sent before (`--delta-cache`), and the bytes that saved.
+        public var delta_pages: Int?
+        public var delta_saved_bytes: Int?
+        /// Pages sent compressed (`--compress`), and the bytes that saved.
+        public var compressed_pages: Int?
+        public var compressed_saved_bytes: Int?
+
+        mutating func encoded(_ tally: EncodingTally) {
+            delta_pages = tally.deltaPages
+            delta_saved_bytes = tally.deltaSavedBytes
+            compressed_pages = tally.compressedPages
+            compressed_saved_bytes = tally.compressedSavedBytes
+        }
     }
 
     public var outcome: Outcome
@@ -37,6 +50,10 @@ public struct MigrationReport: Codable, Sendable {
     public var verify: String
     /// `aes-256-gcm` (every frame sealed) or `none` (plain after the authenticated handshake).
     public var encryption: String?
+    /// `--compress`: `auto`, `none`, `zstd` or `lz4` (absent for a post-copy move, which does not compress).
+    public var compression: String?
+    /// `--delta-cache`: bytes of pages kept as last sent, for deltas (0: none).
+    public var delta_cache_bytes: Int?
     public var verified: Bool
     public var source_digest: String?
     public var destination_digest: String?

@@ -43,6 +43,11 @@ public struct MigrationOptions: Sendable {
     public var mode = MigrationMode.preCopy
     /// Post-copy: how long to keep reconnecting when a link breaks after the switch-over (default 5 minutes).
     public var recoverWithinSeconds = 300.0
+    /// Whether page data is compressed: by default only while it makes the stream faster (`auto`).
+    public var compression = CompressionChoice.auto
+    /// The cache of pages as last sent, against which pages sent again go as deltas when that is smaller
+    /// (0: no deltas). 64 MiB by default, as QEMU's XBZRLE cache.
+    public var deltaCacheBytes = 64 << 20
 
     public init(destination: Endpoint, key: PresharedKey) {
         self.destination = destination
@@ -328,12 +333,18 @@ public final class MigrationSource: Sendable {
             try activeTracker.arm()
             let resident = try ResidentPages.runs(of: range)
             var roundStart = ContinuousClock.now
-            var sent = try sendRound(number: 0, pages: resident, allPages: range.pageCount, link: link, range: range, final: false, predicted: 0, live: live)
+            let sender = try PageSender(
+                range: range, compression: options.compression, deltaCacheBytes: options.deltaCacheBytes, pagesPerFrame: Self.pagesPerFrame)
+            report.compression = options.compression.rawValue
+            report.delta_cache_bytes = options.deltaCacheBytes
+            var sent = try sendRound(
+                number: 0, pages: resident, allPages: range.pageCount, link: link, sender: sender, range: range, final: false, predicted: 0, live: live)
             var roundSeconds = (ContinuousClock.now - roundStart).secondsValue
             var bandwidth = Double(sent.bytes) / Swift.max(roundSeconds, 1e-6)
             var record = MigrationReport.Round(
                 round: 0, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: roundSeconds,
                 dirty_pages: range.pageCount, bandwidth_mbps: bandwidth / 1e6, dirty_rate: 0, predicted_downtime_ms: 0, final: false)
+            record.encoded(sender.tally)
             report.rounds.append(record)
             progress(record)
 
@@ -349,7 +360,10 @@ public final class MigrationSource: Sendable {
                 roundStart = ContinuousClock.now
                 let dirty = try activeTracker.collect()
                 let dirtyRate = Double(dirty.pageCount) / Swift.max(roundSeconds, 1e-6)
-                let predicted = Double(dirty.pageCount * range.pageSize) / Swift.max(bandwidth, 1)
+                // What the dirty pages cost on the wire: less than a page each with deltas and compression.
+                let expectedBytes = sender.expectedBytes(of: dirty)
+                let bytesPerPage = dirty.pageCount > 0 ? expectedBytes / Double(dirty.pageCount) : Double(range.pageSize)
+                let predicted = expectedBytes / Swift.max(bandwidth, 1)
                 let stepsPerSecond = Double(host.stepCount - stepsAtRoundStart) / Swift.max(roundSeconds, 1e-6)
                 stepsAtRoundStart = host.stepCount
                 let exhausted = round >= options.maximumRounds
@@ -363,7 +377,7 @@ public final class MigrationSource: Sendable {
                 // Would one more round make the pause meaningfully shorter? While it is sent (at least a
                 // millisecond: a round has fixed costs), the workload dirties pages at the rate just seen.
                 let nextPages = Swift.min(Double(dirty.pageCount), dirtyRate * Swift.max(predicted, 0.001))
-                let nextPredicted = nextPages * Double(range.pageSize) / Swift.max(bandwidth, 1)
+                let nextPredicted = nextPages * bytesPerPage / Swift.max(bandwidth, 1)
                 let worthAnotherRound = shrinking && predicted > MigrationOptions.negligiblePause
                     && nextPredicted < 0.75 * predicted && predicted - nextPredicted >= MigrationOptions.negligiblePause
                 if stalled && predicted > cap {
@@ -411,13 +425,15 @@ public final class MigrationSource: Sendable {
                     let final = try activeTracker.collect()
                     let merged = DirtyPages(unorderedRuns: dirty.runs + final.runs)
                     timer.parts.final_collect_ms = timer.lap()
-                    sent = try sendRound(number: round, pages: merged, allPages: nil, link: link, range: range, final: true, predicted: predicted, live: live)
+                    sent = try sendRound(
+                        number: round, pages: merged, allPages: nil, link: link, sender: sender, range: range, final: true, predicted: predicted, live: live)
                     timer.parts.final_send_ms = timer.lap()
                     let finalSeconds = (ContinuousClock.now - pauseStart).secondsValue
                     record = MigrationReport.Round(
                         round: round, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: finalSeconds,
                         dirty_pages: merged.pageCount, bandwidth_mbps: Double(sent.bytes) / Swift.max(finalSeconds, 1e-6) / 1e6,
                         dirty_rate: dirtyRate, predicted_downtime_ms: predicted * 1000, final: true)
+                    record.encoded(sender.tally)
                     report.rounds.append(record)
                     progress(record)
 
@@ -491,7 +507,8 @@ public final class MigrationSource: Sendable {
                     }
                     return finished(report)
                 }
-                sent = try sendRound(number: round, pages: dirty, allPages: nil, link: link, range: range, final: false, predicted: predicted, live: live)
+                sent = try sendRound(
+                    number: round, pages: dirty, allPages: nil, link: link, sender: sender, range: range, final: false, predicted: predicted, live: live)
                 totalSent += sent.bytes
                 roundSeconds = (ContinuousClock.now - roundStart).secondsValue
                 if sent.bytes > 64 * range.pageSize { bandwidth = Double(sent.bytes) / Swift.max(roundSeconds, 1e-6) }
@@ -499,6 +516,7 @@ public final class MigrationSource: Sendable {
                     round: round, pages: sent.pages, zero_pages: sent.zeroPages, bytes: sent.bytes, seconds: roundSeconds,
                     dirty_pages: dirty.pageCount, bandwidth_mbps: bandwidth / 1e6, dirty_rate: dirtyRate,
                     predicted_downtime_ms: predicted * 1000, final: false)
+                record.encoded(sender.tally)
                 report.rounds.append(record)
                 progress(record)
                 round += 1
@@ -642,10 +660,11 @@ public final class MigrationSource: Sendable {
     /// Sends `pages` as one round: runs of non-zero pages as page data, zero pages as zero ranges; in
     /// round 0 (`allPages` set) every page not in `pages` is a zero range without being read.
     private func sendRound(
-        number: Int, pages: DirtyPages, allPages: Int?, link: Connection, range: MemoryRange, final: Bool, predicted: Double,
+        number: Int, pages: DirtyPages, allPages: Int?, link: Connection, sender: PageSender, range: MemoryRange, final: Bool, predicted: Double,
         live: @Sendable (MigrationReport.Live) -> Void
     ) throws -> (pages: Int, zeroPages: Int, bytes: Int) {
         let before = link.byteCounts.sent
+        sender.startRound()
         var dataPages = 0
         var zeroPages = 0
         // A few times a second, how far the round is (what a live progress line shows).
@@ -677,6 +696,7 @@ public final class MigrationSource: Sendable {
         func sendZero(_ first: Int, _ count: Int) throws {
             guard count > 0 else { return }
             try link.send(.zeroPages(firstPage: UInt64(first), pageCount: UInt64(count)))
+            if number > 0 { sender.forget(first: first, count: count) }
             zeroPages += count
             reachPhase()
             showProgress()
@@ -690,7 +710,7 @@ public final class MigrationSource: Sendable {
                     if isZero {
                         try sendZero(first, count)
                     } else {
-                        try link.sendPages(of: range, first: first, count: count)
+                        try sender.send(first: first, count: count, round: number, on: link)
                         dataPages += count
                         reachPhase()
                         showProgress()

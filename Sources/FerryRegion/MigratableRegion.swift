@@ -160,6 +160,13 @@ public final class MigratableRegion: Sendable {
                     buffer.storeBytes(of: random.next(), toByteOffset: index * 8, as: UInt64.self)
                 }
             }
+        case .text:
+            var text = RegionText(seed: seed)
+            bytes.withBytes(at: offset, count: count) { buffer in
+                for index in 0..<buffer.count / 8 {
+                    buffer.storeBytes(of: text.next().littleEndian, toByteOffset: index * 8, as: UInt64.self)
+                }
+            }
         }
     }
 

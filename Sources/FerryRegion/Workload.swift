@@ -8,12 +8,15 @@ public enum RegionFill: String, CaseIterable, Hashable, Sendable, CustomStringCo
     case zero
     /// Fill with seeded pseudo-random bytes (nothing to compress: the worst case for transfer).
     case random
+    /// Fill with seeded text-like content (`RegionText`): what compression on a slow link is measured on.
+    case text
 
     var code: UInt32 {
         switch self {
         case .none: 0
         case .zero: 1
         case .random: 2
+        case .text: 3
         }
     }
 
@@ -22,6 +25,7 @@ public enum RegionFill: String, CaseIterable, Hashable, Sendable, CustomStringCo
         case 0: self = .none
         case 1: self = .zero
         case 2: self = .random
+        case 3: self = .text
         default: return nil
         }
     }
@@ -42,11 +46,15 @@ public struct WorkloadOptions: Hashable, Sendable {
     /// The pace of `step()`s, kept in the region header so the workload keeps it after a move or a resume
     /// (0 idle, `.infinity` flat out; nil: whoever runs it decides).
     public var stepsPerSecond: Double?
+    /// The hotset only: a step changes a few bytes of its page (version and checksum) instead of rewriting it,
+    /// the case deltas (`--delta-cache`) shrink. Other workloads ignore it.
+    public var fewByteWrites: Bool
 
     public init(
         sharedDirectory: String, fill: RegionFill = .none, workingSetPages: Int? = nil, seed: UInt64 = 1,
-        stepsPerSecond: Double? = nil
+        stepsPerSecond: Double? = nil, fewByteWrites: Bool = false
     ) {
+        self.fewByteWrites = fewByteWrites
         self.sharedDirectory = sharedDirectory
         self.fill = fill
         self.workingSetPages = workingSetPages

@@ -128,6 +128,15 @@ public final class Connection: Sendable {
         return result
     }
 
+    /// Sends `frame` and then `payload` as it is, outside any frame: the encoded pages an `encodedPages` frame
+    /// announces (gathered with the next frames inside `batched` when small).
+    public func send(_ frame: Frame, followedBy payload: UnsafeRawBufferPointer) throws(TransportError) {
+        let header = FrameCodec.encode(frame)
+        try withBytes(header) { headerBytes throws(TransportError) in
+            try sendPieces([headerBytes, payload], what: "sending \(FrameCodec.name(ofType: frame.typeCode))")
+        }
+    }
+
     /// Sends `pieces` in order: gathered while a batch is open and they are small, else at once.
     private func sendPieces(_ pieces: [UnsafeRawBufferPointer], what: String) throws(TransportError) {
         let total = pieces.reduce(0) { $0 + $1.count }

@@ -2,8 +2,8 @@
 ///
 /// Version 2 added the loaded objects (``Hello/images``) and ``Hello/fixedLayout`` at the end of the hello;
 /// version 3 the post-copy frames (`discardPages`, `postCopy`, `urgentChannel`, `pageRequest`, `pageEnRoute`,
-/// `postCopyDone`, `pagesHeld`).
-public let wireProtocolVersion: UInt16 = 3
+/// `postCopyDone`, `pagesHeld`); version 4 `encodedPages` (compressed pages and deltas).
+public let wireProtocolVersion: UInt16 = 4
 
 /// One object loaded in the source process, the executable or a shared library, as the hello reports it.
 ///
@@ -146,6 +146,18 @@ public struct Refusal: Hashable, Sendable, Error, CustomStringConvertible {
     public var description: String { "destination refused (\(code)): \(reason)" }
 }
 
+/// How the bytes that follow an ``Frame/encodedPages(firstPage:pageCount:encoding:byteCount:)`` frame encode
+/// its pages. Never renumber: add new encodings at the end.
+public enum PageEncoding: UInt8, Sendable, CaseIterable {
+    /// One zstd frame that decompresses to exactly the pages' bytes.
+    case zstd = 1
+    /// One lz4 block that decompresses to exactly the pages' bytes.
+    case lz4 = 2
+    /// Per page in order, the page's changes against the copy the receiver holds (the one sent last time):
+    /// runs of `varint unchanged | varint changed | changed bytes`, covering the page exactly.
+    case delta = 3
+}
+
 /// Per-round statistics the source sends at the end of each round.
 public struct RoundSummary: Hashable, Sendable {
     /// The round number: 0 is the full copy, then one per dirty round.
@@ -186,6 +198,10 @@ public enum Frame: Hashable, Sendable {
     /// Announces `pageCount * pageSize` raw page bytes that follow this frame on the stream, outside any
     /// frame, for pages `firstPage ..< firstPage + pageCount`.
     case pageData(firstPage: UInt64, pageCount: UInt32)
+    /// Announces `byteCount` bytes (at least 1) that follow this frame on the stream, outside any frame, and
+    /// hold pages `firstPage ..< firstPage + pageCount` in `encoding`. Whether they decode to exactly those
+    /// pages is the receiver's check.
+    case encodedPages(firstPage: UInt64, pageCount: UInt32, encoding: PageEncoding, byteCount: UInt32)
     /// Pages `firstPage ..< firstPage + pageCount` are all zero.
     case zeroPages(firstPage: UInt64, pageCount: UInt64)
     /// The source has sent everything of one round.
@@ -269,6 +285,7 @@ public enum Frame: Hashable, Sendable {
         case .pageEnRoute: .pageEnRoute
         case .postCopyDone: .postCopyDone
         case .pagesHeld: .pagesHeld
+        case .encodedPages: .encodedPages
         }
     }
 }
@@ -294,6 +311,7 @@ enum FrameType: UInt8, CaseIterable {
     case pageEnRoute = 17
     case postCopyDone = 18
     case pagesHeld = 19
+    case encodedPages = 20
 
     /// The body size of frames whose body is fixed, nil for variable-size bodies.
     var fixedBodySize: Int? {
@@ -306,6 +324,7 @@ enum FrameType: UInt8, CaseIterable {
         case .commit, .running: 8
         case .discardPages: 8 + 8
         case .pageRequest, .pageEnRoute: 8 + 4
+        case .encodedPages: 8 + 4 + 1 + 4
         case .hello, .helloReply, .digest, .abort, .auth, .postCopy, .urgentChannel, .postCopyDone, .pagesHeld: nil
         }
     }

@@ -60,6 +60,11 @@ public enum FrameCodec {
         case .zeroPages(let firstPage, let pageCount):
             writer.write(firstPage)
             writer.write(pageCount)
+        case .encodedPages(let firstPage, let pageCount, let encoding, let byteCount):
+            writer.write(firstPage)
+            writer.write(pageCount)
+            writer.write(encoding.rawValue)
+            writer.write(Swift.max(byteCount, 1))
         case .roundEnd(let summary):
             writer.write(summary.round)
             writer.write(summary.pages)
@@ -161,6 +166,15 @@ public enum FrameCodec {
             let pageCount = try reader.read(UInt64.self)
             try checkPageRange(firstPage: firstPage, pageCount: pageCount, frame: "zeroPages")
             frame = .zeroPages(firstPage: firstPage, pageCount: pageCount)
+        case .encodedPages:
+            let firstPage = try reader.read(UInt64.self)
+            let pageCount = try reader.read(UInt32.self)
+            try checkPageRange(firstPage: firstPage, pageCount: UInt64(pageCount), frame: "encodedPages")
+            let raw = try reader.read(UInt8.self)
+            guard let encoding = PageEncoding(rawValue: raw) else { throw .fieldOutOfRange(field: "encodedPages.encoding", value: UInt64(raw)) }
+            let byteCount = try reader.read(UInt32.self)
+            guard byteCount > 0 else { throw .fieldOutOfRange(field: "encodedPages.byteCount", value: 0) }
+            frame = .encodedPages(firstPage: firstPage, pageCount: pageCount, encoding: encoding, byteCount: byteCount)
         case .roundEnd:
             frame = .roundEnd(
                 RoundSummary(
@@ -251,6 +265,7 @@ public enum FrameCodec {
         case .pageEnRoute: "pageEnRoute"
         case .postCopyDone: "postCopyDone"
         case .pagesHeld: "pagesHeld"
+        case .encodedPages: "encodedPages"
         case nil: "unknown"
         }
     }

@@ -12,8 +12,10 @@ public import FerryRegion
 ///   `dataOffset + p × pageSize`, each holding version (`UInt64`), page index p (`UInt64`), checksum
 ///   (`UInt64`: FNV-1a 64 over the little-endian bytes of version, index and body) and a body of
 ///   SplitMix64 words seeded with `RegionRandom.mix(seed, p, version)`. A page at version 0 is all
-///   zeros, unless it was created with fill `.random`, which writes every page's version-0 content;
-///   data pages past the working set are free data area.
+///   zeros, unless it was created with fill `.random` or `.text`, which write every page's version-0 content;
+///   data pages past the working set are free data area. With fill `.text` the bodies are `RegionText`
+///   seeded the same way instead of SplitMix64 words. With few-byte writes, a page keeps its version-0 body
+///   at every version (only version and checksum change).
 ///
 /// | state offset | field |
 /// |---|---|
@@ -23,8 +25,9 @@ public import FerryRegion
 /// | +0x18 | list aggregate: wrapping sum of the node values (`UInt64`) |
 /// | +0x20 | page written by the last step (`UInt64`) |
 ///
-/// Parameters: 0 working-set pages W, 1 list nodes, 2 list offset, 3 1 if version-0 pages hold their
-/// content (fill `.random`) else 0.
+/// Parameters: 0 working-set pages W, 1 list nodes, 2 list offset, 3 version-0 content: 0 none (zeros),
+/// 1 random bodies (fill `.random`), 2 text bodies (fill `.text`); 4 1 if a step writes only a few bytes
+/// of its page (`WorkloadOptions.fewByteWrites`) else 0.
 ///
 /// **Step** (dirties 3 pages with 4 KiB pages: one working-set page, the list page and the header page):
 /// draw a page, bump its version and rewrite it; draw a node and give it a new value, adjusting the
@@ -51,6 +54,9 @@ public final class HotsetWorkload: Workload {
     public let nodeCount: Int
     public let seed: UInt64
     private let versionZeroHasContent: Bool
+    private let textBodies: Bool
+    /// Whether a step changes only a page's version and checksum (16 bytes), its body staying version 0's.
+    public let fewByteWrites: Bool
 
     enum State {
         static let ledger = 0x00
@@ -84,12 +90,15 @@ public final class HotsetWorkload: Workload {
         workingSetPages = workingSet
         nodeCount = Self.listNodes
         seed = options.seed
-        versionZeroHasContent = options.fill == .random
+        versionZeroHasContent = options.fill == .random || options.fill == .text
+        textBodies = options.fill == .text
+        fewByteWrites = options.fewByteWrites
 
         let header = region.header
         header.initialize(
             workloadName: Self.name, seed: seed, dataOffset: dataOffset, fill: options.fill,
-            parameters: [UInt64(workingSet), UInt64(nodeCount), UInt64(listOffset), versionZeroHasContent ? 1 : 0],
+            parameters: [UInt64(workingSet), UInt64(nodeCount), UInt64(listOffset), textBodies ? 2 : versionZeroHasContent ? 1 : 0,
+                         fewByteWrites ? 1 : 0],
             stepsPerSecond: options.stepsPerSecond)
         header.setState(State.ledger, 0)
         header.setState(State.random, RegionRandom.mix(seed, 0x5E7))
@@ -119,10 +128,10 @@ public final class HotsetWorkload: Workload {
                 break
             case .zero:
                 try region.fill(.zero, offset: dataOffset, count: range.byteCount - dataOffset, seed: seed)
-            case .random:
+            case .random, .text:
                 for page in 0..<workingSet { writePage(page, version: 0) }
                 let free = dataOffset + workingSet * pageSize
-                try region.fill(.random, offset: free, count: range.byteCount - free, seed: seed)
+                try region.fill(options.fill, offset: free, count: range.byteCount - free, seed: seed)
             }
         } catch { throw .region(error) }
     }
@@ -136,15 +145,17 @@ public final class HotsetWorkload: Workload {
         guard info.parameters[1] == UInt64(Self.listNodes), listOffset == pageSize,
             dataOffset == listOffset + Self.listBytes(pageSize: pageSize),
             workingSet >= 1, workingSet <= (region.range.byteCount - dataOffset) / pageSize,
-            info.parameters[3] <= 1
-        else { throw .corruptState("the workload parameters \(info.parameters[0..<4]) are impossible for this region") }
+            info.parameters[3] <= 2, info.parameters[4] <= 1
+        else { throw .corruptState("the workload parameters \(info.parameters[0..<5]) are impossible for this region") }
         self.region = region
         self.listOffset = listOffset
         self.dataOffset = dataOffset
         workingSetPages = workingSet
         nodeCount = Self.listNodes
         seed = info.seed
-        versionZeroHasContent = info.parameters[3] == 1
+        versionZeroHasContent = info.parameters[3] >= 1
+        textBodies = info.parameters[3] == 2
+        fewByteWrites = info.parameters[4] == 1
     }
 
     /// The ledger total.
@@ -163,12 +174,11 @@ public final class HotsetWorkload: Workload {
 
     /// Writes page `page`'s content for `version`.
     private func writePage(_ page: Int, version: UInt64) {
-        let seed = seed
+        var body = BodyWords(seed: seed, page: page, version: fewByteWrites ? 0 : version, text: textBodies)
         region.bytes.withBytes(at: pageOffset(page), count: region.range.pageSize) { buffer in
-            var random = RegionRandom(state: RegionRandom.mix(seed, UInt64(page), version))
             var checksum = FNV1a64.hash(word: UInt64(page), into: FNV1a64.hash(word: version))
             for offset in stride(from: Self.pageHeaderSize, to: buffer.count - 7, by: 8) {
-                let word = random.next()
+                let word = body.next()
                 buffer.storeBytes(of: word, toByteOffset: offset, as: UInt64.self)
                 checksum = FNV1a64.hash(word: word, into: checksum)
             }
@@ -182,6 +192,7 @@ public final class HotsetWorkload: Workload {
     private func checkPage(_ page: Int) -> (version: UInt64, problem: String?) {
         let seed = seed
         let versionZeroHasContent = versionZeroHasContent
+        let (fewByteWrites, textBodies) = (fewByteWrites, textBodies)
         return region.bytes.withBytes(at: pageOffset(page), count: region.range.pageSize) { buffer in
             let version = buffer.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
             if version == 0 && !versionZeroHasContent {
@@ -194,12 +205,12 @@ public final class HotsetWorkload: Workload {
             let stored = buffer.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
             guard index == UInt64(page) else { return (version, "its header names page \(index)") }
             var checksum = FNV1a64.hash(word: index, into: FNV1a64.hash(word: version))
-            var random = RegionRandom(state: RegionRandom.mix(seed, UInt64(page), version))
+            var body = BodyWords(seed: seed, page: page, version: fewByteWrites ? 0 : version, text: textBodies)
             var firstDifference: Int?
             for offset in stride(from: Self.pageHeaderSize, to: buffer.count - 7, by: 8) {
                 let word = buffer.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
                 checksum = FNV1a64.hash(word: word, into: checksum)
-                if word != random.next() && firstDifference == nil { firstDifference = offset }
+                if word != body.next() && firstDifference == nil { firstDifference = offset }
             }
             if checksum != stored {
                 return (version, "its checksum field 0x\(String(stored, radix: 16)) does not match its contents "
@@ -305,5 +316,22 @@ public final class HotsetWorkload: Workload {
             "list aggregate", problem == nil && sum == aggregate,
             sum == aggregate ? "node values sum to the aggregate 0x\(String(aggregate, radix: 16))"
                 : "node values sum to 0x\(String(sum, radix: 16)) but the aggregate is 0x\(String(aggregate, radix: 16))")
+    }
+}
+
+/// The body words of a working-set page at a version: SplitMix64 words, or text (`RegionText`) with fill `.text`.
+private struct BodyWords {
+    private var random: RegionRandom
+    private var text: RegionText?
+
+    init(seed: UInt64, page: Int, version: UInt64, text: Bool) {
+        let pageSeed = RegionRandom.mix(seed, UInt64(page), version)
+        random = RegionRandom(state: pageSeed)
+        self.text = text ? RegionText(seed: pageSeed) : nil
+    }
+
+    mutating func next() -> UInt64 {
+        if text != nil { return text!.next().littleEndian }
+        return random.next()
     }
 }

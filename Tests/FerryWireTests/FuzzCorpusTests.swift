@@ -24,7 +24,7 @@ import Testing
                 if case .hello(let hello) = frame { hellos.append(hello) }
             }
         }
-        #expect(types == Set(1...19))
+        #expect(types == Set(1...20))
         // The hellos are of this protocol version's layout, with images and a fixed layout among them.
         #expect(hellos.contains { $0.protocolVersion == wireProtocolVersion && $0.images.count >= 2 })
         #expect(hellos.contains { $0.fixedLayout })

@@ -14,7 +14,7 @@ private func streamError(_ bytes: [UInt8], maximumLength: UInt32 = Frame.maximum
 }
 
 /// A hello body of this protocol version up to its image list: every field before it, with short values.
-private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0] + Array(repeating: 0, count: 16)
+private let helloHead: [UInt8] = [0, 4] + field("b") + field("a") + [0, 0, 16, 0] + Array(repeating: 0, count: 16)
     + field("w") + [0, 0, 0, 1] + field("t") + field("v") + Array(repeating: 0, count: 8) + [0]
 
 @Suite struct MalformedTests {
@@ -39,7 +39,7 @@ private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0
         #expect(throws: WireError.emptyFrame) { try FrameCodec.decodeHeader([0, 0, 0, 0, 7]) }
     }
 
-    @Test(arguments: [0, 20, 200, 255] as [UInt8])
+    @Test(arguments: [0, 21, 200, 255] as [UInt8])
     func unknownTypeIsRejected(type: UInt8) {
         #expect(streamError(header(length: 100) + [type]) == .unknownFrameType(type))
         #expect(throws: WireError.unknownFrameType(type)) { try FrameCodec.decodeHeader(header(length: 1) + [type]) }
@@ -79,7 +79,7 @@ private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0
         #expect(
             streamError(frameBytes(type: 8, body: field(bad) + field([1]))) == .invalidUTF8(field: "digest.algorithm")
         )
-        let hello = [0, 3] + field("b") + field("a") + [0, 0, 16, 0] + Array(repeating: 0, count: 16) + field(bad)
+        let hello = [0, 4] + field("b") + field("a") + [0, 0, 16, 0] + Array(repeating: 0, count: 16) + field(bad)
             + [0, 0, 0, 1] + field("t") + field("v") + Array(repeating: 0, count: 8)
         #expect(streamError(frameBytes(type: 1, body: hello)) == .invalidUTF8(field: "hello.workloadName"))
         let image = helloHead + [0, 2] + field("/ok") + field([]) + u64(1) + field(bad) + field([]) + u64(2) + [0]
@@ -116,7 +116,7 @@ private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0
             streamError(frameBytes(type: 12, body: field([]) + field(digest)))
                 == .stringTooLong(field: "auth.mac", length: 65, limit: 64)
         )
-        let hello = [0, 3] + field(name)
+        let hello = [0, 4] + field(name)
         #expect(
             streamError(frameBytes(type: 1, body: hello))
                 == .stringTooLong(field: "hello.buildIdentity", length: 257, limit: 256)
@@ -220,7 +220,7 @@ private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0
 
     @Test func helloOfAnotherVersionSaysSo() throws {
         var hello = Hello(
-            protocolVersion: 4, buildIdentity: "ferry 9", architecture: "x86_64", pageSize: 4096,
+            protocolVersion: 5, buildIdentity: "ferry 9", architecture: "x86_64", pageSize: 4096,
             regionBase: 1 << 40, regionSize: 1 << 20, workloadName: "w", layoutVersion: 1, sharedMountToken: "t",
             sharedMountTokenValue: "v", generation: 1, images: sampleImages, fixedLayout: true
         )
@@ -230,11 +230,11 @@ private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0
         newest.protocolVersion = .max
         #expect(try decodeBody(type: 1, body(of: .hello(newest))) == .hello(newest))
         // A layout this build cannot read: the error names the version, not the bytes.
-        let error = WireError.fieldOutOfRange(field: WireError.protocolVersionField, value: 4)
+        let error = WireError.fieldOutOfRange(field: WireError.protocolVersionField, value: 5)
         #expect(throws: error) { try decodeBody(type: 1, body(of: .hello(hello)) + [1, 2, 3]) }
-        #expect(throws: error) { try decodeBody(type: 1, [0, 4, 0xFF]) }
-        #expect(error.unsupportedProtocolVersion == 4)
-        #expect(error.description == "hello is protocol version 4, this build speaks version 3")
+        #expect(throws: error) { try decodeBody(type: 1, [0, 5, 0xFF]) }
+        #expect(error.unsupportedProtocolVersion == 5)
+        #expect(error.description == "hello is protocol version 5, this build speaks version 4")
         #expect(WireError.emptyFrame.unsupportedProtocolVersion == nil)
         // A version 1 hello (as a build before the image list sends it) ends where version 2 goes on:
         // refused for its version, not as a short frame.
@@ -246,16 +246,16 @@ private let helloHead: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 16, 0
         let old = WireError.fieldOutOfRange(field: WireError.protocolVersionField, value: 1)
         #expect(throws: old) { try decodeBody(type: 1, version1) }
         #expect(streamError(frameBytes(type: 1, body: version1)) == old)
-        #expect(old.description == "hello is protocol version 1, this build speaks version 3")
+        #expect(old.description == "hello is protocol version 1, this build speaks version 4")
         // Too many images in a hello of another version: the version is what is wrong.
-        #expect(throws: error) { try decodeBody(type: 1, [0, 4] + helloHead.dropFirst(2) + [0xFF, 0xFF]) }
+        #expect(throws: error) { try decodeBody(type: 1, [0, 5] + helloHead.dropFirst(2) + [0xFF, 0xFF]) }
         // Our own version with a bad body gets the precise error.
         hello.protocolVersion = wireProtocolVersion
         #expect(throws: WireError.trailingBytes(type: 1, count: 3)) {
             try decodeBody(type: 1, body(of: .hello(hello)) + [1, 2, 3])
         }
         #expect(throws: WireError.truncated(type: 1, needed: version1.count + 2, available: version1.count)) {
-            try decodeBody(type: 1, [0, 3] + version1.dropFirst(2))
+            try decodeBody(type: 1, [0, 4] + version1.dropFirst(2))
         }
     }
 

@@ -54,7 +54,7 @@ import Testing
             ],
             fixedLayout: true
         )
-        let head: [UInt8] = [0, 3] + field("b") + field("a") + [0, 0, 0x10, 0] + u64(0x7E00_0000_0000) + u64(1 << 20)
+        let head: [UInt8] = [0, 4] + field("b") + field("a") + [0, 0, 0x10, 0] + u64(0x7E00_0000_0000) + u64(1 << 20)
             + field("w") + [0, 0, 0, 1] + field("t") + field("v") + u64(7) + [0]
         let images: [UInt8] = [0, 2] + field("/p") + field([0xAB, 0xCD]) + u64(0x5555_5555_4000)
             + field("") + field([]) + [1, 2, 3, 4, 5, 6, 7, 8]
@@ -71,7 +71,7 @@ import Testing
                 workloadName: "w", layoutVersion: 1, sharedMountToken: "t", sharedMountTokenValue: "v", generation: 7
             ) == plain
         )
-        #expect(wireProtocolVersion == 3)
+        #expect(wireProtocolVersion == 4)
     }
 
     /// 512 images of 1,024-byte paths and 64-byte build ids, with every other field at its limit, fit in
@@ -112,8 +112,9 @@ import Testing
         #expect(FrameCodec.name(ofType: 17) == "pageEnRoute")
         #expect(FrameCodec.name(ofType: 18) == "postCopyDone")
         #expect(FrameCodec.name(ofType: 19) == "pagesHeld")
-        #expect(FrameCodec.name(ofType: 20) == "unknown")
-        #expect(Set(sampleFrames.map(\.typeCode)) == Set(1...19))
+        #expect(FrameCodec.name(ofType: 20) == "encodedPages")
+        #expect(FrameCodec.name(ofType: 21) == "unknown")
+        #expect(Set(sampleFrames.map(\.typeCode)) == Set(1...20))
     }
 
     @Test func encoderCutsOverlongFieldsSoTheyStillDecode() throws {

@@ -83,6 +83,9 @@ let sampleFrames: [Frame] = {
         .postCopyDone(demandPages: .max, latencyBuckets: (0..<UInt64(Frame.maximumLatencyBuckets)).map { $0 * 1000 }),
         .pagesHeld(pageCount: 1, bitmap: [1]),
         .pagesHeld(pageCount: 20, bitmap: [0xFF, 0x0F, 0x05]),
+        .encodedPages(firstPage: 0, pageCount: 1, encoding: .delta, byteCount: 1),
+        .encodedPages(firstPage: .max - UInt64(UInt32.max), pageCount: .max, encoding: .zstd, byteCount: .max),
+        .encodedPages(firstPage: 64, pageCount: 16, encoding: .lz4, byteCount: 5000),
     ]
     for code in [Refusal.Code.protocolVersion, .architecture, .pageSize, .address, .sharedMount, .workload,
                  .layoutVersion, .busy, .authentication, .build] {

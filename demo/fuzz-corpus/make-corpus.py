@@ -15,6 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 HELLO, HELLO_REPLY, PAGE_DATA, ZERO_PAGES, ROUND_END, ROUND_ACK = 1, 2, 3, 4, 5, 6
 DIGEST_REQUEST, DIGEST, COMMIT, RUNNING, ABORT, AUTH = 7, 8, 9, 10, 11, 12
 DISCARD_PAGES, POST_COPY, URGENT_CHANNEL, PAGE_REQUEST, PAGE_EN_ROUTE, POST_COPY_DONE, PAGES_HELD = 13, 14, 15, 16, 17, 18, 19  # protocol 3
+ENCODED_PAGES = 20  # protocol 4
+ZSTD, LZ4, DELTA = 1, 2, 3
 
 
 def u8(v): return struct.pack(">B", v)
@@ -50,7 +52,7 @@ def hello_v1_body(version, build, arch, page, base, size, workload, layout, toke
             + u8(1 if audit else 0))
 
 
-def hello(version=3, build="ferry 0.1 (git abc123)", arch="x86_64", page=4096, base=0x7F0000000000,
+def hello(version=4, build="ferry 0.1 (git abc123)", arch="x86_64", page=4096, base=0x7F0000000000,
           size=1 << 30, workload="hotset", layout=1, token="ferry-token-1f2e", value="c0ffee", generation=7, audit=False,
           images=IMAGES, fixed=False):
     """A hello of the version 2 layout: the version 1 fields, then u16 image count | images | u8 fixedLayout."""
@@ -112,6 +114,8 @@ seeds = {
     "page-request": frame(PAGE_REQUEST, u64(4242) + u32(1)),
     "page-en-route": frame(PAGE_EN_ROUTE, u64(4242) + u32(1)),
     "pages-held": frame(PAGES_HELD, u64(20) + bytes([0xFF, 0x0F, 0x05])),
+    "encoded-pages-zstd": frame(ENCODED_PAGES, u64(64) + u32(16) + u8(ZSTD) + u32(5000)),
+    "encoded-pages-delta": frame(ENCODED_PAGES, u64(4242) + u32(1) + u8(DELTA) + u32(12)),
     "post-copy-done": frame(POST_COPY_DONE, u64(812) + u16(4) + u64(0) + u64(3) + u64(700) + u64(109)),
     # Streams of several frames, as a migration sends them.
     "stream-handshake": frame(AUTH, blob(nonce) + blob(b"")) + frame(AUTH, blob(nonce) + blob(mac)) + hello(),
@@ -131,6 +135,8 @@ seeds = {
     "bad-page-overflow": frame(PAGE_DATA, u64(MAX64) + u32(1)),
     "bad-page-request-zero": frame(PAGE_REQUEST, u64(1) + u32(0)),
     "bad-pages-held-short": frame(PAGES_HELD, u64(20) + bytes([0xFF])),
+    "bad-encoding": frame(ENCODED_PAGES, u64(1) + u32(1) + u8(9) + u32(10)),
+    "bad-encoded-empty": frame(ENCODED_PAGES, u64(1) + u32(1) + u8(LZ4) + u32(0)),
     "bad-latency-buckets": frame(POST_COPY_DONE, u64(1) + u16(33) + u64(0) * 33),
     "bad-nonce-too-long": frame(AUTH, blob(bytes(65)) + blob(b"")),
     "bad-setup-nan": frame(HELLO_REPLY, u8(0) + f64(float("nan"))),
