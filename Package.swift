@@ -94,7 +94,10 @@ let package = Package(
             name: "FerryWorkloadsTests", dependencies: ["FerryWorkloads", "FerryRegion", "FerrySystem", "FerryTestSupport"],
             swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], swiftSettings: strict),
-        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerryWorkloads", "FerryRegion", "FerryTracking", "FerrySystem"], swiftSettings: strict),
+        .testTarget(
+            name: "FerryMigrationTests",
+            dependencies: ["FerryMigration", "FerryWorkloads", "FerryRegion", "FerryTracking", "FerrySystem", "FerryTransport", "FerryWire"],
+            swiftSettings: strict),
         .testTarget(
             name: "FerryAuthTests",
             dependencies: ["FerryAuth", "FerryTransport", "FerryWire", "FerrySystem", "FerryTestSupport"],

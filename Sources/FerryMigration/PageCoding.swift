@@ -54,6 +54,7 @@ final class PageSender {
     /// The snapshot of a frame's pages, then encoded output (a whole frame's worth each, and zstd's bound).
     private let scratch: AnonymousMapping
     private let scratchFrameBytes: Int
+    private let pagesPerFrame: Int
     private let zstd: OpaquePointer?
     private var policy = CompressionPolicy()
     private(set) var tally = EncodingTally()
@@ -66,6 +67,7 @@ final class PageSender {
         pageSize = range.pageSize
         slots = Swift.max(0, deltaCacheBytes / range.pageSize)
         tags = [Int](repeating: -1, count: slots)
+        self.pagesPerFrame = pagesPerFrame
         let frameBytes = pagesPerFrame * range.pageSize
         scratchFrameBytes = Int(ZSTD_compressBound(frameBytes))
         do {
@@ -90,6 +92,7 @@ final class PageSender {
 
     /// Sends pages `first..<first+count` (non-zero pages of one frame) of round `round` on `link`.
     func send(first: Int, count: Int, round: Int, on link: Connection) throws {
+        precondition(count > 0 && count <= pagesPerFrame && first >= 0 && first + count <= range.pageCount, "pages outside a frame")
         // Round 0 reads straight from the running workload, except the pages that end up in the cache (the
         // last `slots` of the region: each slot's last occupant), so a page's next send can be a delta.
         let cachedFrom = round > 0 ? 0 : range.pageCount - slots
