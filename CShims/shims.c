@@ -325,3 +325,20 @@ int CShims_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) 
     }
     return result;
 }
+
+// MARK: - How much of a TCP stream the peer acknowledged
+
+#include <netinet/in.h>
+#include <linux/tcp.h>
+
+int CShims_tcp_bytes_acked(int fd, uint64_t *acknowledged) {
+    struct tcp_info info;
+    socklen_t length = sizeof info;
+    memset(&info, 0, sizeof info);
+    int result = getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length);
+    if (result == 0) {
+        if (length < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof info.tcpi_bytes_acked) return -1;
+        *acknowledged = info.tcpi_bytes_acked;
+    }
+    return result;
+}

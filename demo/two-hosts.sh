@@ -24,7 +24,10 @@ Options:
   --region-size SIZE      region size (default 256MiB)
   --workload NAME         hotset or download (default hotset)
   --dirty-rate N|0|max    workload steps per second (default 0: idle)
-  --fill none|zero|random what the region holds at the start (default random)
+  --fill none|zero|random|text  what the region holds at the start (default random)
+  --writes page|few       hotset: a step rewrites a whole page, or a few bytes of it (default page)
+  --compress CODEC        passed to ferry migrate: auto, none, zstd or lz4 (default auto)
+  --delta-cache SIZE      passed to ferry migrate: pages kept for deltas, 0 for none (default 64MiB)
   --max-bandwidth RATE    passed to ferry migrate (Ferry's own cap, e.g. 50mbit)
   --downtime-target DUR   passed to ferry migrate: a cap on the pause (default: none, the shortest the link allows)
   --mode MODE             passed to ferry migrate: pre-copy, post-copy or hybrid (default pre-copy)
@@ -50,6 +53,7 @@ EOF
 }
 
 rate=""; size="256MiB"; workload="hotset"; dirty="0"; fill="random"; maxbw=""; target=""; mode="pre-copy"; verify="strict"
+writes="page"; compress=""; delta_cache=""
 report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500; timeout="30s"; cut_after=""; down_for=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -59,6 +63,9 @@ while [ $# -gt 0 ]; do
     --workload) workload=${2:?--workload needs a value}; shift 2 ;;
     --dirty-rate) dirty=${2:?--dirty-rate needs a value}; shift 2 ;;
     --fill) fill=${2:?--fill needs a value}; shift 2 ;;
+    --writes) writes=${2:?--writes needs a value}; shift 2 ;;
+    --compress) compress=${2:?--compress needs a value}; shift 2 ;;
+    --delta-cache) delta_cache=${2:?--delta-cache needs a value}; shift 2 ;;
     --max-bandwidth) maxbw=${2:?--max-bandwidth needs a value}; shift 2 ;;
     --downtime-target) target=${2:?--downtime-target needs a value}; shift 2 ;;
     --mode) mode=${2:?--mode needs a value}; shift 2 ;;
@@ -221,8 +228,8 @@ echo "== B: ferry receive on 10.77.3.2:$port"
 ip netns exec "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared" --control "$lab/b.sock" \
   --timeout "$timeout" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
 pids+=($!)
-echo "== A: ferry run --workload $workload --region-size $size --fill $fill --dirty-rate $dirty"
-ip netns exec "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" \
+echo "== A: ferry run --workload $workload --region-size $size --fill $fill --dirty-rate $dirty --writes $writes"
+ip netns exec "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" --writes "$writes" \
   "${source_a[@]}" --shared-dir "$shared" --control "$lab/a.sock" >"$lab/a.log" 2>&1 &
 pids+=($!)
 for sock in a b; do
@@ -237,6 +244,8 @@ migrate_args=(migrate --control "$lab/a.sock" --to "10.77.3.2:$port" --bind 10.7
 [ -n "$target" ] && migrate_args+=(--downtime-target "$target")
 [ -n "$maxbw" ] && migrate_args+=(--max-bandwidth "$maxbw")
 [ -n "${on_stall:-}" ] && migrate_args+=(--on-stall "$on_stall")
+[ -n "$compress" ] && migrate_args+=(--compress "$compress")
+[ -n "$delta_cache" ] && migrate_args+=(--delta-cache "$delta_cache")
 migrate_status=0
 [ "$workload" = download ] && sleep 3   # let the download's throughput settle before the migration
 migrate_started=$(date +%s.%N)
@@ -318,6 +327,7 @@ jq -r '.lab as $l | [
   "measured  migration - setup   \($l.migration_without_setup_seconds * 1000 | round / 1000) s\(if $l.migration_ratio then ", ratio \($l.migration_ratio * 1000 | round / 1000)" else "" end) (setup \((.setup_seconds // 0) * 1000 | round / 1000) s, total \(.total_seconds * 1000 | round / 1000) s)",
   (if $l.tcp_seconds then "measured  plain TCP, same bytes \($l.tcp_seconds) s\(if $l.tcp_ratio then ", ratio \($l.tcp_ratio * 1000 | round / 1000)" else "" end)" else empty end),
   "downtime                     \((.downtime_ms // 0) * 10 | round / 10) ms, rounds \(.rounds | length)",
+  "on the wire                  \(.bytes_sent) bytes (compression \(.compression // "none"): \([.rounds[].compressed_saved_bytes // 0] | add) saved; deltas: \([.rounds[].delta_saved_bytes // 0] | add) saved)",
   (if .outcome != "completed" then "not moved                    \(.reason // "")" else empty end)
 ] | .[]' "$json"
 

@@ -234,6 +234,11 @@ unsigned long CShims_getauxval(unsigned long type);
 /// connected Unix socket, as the kernel recorded them when it connected. Returns 0, or -1 with errno.
 int CShims_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
 
+/// `getsockopt(fd, IPPROTO_TCP, TCP_INFO)`'s `tcpi_bytes_acked`: the bytes of the stream the peer acknowledged,
+/// which grows at the link's pace whatever the socket's buffer holds. 0 on success, -1 with errno set (or when
+/// the kernel's `tcp_info` is too old to have the field).
+int CShims_tcp_bytes_acked(int fd, uint64_t *acknowledged);
+
 /// SHA-256 of `length` bytes at `data` into `out`: libcrypto's `EVP_Digest(..., EVP_sha256(), NULL)`.
 /// Returns 0 on success, -1 if libcrypto failed.
 int CShims_sha256(const void *data, size_t length, uint8_t out[32]);

@@ -189,6 +189,7 @@ final class PageSender {
     /// Sends pages compressed when the policy says so and it is smaller, else as they are (`inRegion`: straight
     /// from the region, `pages` being the region's own).
     private func sendWhole(first: Int, count: Int, pages: UnsafeRawBufferPointer, inRegion: Bool, on link: Connection) throws {
+        if compression == .auto { policy.linkAcknowledged(link.acknowledgedBytes, at: .now) }
         if let (encoding, bytes) = compress(pages) {
             try timedSend(
                 .encodedPages(firstPage: UInt64(first), pageCount: UInt32(count), encoding: encoding, byteCount: UInt32(bytes.count)), bytes,
@@ -196,19 +197,15 @@ final class PageSender {
             tally.compressedPages += count
             tally.compressedSavedBytes += pages.count - bytes.count
         } else if inRegion {
-            let started = ContinuousClock.now
             try link.sendPages(of: range, first: first, count: count)
-            policy.sent(bytes: pages.count, seconds: (ContinuousClock.now - started).secondsValue)
         } else {
             try timedSend(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), pages, on: link)
         }
     }
 
-    /// Sends a frame and its payload, telling the policy how fast the link took them.
+    /// Sends a frame and its payload.
     private func timedSend(_ frame: Frame, _ payload: UnsafeRawBufferPointer, on link: Connection) throws {
-        let started = ContinuousClock.now
         try link.send(frame, followedBy: payload)
-        policy.sent(bytes: payload.count, seconds: (ContinuousClock.now - started).secondsValue)
     }
 
     /// The pages compressed, when the choice (and for `auto` the policy) says to and they shrink.
@@ -257,28 +254,41 @@ final class PageSender {
 }
 
 /// `--compress auto`'s decision: compress with a codec when, by what was measured so far, compressing and then
-/// sending a byte costs less time than sending it as it is: 1/compressor rate + ratio/link rate < 1/link rate
-/// (compressing and sending taken one after the other, the cautious view). Codecs not in use are sampled on a
-/// frame's first 64 KiB, every 2nd frame at first and up to every 64th while they keep losing, so a change in
-/// the data or the link is seen.
+/// sending a byte costs less time than sending it as it is: 1/compressor rate + ratio/link rate < 0.9 × 1/link
+/// rate (compressing and sending taken one after the other, the cautious view). The link's rate is the pace at
+/// which the peer acknowledges the stream over the last second (`Connection.acknowledgedBytes`), which the
+/// socket's buffer and a shaper's queue cannot hide; until 5 ms of it were seen, lz4 (the cheap codec) is used
+/// if the data compresses. Codecs are sampled on a frame's first 64 KiB: each once at the start, then every 2nd
+/// frame, up to every 64th while neither wins, so a change in the data or the link is seen.
 struct CompressionPolicy {
     private struct Estimate {
         var inputBytes = 0.0, outputBytes = 0.0, seconds = 0.0
         var ratio: Double { inputBytes > 0 ? outputBytes / inputBytes : 1 }
         var bytesPerSecond: Double { seconds > 0 ? inputBytes / seconds : .infinity }
-        /// Keeps the estimate recent: older measurements weigh half once this much was measured.
+        /// Keeps the estimate recent: older measurements weigh half once 64 MiB were measured.
         mutating func add(input: Int, output: Int, seconds elapsed: Double) {
             if inputBytes > Double(64 << 20) { inputBytes /= 2; outputBytes /= 2; seconds /= 2 }
             inputBytes += Double(input); outputBytes += Double(output); seconds += elapsed
         }
     }
-    private var link = Estimate()
+    private var acknowledged: [(at: ContinuousClock.Instant, bytes: Int)] = []
     private var codecs: [PageEncoding: Estimate] = [:]
     private var framesSinceSample = 0
     private var sampleEvery = 1
     private var nextSample: PageEncoding = .lz4
 
-    mutating func sent(bytes: Int, seconds: Double) { link.add(input: bytes, output: bytes, seconds: seconds) }
+    /// What the peer has acknowledged by now (nil: the kernel does not say).
+    mutating func linkAcknowledged(_ bytes: Int?, at now: ContinuousClock.Instant) {
+        guard let bytes else { return }
+        acknowledged.append((now, bytes))
+        while acknowledged.count > 2 && now - acknowledged[1].at > .seconds(1) { acknowledged.removeFirst() }
+    }
+
+    /// The link's rate over the last second, once 5 ms of it were seen.
+    var linkBytesPerSecond: Double? {
+        guard let first = acknowledged.first, let last = acknowledged.last, last.at - first.at >= .milliseconds(5) else { return nil }
+        return Double(last.bytes - first.bytes) / (last.at - first.at).secondsValue
+    }
 
     mutating func compressed(_ codec: PageEncoding, input: Int, output: Int, seconds: Double) {
         codecs[codec, default: Estimate()].add(input: input, output: output, seconds: seconds)
@@ -297,19 +307,23 @@ struct CompressionPolicy {
 
     /// The codec to compress with now, or nil to send as it is.
     func choice() -> PageEncoding? {
-        // Until the link has been measured (past what the socket's buffer absorbs at once), do not compress.
-        guard link.inputBytes >= Double(4 << 20) else { return nil }
-        let perByteRaw = 1 / link.bytesPerSecond
+        let shrinking = codecs.filter { $0.value.inputBytes >= Double(64 << 10) && $0.value.ratio < 0.9 }
+        guard let rate = linkBytesPerSecond else { return shrinking[.lz4] != nil ? .lz4 : nil }
+        // A link that acknowledged nothing for a second is as slow as links get: the smallest output wins.
+        let perByteRaw = 1 / Swift.max(rate, 1)
         var best: (PageEncoding, Double)?
-        for (codec, estimate) in codecs where estimate.inputBytes >= Double(64 << 10) && estimate.ratio < 0.9 {
-            let perByte = 1 / estimate.bytesPerSecond + estimate.ratio / link.bytesPerSecond
+        for (codec, estimate) in shrinking {
+            let perByte = 1 / estimate.bytesPerSecond + estimate.ratio * perByteRaw
             if perByte < perByteRaw * 0.9, perByte < best?.1 ?? .infinity { best = (codec, perByte) }
         }
         return best?.0
     }
 
-    /// The codec to sample on this frame, if any (alternating lz4 and zstd, ever more rarely while none wins).
+    /// The codec to sample on this frame, if any: each once at the start, then alternating lz4 and zstd, ever more
+    /// rarely while neither wins.
     mutating func codecToSample() -> PageEncoding? {
+        // Every codec is measured once at the start.
+        if let unmeasured = [PageEncoding.lz4, .zstd].first(where: { codecs[$0] == nil }) { return unmeasured }
         framesSinceSample += 1
         guard framesSinceSample >= sampleEvery else { return nil }
         framesSinceSample = 0

@@ -3,6 +3,7 @@ import Glibc
 #endif
 public import FerrySystem
 public import FerryWire
+import CShims
 import Synchronization
 
 /// One TCP connection carrying migration frames; it owns its socket.
@@ -86,6 +87,14 @@ public final class Connection: Sendable {
 
     /// Whether the connection is sealed.
     public var isSealed: Bool { sealing.withLock { $0.send != nil } }
+
+    /// The bytes of this stream the peer has acknowledged (`TCP_INFO`'s `tcpi_bytes_acked`), sealing included: it
+    /// grows at the pace the link delivers, whatever the socket's buffer and a shaper's queue hold. Nil when the
+    /// kernel does not say.
+    public var acknowledgedBytes: Int? {
+        var acknowledged: UInt64 = 0
+        return CShims_tcp_bytes_acked(socket, &acknowledged) == 0 ? Int(clamping: acknowledged) : nil
+    }
 
     /// Bytes sent and received so far, frames and pages together.
     public var byteCounts: (sent: Int, received: Int) { counters.withLock { $0 } }

@@ -50,14 +50,6 @@ import Testing
         #expect((report["bytes_sent"] as? Int ?? 0) >= region, "random bytes cannot be sent in fewer bytes than they take")
     }
 
-    /// On loopback the link is faster than any compressor: `auto` (the default) sends text as it is.
-    @Test func autoDoesNotCompressWhenTheLinkIsFasterThanTheCompressor() throws {
-        let (report, verified, output) = try migrate(run: ["--fill", "text", "--dirty-rate", "0"], regionSize: "64MiB", migrate: [])
-        #expect(report["outcome"] as? String == "completed" && verified == 0, "\(output)")
-        #expect(report["compression"] as? String == "auto")
-        #expect(Self.total(report, "compressed_pages") == 0, "\(Self.rounds(report))")
-    }
-
     /// On a slow link `auto` compresses text: measured, not assumed (the link is capped by `--max-bandwidth`).
     @Test func autoCompressesTextOnASlowLink() throws {
         let (report, verified, output) = try migrate(

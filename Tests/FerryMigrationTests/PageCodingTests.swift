@@ -159,4 +159,33 @@ import Testing
         done.wait()
         #expect(failure.withLock { $0 } == nil)
     }
+
+    /// `--compress auto`'s arithmetic on given measurements: a link faster than the compressor gets the bytes as
+    /// they are, a slow one the best ratio, data that does not shrink is never compressed, and before the link
+    /// is known the cheap codec is used for data that shrinks.
+    @Test func autoCompressesOnlyWhenItPays() {
+        func policy(link bytesPerSecond: Double?, lz4: (rate: Double, ratio: Double), zstd: (rate: Double, ratio: Double)) -> CompressionPolicy {
+            var policy = CompressionPolicy()
+            for (codec, measured) in [(PageEncoding.lz4, lz4), (.zstd, zstd)] {
+                policy.compressed(codec, input: 1 << 20, output: Int(measured.ratio * Double(1 << 20)), seconds: Double(1 << 20) / measured.rate)
+            }
+            if let bytesPerSecond {
+                let start = ContinuousClock.now
+                policy.linkAcknowledged(1000, at: start)
+                policy.linkAcknowledged(1000 + Int(bytesPerSecond / 10), at: start + .milliseconds(100))
+            }
+            return policy
+        }
+        let text = (lz4: (rate: 1.5e9, ratio: 0.56), zstd: (rate: 3e8, ratio: 0.38))
+        let random = (lz4: (rate: 4e9, ratio: 1.0), zstd: (rate: 1e9, ratio: 1.0))
+        #expect(policy(link: 3e9, lz4: text.lz4, zstd: text.zstd).choice() == nil, "loopback outruns both")
+        #expect(policy(link: 12.5e6, lz4: text.lz4, zstd: text.zstd).choice() == .zstd, "100 Mbit/s: the best ratio")
+        #expect(policy(link: 400e6, lz4: text.lz4, zstd: text.zstd).choice() == .lz4, "a link between them: the fast codec")
+        #expect(policy(link: 12.5e6, lz4: random.lz4, zstd: random.zstd).choice() == nil, "random bytes do not shrink")
+        #expect(policy(link: 0, lz4: text.lz4, zstd: text.zstd).choice() == .zstd, "a stalled link: the smallest output")
+        #expect(policy(link: nil, lz4: text.lz4, zstd: text.zstd).choice() == .lz4, "not measured yet: the cheap codec")
+        #expect(policy(link: nil, lz4: random.lz4, zstd: random.zstd).choice() == nil)
+        #expect(abs(policy(link: 12.5e6, lz4: text.lz4, zstd: text.zstd).ratio(of: .auto) - 0.38) < 0.01)
+        #expect(policy(link: 3e9, lz4: text.lz4, zstd: text.zstd).ratio(of: .auto) == 1)
+    }
 }
