@@ -19,7 +19,8 @@ struct DemoCommand: Command {
         OptionSpec("workload", "NAME", "hotset or download.", default: "hotset"),
         OptionSpec("region-size", "SIZE", "Size of the region.", default: "256MiB"),
         OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload.", default: "2000"),
-        OptionSpec("fill", "MODE", "none, zero or random.", default: "random"),
+        OptionSpec("fill", "MODE", "none, zero, random or text.", default: "random"),
+        OptionSpec("compress", "CODEC", "auto, none, zstd or lz4 (see 'ferry migrate --help').", default: "auto"),
         OptionSpec("tracker", "NAME", "auto, uffd-async, uffd-sync or mprotect.", default: "auto"),
         OptionSpec("downtime-target", "DURATION", "A cap on the pause (as for 'ferry migrate'); without it, the shortest pause the link allows."),
         OptionSpec("warmup", "DURATION", "How long the workload runs before the migration.", default: "1s"),
@@ -36,6 +37,8 @@ struct DemoCommand: Command {
         let warmup = try arguments.seconds("warmup", default: 1)
         let mode = arguments.string("mode", default: "pre-copy")
         guard MigrationMode(rawValue: mode) != nil else { throw UsageError("--mode \(mode): expected pre-copy, post-copy or hybrid") }
+        let compress = arguments.string("compress", default: "auto")
+        guard CompressionChoice(rawValue: compress) != nil else { throw UsageError("--compress \(compress): expected auto, none, zstd or lz4") }
         _ = try arguments.bytes("region-size", default: 0)
         let pair = try LocalPair(workload: workload, regionSize: size, fill: fill, dirtyRate: rate)
         defer { pair.tearDown() }
@@ -47,7 +50,7 @@ struct DemoCommand: Command {
         printLine(progressHeader)
         var request: ControlChannel.Message = [
             "tracker": arguments.string("tracker", default: "auto"), "max_rounds": 30, "verify": arguments.string("verify", default: "strict"),
-            "mode": mode,
+            "mode": mode, "compress": compress,
         ]
         if arguments.string("downtime-target") != nil { request["downtime_target"] = try arguments.seconds("downtime-target", default: 0) }
         let printer = ProgressPrinter()

@@ -270,6 +270,11 @@ struct MigrateCommand: Command {
             printLine(String(format: "completed: downtime %.1f ms%@, total %.2f s, %@ sent, verified %@ (%@), encryption %@", downtime, predicted, total,
                              ByteCount(report["bytes_sent"] as? Int ?? 0).description, (report["verified"] as? Bool ?? false) ? "yes" : "NO",
                              report["post_copy"] == nil ? verify : "when every page arrived", report["encryption"] as? String ?? encryption))
+            let rounds = report["rounds"] as? [[String: Any]] ?? []
+            let saved = { (key: String) in rounds.reduce(0) { $0 + ($1[key] as? Int ?? 0) } }
+            if saved("compressed_saved_bytes") > 0 || saved("delta_saved_bytes") > 0 {
+                printLine("fewer bytes: compression (\(report["compression"] as? String ?? compress)) saved \(ByteCount(saved("compressed_saved_bytes"))) on \(saved("compressed_pages")) pages, deltas saved \(ByteCount(saved("delta_saved_bytes"))) on \(saved("delta_pages")) pages")
+            }
             if let post = report["post_copy"] as? [String: Any] {
                 let number = { (key: String) -> Double in post[key] as? Double ?? Double(post[key] as? Int ?? 0) }
                 printLine(String(format: "post-copy from round %d: %d pages lacking, %d fetched on demand, %d in the background, every page there after %.2f s; demand faults p50 %@, p99 %@",
