@@ -112,12 +112,11 @@ public enum MigrationDestination {
         let range = region.range
         // Until the full copy ends, every page is fresh (zero) and arrives exactly once: zero ranges need no writing.
         var fullCopyDone = false
-        // audit: per-page hashes kept as pages land, so the digest is ready the moment the workload resumes.
-        // strict: only which pages hold data is kept; the digest is computed when asked (pages that never
-        // received data are zero here and are not read).
+        // Per-page hashes kept as pages land (hashed from the region right after each frame is applied), so the
+        // digest is ready at once: in the pause for strict, the moment the workload resumes for audit. The pause
+        // then holds one pass over memory, the source's (which must read its memory then, to see untracked writes).
         let audit = hello.auditVerification
-        var incremental = audit ? IncrementalDigest(pageCount: range.pageCount, pageSize: range.pageSize) : nil
-        var hasData = [Bool](repeating: false, count: audit ? 0 : range.pageCount)
+        var incremental = IncrementalDigest(pageCount: range.pageCount, pageSize: range.pageSize)
         var finalRoundApplied = false
         // Runs the workload as `generation`, if the record names it and this process wins its claim.
         func takeOver(_ generation: UInt64, why: String) throws -> Received {
@@ -173,11 +172,7 @@ public enum MigrationDestination {
                 } else {
                     try connection.receivePages(into: range, first: first, count: count)
                 }
-                if audit {
-                    incremental!.update(range, first: Int(first), count: Int(count))
-                } else {
-                    for page in Int(first)..<Int(first + UInt64(count)) { hasData[page] = true }
-                }
+                incremental.update(range, first: Int(first), count: Int(count))
                 if !fullCopyDone && !fullCopyPhaseReached {
                     fullCopyPhaseReached = true
                     FaultInjection.reached(.fullCopy, link: connection)
@@ -187,11 +182,7 @@ public enum MigrationDestination {
                     throw MigrationError.protocolViolation("zero pages \(first)+\(count) lie outside the region")
                 }
                 if fullCopyDone { memset(range.baseAddress + Int(first) * range.pageSize, 0, Int(count) * range.pageSize) }
-                if audit {
-                    incremental!.zero(first: Int(first), count: Int(count))
-                } else {
-                    for page in Int(first)..<Int(first + count) { hasData[page] = false }
-                }
+                incremental.zero(first: Int(first), count: Int(count))
             case .roundEnd(let summary):
                 if summary.final {
                     FaultInjection.reached(.stopAndCopy, link: connection)
@@ -202,14 +193,12 @@ public enum MigrationDestination {
                 if summary.final { finalRoundApplied = true }
                 try connection.send(.roundAck(round: summary.round))
             case .digestRequest:
-                var pages = DirtyPages()
-                for (page, data) in hasData.enumerated() where data { pages.append(page: page) }
-                let digest = incremental?.digest ?? RegionDigest.compute(range, resident: pages, threads: RegionDigest.defaultThreads)
+                let digest = incremental.digest
                 try connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: digest)))
                 FaultInjection.reached(.afterVerify, link: connection)
             case .commit(let generation):
                 FaultInjection.reached(.afterCommit, link: connection)
-                let auditDigest = incremental?.digest
+                let auditDigest = audit ? incremental.digest : nil
                 let received = try takeOver(generation, why: "committed by \(connection.peer)")
                 try? connection.send(.running(step: received.startStep))
                 if let auditDigest {
@@ -236,7 +225,8 @@ public enum MigrationDestination {
                 }
                 stale.append(PageRun(first: Int(first), count: Int(count)))
             case .postCopy(let generation, let token):
-                guard let urgent, urgent.token == token, let digest = incremental else {
+                let digest = incremental
+                guard let urgent, urgent.token == token else {
                     throw MigrationError.protocolViolation("a post-copy switch-over without this migration's urgent channel or per-page hashes")
                 }
                 FaultInjection.reached(.switchOver, link: connection)

