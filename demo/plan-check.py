@@ -3,7 +3,7 @@
 
 For every combination of region size, dirty rate and link rate: starts a hotset source (random fill) and a
 receiver on 127.0.0.1, probes the workload (`ferry probe --json`), plans from that probe (`ferry plan --probe
-FILE --link RATE --same-host --json`), migrates it at once (`ferry migrate --max-bandwidth RATE`), and prints the
+FILE --link RATE --json`), migrates it at once (`ferry migrate --max-bandwidth RATE`), and prints the
 forecast beside the report: total time, convergence, pause, bytes, rounds. Exit status 0 when every total is
 within --bar of the measured one and every convergence forecast was right.
 
@@ -30,7 +30,7 @@ def run_case(ferry, size, dirty, rate, windows, keep):
         probe = subprocess.run([ferry, "probe", "--control", work + "/a.sock", "--windows", windows, "--json"], capture_output=True, text=True)
         if probe.returncode != 0: raise RuntimeError("ferry probe: " + probe.stderr)
         open(work + "/probe.json", "w").write(probe.stdout)
-        plan = subprocess.run([ferry, "plan", "--probe", work + "/probe.json", "--link", rate, "--same-host", "--json"], capture_output=True, text=True)
+        plan = subprocess.run([ferry, "plan", "--probe", work + "/probe.json", "--link", rate, "--json"], capture_output=True, text=True)
         if plan.returncode != 0: raise RuntimeError("ferry plan: " + plan.stderr)
         plan = json.loads(plan.stdout)
         migrate = subprocess.run([ferry, "migrate", "--control", work + "/a.sock", "--to", f"127.0.0.1:{port}", "--max-bandwidth", rate,

@@ -24,12 +24,12 @@ struct PlanCommand: Command {
         OptionSpec("tracker", "NAME", "With --control: the probe's tracker.", default: "auto"),
         OptionSpec("link", "RATE", "The migration stream's rate, e.g. 100mbit, 1gbit or 200MB/s ('ferry migrate --max-bandwidth', or the link).", default: "required"),
         OptionSpec("link-mtu", "BYTES", "The rate counts whole Ethernet frames of this MTU (a NIC or a tc shaper): the stream gets (MTU-52)/(MTU+14) of it. Leave out for a --max-bandwidth cap."),
-        OptionSpec("same-host", nil, "The destination shares this machine's cores (loopback, the lab): strict verification's two digest passes share them too."),
         OptionSpec("mode", "MODE", "pre-copy (the plan does not forecast post-copy or hybrid yet).", default: "pre-copy"),
         OptionSpec("downtime-target", "DURATION", "As for 'ferry migrate': a cap on the pause, over which --on-stall decides."),
         OptionSpec("on-stall", "POLICY", "As for 'ferry migrate': force, abort or throttle.", default: "force"),
         OptionSpec("verify", "MODE", "As for 'ferry migrate': strict or audit.", default: "strict"),
         OptionSpec("encryption", "MODE", "As for 'ferry migrate': aes-256-gcm or none.", default: "aes-256-gcm"),
+        OptionSpec("compress", "CODEC", "As for 'ferry migrate': auto, none, zstd or lz4 (the probe measured how the data compresses).", default: "auto"),
         OptionSpec("max-rounds", "N", "As for 'ferry migrate'.", default: "30"),
         OptionSpec("max-throttle", "PERCENT", "The most the workload may be slowed for throttling to be recommended.", default: "50"),
         OptionSpec("json", nil, "Print the plan as JSON."),
@@ -41,7 +41,6 @@ struct PlanCommand: Command {
         var region: MigrationPlan.Region
         var link: MigrationPlan.Link
         var settings: MigrationPlan.Settings
-        var same_host: Bool
         var curve: DirtyCurve
         var working_set_pages: Int
         /// With the settings given.
@@ -67,6 +66,8 @@ struct PlanCommand: Command {
         guard let verification = VerificationMode(rawValue: verifyText) else { throw UsageError("--verify \(verifyText): expected strict or audit") }
         let encryption = arguments.string("encryption", default: "aes-256-gcm")
         guard ["aes-256-gcm", "none"].contains(encryption) else { throw UsageError("--encryption \(encryption): expected aes-256-gcm or none") }
+        let compressText = arguments.string("compress", default: "auto")
+        guard let compression = CompressionChoice(rawValue: compressText) else { throw UsageError("--compress \(compressText): expected auto, none, zstd or lz4") }
         let target = arguments.string("downtime-target") == nil ? nil : try arguments.seconds("downtime-target", default: 0)
         let maximumRounds = try arguments.integer("max-rounds", default: 30, range: 1...10_000)
         let maximumThrottle = try arguments.count("max-throttle", default: 50)
@@ -92,9 +93,10 @@ struct PlanCommand: Command {
 
         let region = MigrationPlan.Region(probe: probe.probe)
         let link = MigrationPlan.Link(bytes_per_second: rate, mtu: mtu, sealed: encryption != "none")
-        let costs = MigrationPlan.Costs.measured(by: probe.probe, sameHost: arguments.has("same-host"))
+        let costs = MigrationPlan.Costs.measured(by: probe.probe)
         let curve = probe.curve
-        let settings = MigrationPlan.Settings(downtimeTarget: target, onStall: onStall, verification: verification, maximumRounds: maximumRounds)
+        let settings = MigrationPlan.Settings(
+            downtimeTarget: target, onStall: onStall, verification: verification, maximumRounds: maximumRounds, compression: compression)
         func forecast(_ policy: StallPolicy) -> MigrationPlan.Forecast {
             var changed = settings
             changed.on_stall = policy.rawValue
@@ -105,7 +107,7 @@ struct PlanCommand: Command {
         let throttled = onStall == .throttle ? asked : forecast(.throttle)
         let recommendation = MigrationPlan.recommend(precopy: precopy, throttled: throttled, maximumThrottlePercent: maximumThrottle)
         let output = Output(
-            workload: probe.probe.workload, region: region, link: link, settings: settings, same_host: arguments.has("same-host"),
+            workload: probe.probe.workload, region: region, link: link, settings: settings, 
             curve: curve, working_set_pages: probe.working_set_pages, forecast: asked,
             throttle_forecast: precopy.converges ? nil : throttled, recommendation: recommendation, marginal: asked.isMarginal())
         if arguments.has("json") {
@@ -133,6 +135,10 @@ struct PlanCommand: Command {
                 + ", \(output.settings.verify) verification, \(target), --on-stall \(output.settings.on_stall)",
             "dirty pages (probe): " + probe.windows.map { "\(ProbeRequest.duration($0.seconds)) \($0.pages_per_second.formatted(decimals: 0))/s" }.joined(separator: ", ")
                 + "; working set \(probe.working_set_pages) pages (\(ByteCount(probe.working_set_bytes)))",
+            "compression (--compress \(output.settings.compress)): " + {
+                let share = MigrationPlan.compressedShare(region, bytesPerSecond: output.link.streamBytesPerSecond, settings: output.settings)
+                return share < 1 ? String(format: "a data page costs %.0f %% of its bytes on this link", share * 100) : "pages go as they are on this link"
+            }(),
             "round".padding(to: 15) + "dirtied in (s)".padding(to: 16) + "pages".padding(to: 10) + "bytes".padding(to: 12) + "seconds".padding(to: 10) + "predicted pause",
         ]
         for round in plan.rounds {

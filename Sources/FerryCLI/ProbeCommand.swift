@@ -155,6 +155,11 @@ struct ProbeOutput: Codable {
         lines.append("full copy: \(probe.data_pages) pages hold data (\(ByteCount(probe.data_pages * probe.page_size))), \(probe.zero_pages) resident pages are zero")
         let sync = probe.shared_mount_seconds.map { String(format: ", shared mount handoff syncs %.1f ms", $0 * 1000) } ?? ""
         lines.append(String(format: "fixed costs: tracker set-up and arm %.1f ms, one digest pass %.1f ms (%d threads)%@", probe.arm_seconds * 1000, probe.digest_seconds * 1000, probe.digest_threads, sync))
+        if let compressed = probe.compressibility {
+            lines.append(String(format: "compressibility (%d pages sampled): lz4 to %.0f %% at %.0f MB/s, zstd to %.0f %% at %.0f MB/s",
+                                compressed.sampled_pages, compressed.lz4_ratio * 100, compressed.lz4_bytes_per_second / 1e6,
+                                compressed.zstd_ratio * 100, compressed.zstd_bytes_per_second / 1e6))
+        }
         return lines
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import CShims
 public import FerrySystem
 public import FerryTracking
 import Synchronization
@@ -50,6 +51,25 @@ public enum DirtyRateProbe {
     }
 
     /// What a probe measured.
+    /// How well and how fast the region's data pages compress with each codec `--compress` may use, measured
+    /// on up to 256 of them spread over the region (one pass each, the faster of three).
+    public struct Compressibility: Codable, Sendable, Hashable {
+        public var sampled_pages: Int
+        /// Compressed bytes ÷ page bytes, and input bytes compressed per second, per codec.
+        public var lz4_ratio: Double
+        public var lz4_bytes_per_second: Double
+        public var zstd_ratio: Double
+        public var zstd_bytes_per_second: Double
+
+        public init(sampled_pages: Int, lz4_ratio: Double, lz4_bytes_per_second: Double, zstd_ratio: Double, zstd_bytes_per_second: Double) {
+            self.sampled_pages = sampled_pages
+            self.lz4_ratio = lz4_ratio
+            self.lz4_bytes_per_second = lz4_bytes_per_second
+            self.zstd_ratio = zstd_ratio
+            self.zstd_bytes_per_second = zstd_bytes_per_second
+        }
+    }
+
     public struct Report: Codable, Sendable {
         public var workload: String?
         public var tracker: String
@@ -85,6 +105,8 @@ public enum DirtyRateProbe {
         public var shared_mount_seconds: Double?
         /// A synced write on the shared mount (the ownership record prepared before the pause).
         public var shared_mount_write_seconds: Double?
+        /// How the region's data compresses, measured on a sample of its pages (nil: no data pages).
+        public var compressibility: Compressibility?
 
         public init(
             workload: String?, tracker: String, exact: Bool, page_size: Int, region_pages: Int, steps_per_second: Double?,
@@ -108,6 +130,7 @@ public enum DirtyRateProbe {
             self.digest_seconds = digest_seconds
             self.digest_threads = digest_threads
             self.shared_mount_seconds = shared_mount_seconds
+            compressibility = nil
             self.shared_mount_write_seconds = shared_mount_write_seconds
         }
     }
@@ -254,12 +277,57 @@ public enum DirtyRateProbe {
         let syncs = sharedDirectory.map { directory in (0..<3).compactMap { _ in timeSharedMount(directory) } } ?? []
         let sync = syncs.isEmpty ? nil : (handoff: syncs.map(\.handoff).min()!, write: syncs.map(\.write).min()!)
 
-        return Report(
+        var report = Report(
             workload: workload, tracker: backend.rawValue, exact: exact, page_size: range.pageSize, region_pages: range.pageCount,
             steps_per_second: steps, windows: results, hot_pages: hotPages, data_pages: dataPages, zero_pages: zeroPages,
             full_copy_data_frames: dataFrames, full_copy_zero_frames: zeroFrames, arm_seconds: armSeconds,
             digest_seconds: digestSeconds, digest_threads: threads, shared_mount_seconds: sync?.handoff,
             shared_mount_write_seconds: sync?.write)
+        report.compressibility = Self.compressibility(of: range, resident: resident, dataPages: dataPages)
+        return report
+    }
+
+    /// Compresses a sample of the region's data pages (every n-th non-zero resident page, at most 256) with lz4
+    /// and zstd level 1, as `PageSender` does; nil when there are none.
+    static func compressibility(of range: MemoryRange, resident: DirtyPages, dataPages: Int) -> Compressibility? {
+        guard dataPages > 0 else { return nil }
+        let every = Swift.max(1, dataPages / 256)
+        let sample = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * range.pageSize, alignment: 64)
+        defer { sample.deallocate() }
+        var taken = 0, seen = 0
+        for page in resident where taken < 256 && !MigrationSource.isZero(range, page: page) {
+            if seen % every == 0 {
+                memcpy(sample.baseAddress! + taken * range.pageSize, range.baseAddress + page * range.pageSize, range.pageSize)
+                taken += 1
+            }
+            seen += 1
+        }
+        guard taken > 0 else { return nil }
+        let input = UnsafeRawBufferPointer(rebasing: sample[..<(taken * range.pageSize)])
+        let capacity = Int(ZSTD_compressBound(input.count))
+        let output = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 64)
+        defer { output.deallocate() }
+        let context = ZSTD_createCCtx()
+        defer { ZSTD_freeCCtx(context) }
+        func measure(_ compress: () -> Int) -> (ratio: Double, rate: Double) {
+            var best = Double.infinity, size = input.count
+            for _ in 0..<3 {
+                let start = ContinuousClock.now
+                size = compress()
+                best = Swift.min(best, (ContinuousClock.now - start).secondsValue)
+            }
+            return (Double(size > 0 ? size : input.count) / Double(input.count), Double(input.count) / Swift.max(best, 1e-9))
+        }
+        let lz4 = measure {
+            Int(LZ4_compress_default(
+                input.baseAddress!.assumingMemoryBound(to: CChar.self), output.assumingMemoryBound(to: CChar.self), CInt(input.count), CInt(capacity)))
+        }
+        let zstd = measure {
+            let result = ZSTD_compressCCtx(context, output, capacity, input.baseAddress, input.count, 1)
+            return ZSTD_isError(result) != 0 ? 0 : Int(result)
+        }
+        return Compressibility(
+            sampled_pages: taken, lz4_ratio: lz4.ratio, lz4_bytes_per_second: lz4.rate, zstd_ratio: zstd.ratio, zstd_bytes_per_second: zstd.rate)
     }
 
     /// Times what the pause does on the shared mount with a scratch file: a synced create and a directory sync

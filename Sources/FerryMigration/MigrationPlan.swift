@@ -115,20 +115,27 @@ public enum MigrationPlan {
         public var zero_frames: Int
         /// Steps per second; nil when unknown (a throttle is then assumed to halve the pace each time).
         public var steps_per_second: Double?
+        /// How the data pages compress (nil: as if they did not).
+        public var compressibility: DirtyRateProbe.Compressibility?
 
-        public init(page_size: Int, pages: Int, data_pages: Int, data_frames: Int, zero_frames: Int, steps_per_second: Double?) {
+        public init(
+            page_size: Int, pages: Int, data_pages: Int, data_frames: Int, zero_frames: Int, steps_per_second: Double?,
+            compressibility: DirtyRateProbe.Compressibility? = nil
+        ) {
             self.page_size = page_size
             self.pages = pages
             self.data_pages = data_pages
             self.data_frames = data_frames
             self.zero_frames = zero_frames
             self.steps_per_second = steps_per_second
+            self.compressibility = compressibility
         }
 
         public init(probe: DirtyRateProbe.Report) {
             self.init(
                 page_size: probe.page_size, pages: probe.region_pages, data_pages: probe.data_pages,
-                data_frames: probe.full_copy_data_frames, zero_frames: probe.full_copy_zero_frames, steps_per_second: probe.steps_per_second)
+                data_frames: probe.full_copy_data_frames, zero_frames: probe.full_copy_zero_frames, steps_per_second: probe.steps_per_second,
+                compressibility: probe.compressibility)
         }
 
         public var bytes: Int { pages * page_size }
@@ -169,7 +176,8 @@ public enum MigrationPlan {
         public var start: Double
         /// Each round beyond its bytes: the collect, the round's end, the destination's acknowledgement.
         public var round: Double
-        /// Strict verification in the pause: both sides' digest passes, run at the same time.
+        /// Strict verification in the pause: the source's digest pass (the destination's digest is ready, its pages
+        /// hashed as they landed), and the messages.
         public var verify: Double
         /// Audit verification after the pause: the source's digest pass.
         public var audit: Double
@@ -207,20 +215,18 @@ public enum MigrationPlan {
         /// ... and adds its messages and the destination starting its loop (measured on loopback: the
         /// handoff and "running" took 2-22 ms, median 6, where the probe timed the shared mount at 0.8-1.4 ms).
         public static let handoffMessagesSeconds = 0.003
-        /// Strict verification beyond the digest passes: the request, each side's resident-page scan, the reply
+        /// Strict verification beyond the digest pass: the request, the source's resident-page scan, the reply
         /// (measured on loopback: 1.5-3 ms for 16 MiB whose digest pass takes 0.6 ms).
         public static let verifyMessagesSeconds = 0.002
         /// Without a measurement of the shared mount: a synced create, a rename and two directory syncs.
         public static let defaultSharedMountSeconds = 0.01
 
         /// The costs measured by `probe` (digest pass, tracker set-up, the shared mount's syncs) and the
-        /// constants above. `sameHost`: the destination runs on this machine and shares its cores (loopback,
-        /// the lab), so the two digest passes of strict verification share them too.
-        public static func measured(by probe: DirtyRateProbe.Report, sameHost: Bool) -> Costs {
-            let sharing = sameHost ? 2.0 : 1.0
-            return Costs(
+        /// constants above.
+        public static func measured(by probe: DirtyRateProbe.Report) -> Costs {
+            Costs(
                 start: handshakeSeconds + probe.arm_seconds,
-                round: roundSeconds, verify: sharing * probe.digest_seconds + verifyMessagesSeconds, audit: probe.digest_seconds,
+                round: roundSeconds, verify: probe.digest_seconds + verifyMessagesSeconds, audit: probe.digest_seconds,
                 pause: pauseSeconds, handoff: handoffSyncs * (probe.shared_mount_seconds ?? defaultSharedMountSeconds) + handoffMessagesSeconds,
                 prepare: probe.shared_mount_write_seconds ?? defaultSharedMountSeconds / 2)
         }
@@ -235,13 +241,19 @@ public enum MigrationPlan {
         public var verify: String
         public var maximum_rounds: Int
         public var maximum_sent_ratio: Double
+        /// `auto`, `none`, `zstd` or `lz4` (`CompressionChoice`).
+        public var compress: String
 
-        public init(downtimeTarget: Double? = nil, onStall: StallPolicy = .force, verification: VerificationMode = .strict, maximumRounds: Int = 30) {
+        public init(
+            downtimeTarget: Double? = nil, onStall: StallPolicy = .force, verification: VerificationMode = .strict, maximumRounds: Int = 30,
+            compression: CompressionChoice = .auto
+        ) {
             downtime_target = downtimeTarget
             on_stall = onStall.rawValue
             verify = verification.rawValue
             maximum_rounds = maximumRounds
             maximum_sent_ratio = 10
+            compress = compression.rawValue
         }
 
         var policy: StallPolicy { StallPolicy(rawValue: on_stall) ?? .force }
@@ -325,8 +337,8 @@ public enum MigrationPlan {
 
     /// Bytes on the wire for `pages` data pages in `frames` page frames and `zeroFrames` zero ranges, with the
     /// round's end. A page frame larger than the gathered writes has its header sealed apart.
-    static func wireBytes(pages: Double, frames: Double, zeroFrames: Double, pageSize: Int, sealed: Bool) -> Double {
-        let plain = pages * Double(pageSize) + frames * pageFrameBytes + zeroFrames * zeroFrameBytes + roundEndBytes
+    static func wireBytes(pages: Double, frames: Double, zeroFrames: Double, pageSize: Int, sealed: Bool, share: Double = 1) -> Double {
+        let plain = pages * Double(pageSize) * share + frames * pageFrameBytes + zeroFrames * zeroFrameBytes + roundEndBytes
         guard sealed else { return plain }
         let largeFrames = Swift.min(frames, (pages * Double(pageSize)) / Double(64 << 10))
         return plain + sealedRecordBytes * ((plain / sealedRecordPlaintext).rounded(.up) + largeFrames.rounded(.down))
@@ -334,9 +346,27 @@ public enum MigrationPlan {
 
     // MARK: Forecast
 
+    /// The share of a data page's bytes that goes on the wire: what `--compress` (`PageSender`'s policy) would
+    /// choose over a link of `bytesPerSecond` given how the region compressed in the probe.
+    public static func compressedShare(_ region: Region, bytesPerSecond: Double, settings: Settings) -> Double {
+        guard let measured = region.compressibility, let choice = CompressionChoice(rawValue: settings.compress) else { return 1 }
+        var policy = CompressionPolicy()
+        let sample = measured.sampled_pages * region.page_size
+        for (codec, ratio, rate) in [(PageEncoding.lz4, measured.lz4_ratio, measured.lz4_bytes_per_second),
+                                     (.zstd, measured.zstd_ratio, measured.zstd_bytes_per_second)] {
+            policy.compressed(codec, input: sample, output: Int(ratio * Double(sample)), seconds: Double(sample) / Swift.max(rate, 1))
+        }
+        let start = ContinuousClock.now
+        policy.linkAcknowledged(0, at: start)
+        policy.linkAcknowledged(Int(bytesPerSecond), at: start + .seconds(1))
+        return policy.ratio(of: choice)
+    }
+
     /// Forecasts a pre-copy migration of `region`, dirtied as `curve` says, over `link`.
     public static func forecast(region: Region, curve: DirtyCurve, link: Link, settings: Settings, costs: Costs) -> Forecast {
-        let pageSize = Double(region.page_size)
+        let share = compressedShare(region, bytesPerSecond: link.streamBytesPerSecond, settings: settings)
+        // A dirty page's bytes on the wire (the engine's stop rule predicts the same way).
+        let pageSize = Double(region.page_size) * share
         let rate = Swift.max(link.streamBytesPerSecond, 1)
         let policy = settings.policy
         let cap = settings.downtime_target ?? (policy == .force ? Double.infinity : MigrationOptions.defaultStallCap)
@@ -348,7 +378,7 @@ public enum MigrationPlan {
         // first collect.
         let fullBytes = wireBytes(
             pages: Double(region.data_pages), frames: Double(region.data_frames), zeroFrames: Double(region.zero_frames),
-            pageSize: region.page_size, sealed: link.sealed)
+            pageSize: region.page_size, sealed: link.sealed, share: share)
         let fullSeconds = Swift.max(0, fullBytes - link.burstBytes) / rate + costs.round
         rounds.append(Round(round: 0, window_seconds: 0, pages: Double(region.data_pages), bytes: fullBytes, seconds: fullSeconds, predicted_pause_ms: 0, pace_fraction: nil, final: false))
         var elapsed = costs.start + fullSeconds
@@ -399,7 +429,7 @@ public enum MigrationPlan {
                     stall = "abort"
                     let why = String(
                         format: "%.0f pages still dirty after %d rounds; the workload dirties %.1f MB/s against a link of %.1f MB/s, a pause of %.0f ms against a target of %.0f ms",
-                        dirty, round, dirtyRate * pageSize / 1e6, bandwidth / 1e6, predicted * 1000, cap * 1000)
+                        dirty, round, dirtyRate * Double(region.page_size) / 1e6, bandwidth / 1e6, predicted * 1000, cap * 1000)
                     return forecast(outcome: "aborted", reason: why, predicted: predicted, downtime: 0, finalSend: 0, verify: 0)
                 case .throttle where !exhausted:
                     let affordable = 0.5 * cap * bandwidth / pageSize
@@ -429,7 +459,7 @@ public enum MigrationPlan {
                 // The last round sends the union of the pages dirty at the last collect and those written until the
                 // pause: the pages of one window from the last collect's window to the pause.
                 let last = curve.pages(in: dirtyWindow + (costs.prepare + costs.pause) * pace)
-                let lastBytes = wireBytes(pages: last, frames: last, zeroFrames: 0, pageSize: region.page_size, sealed: link.sealed)
+                let lastBytes = wireBytes(pages: last, frames: last, zeroFrames: 0, pageSize: region.page_size, sealed: link.sealed, share: share)
                 let finalSend = lastBytes / rate + costs.round
                 let verify = settings.verify == VerificationMode.strict.rawValue ? costs.verify : 0
                 let downtime = costs.pause + finalSend + verify + costs.handoff
@@ -445,14 +475,14 @@ public enum MigrationPlan {
                 roundsOverCap += 1
                 closestRatio = Swift.max(closestRatio ?? 0, nextPredicted / predicted)
             }
-            let bytes = wireBytes(pages: dirty, frames: dirty, zeroFrames: 0, pageSize: region.page_size, sealed: link.sealed)
+            let bytes = wireBytes(pages: dirty, frames: dirty, zeroFrames: 0, pageSize: region.page_size, sealed: link.sealed, share: share)
             let seconds = bytes / rate + costs.round
             rounds.append(Round(
                 round: round, window_seconds: window, pages: dirty, bytes: bytes, seconds: seconds,
                 predicted_pause_ms: predicted * 1000, pace_fraction: pace < 1 ? pace : nil, final: false))
             totalSent += bytes
             elapsed += seconds
-            if bytes > 64 * pageSize { bandwidth = bytes / seconds }
+            if bytes > 64 * Double(region.page_size) { bandwidth = bytes / seconds }
             window = seconds
             round += 1
         }

@@ -390,7 +390,8 @@ final class GatheredSends: @unchecked Sendable {
     deinit { buffer.deallocate() }
 }
 
-/// A token bucket: at most `bytesPerSecond` on average, bursts of up to 64 KiB or 10 ms of traffic.
+/// A token bucket: at most `bytesPerSecond` on average, bursts of up to 64 KiB or 50 ms of traffic (so the time
+/// spent compressing a frame, tens of milliseconds, is not lost from the link's share).
 final class RateLimiter: Sendable {
     let bytesPerSecond: Double
     private let burst: Double
@@ -398,7 +399,7 @@ final class RateLimiter: Sendable {
 
     init(bytesPerSecond: Double) {
         self.bytesPerSecond = bytesPerSecond
-        burst = Swift.max(65536, bytesPerSecond / 100)
+        burst = Swift.max(65536, bytesPerSecond / 20)
         state = Mutex((burst, .now))
     }
 
