@@ -50,10 +50,11 @@ gluster_lab_cli() {
 gluster_lab_start_glusterd() {
   local dir=$1 ns; ns=$(cat "$dir/server-ns")
   rm -f "$dir/run/glusterd.socket"
+  # Daemons get no inherited descriptors: a caller reading this script's output to its end must not wait for them.
   nsenter --net="/run/netns/$ns" glusterd -f "$dir/glusterd.vol" -p "$dir/glusterd.pid" -l "$dir/logs/glusterd.log" \
-    || { echo "gluster-lab: glusterd did not start (log: $dir/logs/glusterd.log)" >&2; return 1; }
+    </dev/null >>"$dir/logs/glusterd.out" 2>&1 || { echo "gluster-lab: glusterd did not start (log: $dir/logs/glusterd.log)" >&2; return 1; }
   local _
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     [ -S "$dir/run/glusterd.socket" ] && gluster_lab_cli "$dir" volume list >/dev/null 2>&1 && return 0
     sleep 0.05
   done
@@ -101,7 +102,7 @@ gluster_lab_up() {
     echo "$client_ns $mount" >>"$dir/mounts"
     nsenter --net="/run/netns/$client_ns" glusterfs --volfile-server="$addr" --volfile-id="$volume" \
       "${GLUSTER_LAB_CLIENT_OPTIONS[@]}" --log-file="$dir/logs/client-$name.log" --pid-file="$dir/client-$name.pid" "$mount" \
-      || { echo "gluster-lab: mount at $mount from $client_ns failed" >&2; return 1; }
+      </dev/null >>"$dir/logs/client-$name.out" 2>&1 || { echo "gluster-lab: mount at $mount from $client_ns failed" >&2; return 1; }
     gluster_lab_wait_mounted "$mount" || { tail -20 "$dir/logs/client-$name.log" >&2; return 1; }
   done
   # One client's file must be seen by every other: the volume is really shared.
@@ -118,7 +119,7 @@ gluster_lab_up() {
 # Waits until MOUNT is a FUSE mount of GlusterFS that answers.
 gluster_lab_wait_mounted() {
   local mount=$1 _
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 600); do
     if grep -q " $mount fuse.glusterfs " /proc/mounts && stat -f "$mount" >/dev/null 2>&1 && ls "$mount" >/dev/null 2>&1; then
       return 0
     fi
@@ -153,10 +154,10 @@ gluster_lab_start_server() {
   local dir=$1
   gluster_lab_start_glusterd "$dir" || return 1
   local _ client_ns mount
-  for _ in $(seq 1 200); do [ -n "$(gluster_lab_brick_pid "$dir")" ] && break; sleep 0.05; done
+  for _ in $(seq 1 600); do [ -n "$(gluster_lab_brick_pid "$dir")" ] && break; sleep 0.05; done
   gluster_lab_note_strays "$dir"
   while read -r client_ns mount; do
-    for _ in $(seq 1 400); do
+    for _ in $(seq 1 1200); do
       touch "$mount/.gluster-lab-back" 2>/dev/null && break
       sleep 0.05
     done
@@ -187,7 +188,8 @@ gluster_lab_down() {
   local brick_name; brick_name=$(sed 's|^/||; s|/|-|g' <<<"$dir/brick")
   rm -f "/var/log/glusterfs/bricks/$brick_name.log"
   gluster_lab_remove_strays "$dir"
-  awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f\n", e - s }' >"$dir/down-seconds" 2>/dev/null
+  [ -d "$dir" ] && awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN { printf "%.2f\n", e - s }' >"$dir/down-seconds"
+  return 0
 }
 
 # Notes the files the running brick writes outside DIR (its socket under /var/run/gluster, its log under
