@@ -129,6 +129,13 @@ gluster_lab_wait_mounted() {
   return 1
 }
 
+# Whether PID runs (a zombie does not: this machine's init may take seconds to reap one).
+gluster_lab_alive() {
+  local state
+  state=$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
+}
+
 # kill -9 a pid from a file, and wait until it is gone (at most 5 s).
 gluster_lab_kill_pidfile() {
   local file=$1 pid _
@@ -136,7 +143,7 @@ gluster_lab_kill_pidfile() {
   pid=$(cat "$file" 2>/dev/null); rm -f "$file"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 0
   kill -KILL "$pid" 2>/dev/null || return 0
-  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.05; done
+  for _ in $(seq 1 100); do gluster_lab_alive "$pid" || return 0; sleep 0.05; done
 }
 
 # The file server dies: kill -9 the brick and glusterd (no clean shutdown; the clients see their connections drop).
@@ -145,7 +152,7 @@ gluster_lab_stop_server() {
   [ -n "$brick" ] && { kill -KILL "$brick" 2>/dev/null; }
   gluster_lab_kill_pidfile "$dir/glusterd.pid"
   local _
-  for _ in $(seq 1 100); do { [ -z "$brick" ] || ! kill -0 "$brick" 2>/dev/null; } && break; sleep 0.05; done
+  for _ in $(seq 1 100); do { [ -z "$brick" ] || ! gluster_lab_alive "$brick"; } && break; sleep 0.05; done
   rm -f "$dir"/run/vols/*/*.pid
 }
 
@@ -214,9 +221,10 @@ gluster_lab_remove_strays() {
   if [ -n "$volume" ]; then
     rm -rf "/var/log/glusterfs/gfproxy/$volume" "/var/log/glusterfs/snaps/$volume"
   fi
-  local other=0 comm
+  local other=0 comm pid
   for comm in /proc/[0-9]*/comm; do
-    [ "$(cat "$comm" 2>/dev/null)" = glusterd ] && { other=1; break; }
+    pid=${comm#/proc/}; pid=${pid%/comm}
+    [ "$(cat "$comm" 2>/dev/null)" = glusterd ] && gluster_lab_alive "$pid" && { other=1; break; }
   done
   if [ "$other" = 0 ]; then
     rm -f /var/log/glusterfs/cmd_history.log /var/lib/glusterd/geo-replication/gsyncd_template.conf
