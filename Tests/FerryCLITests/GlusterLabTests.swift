@@ -113,11 +113,11 @@ struct GlusterLabTests {
         let port = labPort()
         let source = try lab.startSource(regionSize: "16MiB", ["--fill", "random", "--dirty-rate", "100"])
         let destination = try lab.startReceiver(port: port)
-        // 16 MiB at 10 Mbit/s: a full copy of about 13.4 s, so the server dies and (in one case) returns mid-stream.
+        // 16 MiB at 8 Mbit/s: a full copy of about 17 s (long enough for a restart under load), so the server dies and (in one case) returns mid-stream.
         let reportPath = lab.directory + "/report.json"
         let migrate = try lab.startProgram(ferryExecutableURL().path,
                                            ["migrate", "--control", lab.socket("a"), "--to", "\(gluster.addressB):\(port)",
-                                            "--max-bandwidth", "10mbit", "--verify", "audit", "--timeout", "30s", "--report", reportPath],
+                                            "--max-bandwidth", "8mbit", "--verify", "audit", "--timeout", "30s", "--report", reportPath],
                                            log: "migrate")
         usleep(1_500_000)
         #expect(migrate.isRunning, "the migration is still streaming when the server dies: \(lab.log("migrate"))")
