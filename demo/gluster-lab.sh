@@ -8,7 +8,7 @@
 #   demo/gluster-lab.sh up DIR SERVER_NS SERVER_ADDR NS=MOUNT... start glusterd in SERVER_NS with everything under
 #                                                                DIR, create and start a volume with Ferry's strict
 #                                                                options, mount it at each MOUNT from namespace NS
-#   demo/gluster-lab.sh down DIR                                 unmount, stop, kill and remove all that `up` made
+#   demo/gluster-lab.sh down DIR                                 unmount, kill and remove all that `up` made
 #   demo/gluster-lab.sh stop-server DIR                          kill -9 the brick (glusterfsd) and glusterd
 #   demo/gluster-lab.sh start-server DIR                         start glusterd again (it restarts the brick); waits
 #                                                                until every mount reaches the volume again

@@ -24,12 +24,17 @@ struct GlusterVolume: SuiteTrait, TestScoping {
 private let nextPort = Mutex(7400)
 private func labPort() -> Int { nextPort.withLock { $0 += 1; return $0 } }
 
+/// The GlusterFS lab's tests share one volume and run one at a time (the fault matrix's cells and the file server
+/// killed): two volumes at once would only compete for the two cores with the rest of the suite.
+@Suite(.serialized, GlusterVolume())
+struct GlusterTests {}
+
+extension GlusterTests {
 /// The fault matrix (`FaultMatrixTests`, 24 cells) on GlusterFS: the source in host A with A's mount, the
 /// destination and any resume in host B with B's mount, migrating over the lab's migration network. The bar is the
 /// same as on one local directory: after each fault exactly one process runs the workload, the record and the claim
 /// (read through the owner's own mount) name it, and `ferry verify` passes on it.
-@Suite(.serialized, GlusterVolume())
-struct GlusterFaultMatrixTests {
+@Suite struct GlusterFaultMatrixTests {
     @Test(.enabled(if: GlusterLab.available("GlusterFaultMatrixTests"), "needs root, ip and GlusterFS"),
           .timeLimit(.minutes(2)), arguments: FaultMatrixTests.cells)
     func afterEveryFaultOneProcessRunsTheWorkloadAndItVerifies(cell: FaultMatrixTests.Cell) throws {
@@ -43,8 +48,7 @@ struct GlusterFaultMatrixTests {
 }
 
 /// Migrations between two network namespaces whose shared mount is GlusterFS, each host with its own mount.
-@Suite(.serialized, GlusterVolume())
-struct GlusterLabTests {
+@Suite struct GlusterLabTests {
     struct Status {
         let role: String
         let generation: Int
@@ -184,4 +188,5 @@ struct GlusterLabTests {
         _ = try? runFerry(["stop", "--control", lab.socket("b")])
         _ = try? runFerry(["stop", "--control", lab.socket("a")])
     }
+}
 }
