@@ -84,8 +84,9 @@ import Testing
     }
 
     /// Plays one cell in `lab`: the source is `a`, the destination `b` (listening on `port`), a resume `r`, each
-    /// where `lab.placements` puts it, each with its own shared directory if the placements give one.
-    static func play(_ cell: Cell, in lab: Lab, port: Int) throws {
+    /// where `lab.placements` puts it, each with its own shared directory if the placements give one;
+    /// `migrateOptions` go to `ferry migrate` after the matrix's own.
+    static func play(_ cell: Cell, in lab: Lab, port: Int, migrateOptions: [String] = []) throws {
         let fault = ["FERRY_TEST_FAULT": "\(cell.phase):\(cell.action.rawValue)"]
         let source = try lab.startSource(workload: cell.workload, regionSize: "8MiB", ["--fill", "random", "--dirty-rate", "3000"],
                                          environment: cell.side == .source ? fault : [:])
@@ -93,7 +94,7 @@ import Testing
         usleep(200_000)
         // A target no round can meet and three rounds at most: round 1 is always a dirty round.
         let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "\(lab.address(of: "b")):\(port)",
-                                    "--downtime-target", "1us", "--max-rounds", "3"])
+                                    "--downtime-target", "1us", "--max-rounds", "3"] + migrateOptions)
         let context = { "\(cell.testDescription): migrate exited \(migrate.status): \(migrate.standardOutput) \(migrate.standardError)\n--- source\n\(lab.log("a"))\n--- destination\n\(lab.log("b"))" }
         #expect(lab.log(cell.side == .source ? "a" : "b").contains("test fault: \(cell.action.rawValue) at \(cell.phase)"), "the fault did not fire: \(context())")
 
