@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Two hosts on one machine: a lab of three network namespaces (a server, host A, host B) with a business
-# network and a separate migration network, a shared directory both hosts use, and optionally a token-bucket
+# network and a separate migration network, a shared mount both hosts use (one local directory, or a GlusterFS
+# volume served from the server namespace and mounted separately in each host), and optionally a token-bucket
 # (tc tbf) on the migration link. Runs a real `ferry run` in A, `ferry receive` in B, migrates across the
 # migration network, verifies in B, and compares the measured times with the document's arithmetic
 # (bytes × 8 ÷ rate). Everything is torn down on exit, failure or Ctrl-C. Run as root.
@@ -14,12 +15,16 @@ Builds, on this machine:
   ferry-srv-PID   the server       10.77.1.1 (to A), 10.77.2.1 (to B)     business network
   ferry-a-PID     host A (source)  10.77.1.2 (business), 10.77.3.1 (migration)
   ferry-b-PID     host B (dest.)   10.77.2.2 (business), 10.77.3.2 (migration)
-  a shared directory (mktemp -d) that both hosts use as their shared mount,
+  a shared mount: with --shared local (the default) one directory (mktemp -d) that both hosts use; with
+  --shared glusterfs a GlusterFS volume served by glusterd in ferry-srv-PID at 10.77.1.1 and mounted over FUSE
+  separately in A (LAB/mnt-a) and in B (LAB/mnt-b, routed to 10.77.1.1 through 10.77.2.1), each host's
+  --shared-dir its own mount (demo/gluster-lab.sh; volume and client options as the README says),
   and with --migration-rate a tc token bucket (tbf) on A's migration veth.
 Then runs `ferry receive` in B, `ferry run` in A, `ferry migrate --to 10.77.3.2:PORT --bind 10.77.3.1`
 from A, `ferry verify` in B, and prints the report beside bytes × 8 ÷ rate.
 
 Options:
+  --shared local|glusterfs  the shared mount (default local; glusterfs needs glusterfs-server, glusterfs-client, fuse3)
   --migration-rate RATE   tc rate of the A->B migration link: 1gbit, 100mbit, 500kbit ... (default: none, unshaped)
   --region-size SIZE      region size (default 256MiB)
   --workload NAME         hotset or download (default hotset)
@@ -48,16 +53,17 @@ Options:
 
 Environment: FERRY=path/to/ferry (default: .build/release/ferry, built if missing).
 Exit status: 0 when the migration completed and verified (in the report and by `ferry verify` in B),
-1 when it did not, 64 on bad usage, 69 when not root or ip/tc are missing.
+1 when it did not, 64 on bad usage, 69 when not root, ip/tc are missing, or --shared glusterfs without GlusterFS.
 EOF
 }
 
 rate=""; size="256MiB"; workload="hotset"; dirty="0"; fill="random"; maxbw=""; target=""; mode="pre-copy"; verify="strict"
 writes="page"; compress=""; delta_cache=""
-report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500; timeout="30s"; cut_after=""; down_for=""
+shared_kind="local"; report=""; port=7000; tcp_baseline=0; keep_logs=""; mtu=1500; timeout="30s"; cut_after=""; down_for=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --help|-h) usage; exit 0 ;;
+    --shared) shared_kind=${2:?--shared needs local or glusterfs}; shift 2 ;;
     --migration-rate) rate=${2:?--migration-rate needs a value}; shift 2 ;;
     --region-size) size=${2:?--region-size needs a value}; shift 2 ;;
     --workload) workload=${2:?--workload needs a value}; shift 2 ;;
@@ -87,6 +93,14 @@ done
 for tool in ip tc jq; do
   command -v "$tool" >/dev/null || { echo "two-hosts.sh: needs $tool" >&2; exit 69; }
 done
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+case "$shared_kind" in
+  local) ;;
+  glusterfs)
+    . "$root/demo/gluster-lab.sh"
+    if ! why=$(gluster_lab_check 2>&1); then echo "two-hosts.sh: --shared glusterfs: $why" >&2; exit 69; fi ;;
+  *) echo "two-hosts.sh: --shared $shared_kind: expected local or glusterfs" >&2; exit 64 ;;
+esac
 if [ "$tcp_baseline" = 1 ] && ! command -v python3 >/dev/null; then
   echo "two-hosts.sh: --tcp-baseline needs python3 (the sender)" >&2; exit 69
 fi
@@ -110,7 +124,6 @@ rate_bits() {
 rate_bps=0
 [ -n "$rate" ] && rate_bps=$(rate_bits "$rate")
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ferry=${FERRY:-$root/.build/release/ferry}
 if [ ! -x "$ferry" ]; then
   echo "== building ferry (release)"
@@ -120,6 +133,8 @@ fi
 ns_srv="ferry-srv-$$"; ns_a="ferry-a-$$"; ns_b="ferry-b-$$"
 lab=$(mktemp -d /tmp/ferry-two-hosts.XXXXXX)
 shared="$lab/shared"; mkdir -p "$shared"
+shared_a=$shared; shared_b=$shared   # each host's --shared-dir: the same directory, or each its own GlusterFS mount
+gluster_dir=""; gluster_up_seconds=""
 pids=()        # long-lived processes (ferry receive, ferry run, the TCP sink)
 clients=()     # short ones that may be mid-flight on an interrupt (ferry migrate, the TCP sender)
 status=1
@@ -137,9 +152,17 @@ teardown() {
     kill -TERM "$pid" 2>/dev/null; sleep 0.2; kill -KILL "$pid" 2>/dev/null
   done
   wait 2>/dev/null
-  if [ -n "$keep_logs" ]; then mkdir -p "$keep_logs" && cp "$lab"/*.log "$keep_logs"/ 2>/dev/null; fi
+  if [ -n "$keep_logs" ]; then
+    mkdir -p "$keep_logs" && cp "$lab"/*.log "$keep_logs"/ 2>/dev/null
+    [ -n "$gluster_dir" ] && cp -r "$gluster_dir/logs" "$keep_logs/glusterfs" 2>/dev/null
+  fi
+  if [ -n "$gluster_dir" ]; then
+    gluster_lab_down "$gluster_dir"
+    echo "== GlusterFS torn down in $(cat "$gluster_dir/down-seconds" 2>/dev/null || echo '?') s (mounts, clients, brick, glusterd, its files outside $lab)"
+  fi
   for ns in "$ns_a" "$ns_b" "$ns_srv"; do ip netns del "$ns" 2>/dev/null; done
-  rm -rf "$lab"
+  # --one-file-system: never into a mount that failed to go away.
+  rm -rf --one-file-system "$lab"
 }
 on_signal() { echo "two-hosts.sh: interrupted ($1), tearing down" >&2; status=$2; exit "$2"; }
 trap 'teardown; exit $status' EXIT
@@ -148,7 +171,7 @@ trap 'on_signal SIGTERM 143' TERM
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
-echo "== lab: namespaces $ns_srv, $ns_a, $ns_b; shared directory $shared"
+echo "== lab: namespaces $ns_srv, $ns_a, $ns_b; shared mount: $shared_kind"
 for ns in "$ns_srv" "$ns_a" "$ns_b"; do
   ip netns add "$ns"
   in_ns "$ns" ip link set lo up
@@ -176,6 +199,18 @@ fi
 # Each host reaches the server on its business link and the other host only on the migration link.
 in_ns "$ns_a" ip route get 10.77.3.2 | grep -q "dev mig" && in_ns "$ns_a" ip route get 10.77.1.1 | grep -q "dev biz" \
   || { echo "two-hosts.sh: routes in $ns_a are not as built" >&2; exit 1; }
+
+if [ "$shared_kind" = glusterfs ]; then
+  # The brick is served at the server's address on A's side; B reaches it through the server's other veth.
+  in_ns "$ns_b" ip route add 10.77.1.0/24 via 10.77.2.1 dev biz
+  gluster_dir="$lab/gluster"
+  echo "== shared mount: GlusterFS, glusterd in $ns_srv, brick $gluster_dir/brick at 10.77.1.1"
+  gluster_lab_up "$gluster_dir" "$ns_srv" 10.77.1.1 "$ns_a=$lab/mnt-a" "$ns_b=$lab/mnt-b" \
+    || { echo "two-hosts.sh: the GlusterFS volume did not come up (logs: $gluster_dir/logs)" >&2; exit 1; }
+  shared_a="$lab/mnt-a"; shared_b="$lab/mnt-b"
+  gluster_up_seconds=$(cat "$gluster_dir/up-seconds")
+  echo "   volume $(cat "$gluster_dir/volume") up in $gluster_up_seconds s; A mounts it at $shared_a, B at $shared_b"
+fi
 
 if [ "$tcp_baseline" = 1 ]; then
   bytes=$(python3 - "$size" <<'PY'
@@ -225,12 +260,12 @@ if [ "$workload" = download ]; then
 fi
 
 echo "== B: ferry receive on 10.77.3.2:$port"
-ip netns exec "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared" --control "$lab/b.sock" \
+ip netns exec "$ns_b" "$ferry" receive --listen "10.77.3.2:$port" --shared-dir "$shared_b" --control "$lab/b.sock" \
   --timeout "$timeout" --once "${source_b[@]}" >"$lab/b.log" 2>&1 &
 pids+=($!)
 echo "== A: ferry run --workload $workload --region-size $size --fill $fill --dirty-rate $dirty --writes $writes"
 ip netns exec "$ns_a" "$ferry" run --workload "$workload" --region-size "$size" --fill "$fill" --dirty-rate "$dirty" --writes "$writes" \
-  "${source_a[@]}" --shared-dir "$shared" --control "$lab/a.sock" >"$lab/a.log" 2>&1 &
+  "${source_a[@]}" --shared-dir "$shared_a" --control "$lab/a.sock" >"$lab/a.log" 2>&1 &
 pids+=($!)
 for sock in a b; do
   for _ in $(seq 1 600); do [ -S "$lab/$sock.sock" ] && break; sleep 0.05; done
@@ -298,13 +333,15 @@ region_bytes=$(in_ns "$ns_b" "$ferry" status --control "$lab/b.sock" --json 2>/d
 [ -n "$region_bytes" ] || region_bytes=$(jq -r '.region_bytes // .rounds[0].bytes' "$json")
 jq --argjson rate "$rate_bps" --argjson region "$region_bytes" --arg rate_text "$rate" \
    --arg tcp "${tcp_seconds:-}" --arg maxbw "$maxbw" --argjson mtu "$mtu" \
-   --arg ns "$ns_srv $ns_a $ns_b" '
+   --arg ns "$ns_srv $ns_a $ns_b" --arg shared "$shared_kind" --arg gluster_up "$gluster_up_seconds" '
   . as $r
   | ($r.rounds[0] // {seconds: 0, bytes: 0}) as $full
   | ($r.total_seconds - ($r.setup_seconds // 0)) as $stream
   | (if $rate > 0 then $region * 8 / $rate else null end) as $expected
   | $r + {lab: {
-      namespaces: $ns, migration_rate: $rate_text, migration_rate_bps: $rate, max_bandwidth: $maxbw, mtu: $mtu,
+      namespaces: $ns, shared: $shared,
+      shared_up_seconds: (if $gluster_up != "" then ($gluster_up | tonumber) else null end),
+      migration_rate: $rate_text, migration_rate_bps: $rate, max_bandwidth: $maxbw, mtu: $mtu,
       region_bytes: $region, expected_seconds: $expected,
       full_copy_seconds: $full.seconds, full_copy_bytes: $full.bytes,
       full_copy_gbps: (if $full.seconds > 0 then $full.bytes * 8 / $full.seconds / 1e9 else 0 end),
@@ -321,6 +358,7 @@ jq -r '.lab as $l | [
   "== the document'"'"'s arithmetic (bytes × 8 ÷ rate) beside the measurement",
   "outcome                      \(.outcome), verified \(.verified)",
   "region                       \($l.region_bytes) bytes",
+  "shared mount                 \($l.shared)\(if $l.shared_up_seconds then " (up in \($l.shared_up_seconds) s)" else "" end)",
   "migration link               \(if $l.migration_rate == "" then "unshaped" else "\($l.migration_rate) (tc tbf)" end), MTU \($l.mtu)\(if $l.max_bandwidth != "" then ", ferry --max-bandwidth \($l.max_bandwidth)" else "" end)",
   (if $l.expected_seconds then "expected  bytes×8÷rate        \($l.expected_seconds * 1000 | round / 1000) s" else empty end),
   "measured  full copy (round 0) \($l.full_copy_seconds * 1000 | round / 1000) s, \($l.full_copy_bytes) bytes, \($l.full_copy_gbps * 1000 | round / 1000) Gbit/s\(if $l.full_copy_ratio then ", ratio \($l.full_copy_ratio * 1000 | round / 1000)" else "" end)",

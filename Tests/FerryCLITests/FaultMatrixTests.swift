@@ -6,7 +6,9 @@ import Testing
 /// real `ferry` processes on loopback (`FERRY_TEST_FAULT=PHASE:ACTION` breaks the process at that exact phase).
 /// After each fault exactly one process runs the workload, the ownership record and the claim name it, and
 /// `ferry verify` passes on it; where the only owner died, `ferry run --resume` restarts the workload from
-/// the shared mount (the download workload; a hotset cannot be, and says so).
+/// the shared mount (the download workload; a hotset cannot be, and says so). `GlusterFaultMatrixTests` plays
+/// the same cells on a GlusterFS volume, the source and the destination in two network namespaces, each with
+/// its own mount of it.
 @Suite(.serialized) struct FaultMatrixTests {
     enum Side: String, Sendable, CaseIterable { case source, destination }
     enum Action: String, Sendable, CaseIterable { case kill, cut }
@@ -67,7 +69,7 @@ import Testing
         let stepsPerSecond: Double?
     }
 
-    func status(_ control: String) -> Status? {
+    static func status(_ control: String) -> Status? {
         guard let run = try? runFerry(["status", "--control", control, "--json"]), run.status == 0,
               let object = try? JSONSerialization.jsonObject(with: Data(run.standardOutput.utf8)) as? [String: Any] else { return nil }
         return Status(role: object["role"] as? String ?? "", generation: object["generation"] as? Int ?? -1, pid: object["pid"] as? Int ?? -1,
@@ -78,15 +80,21 @@ import Testing
     func afterEveryFaultOneProcessRunsTheWorkloadAndItVerifies(cell: Cell) throws {
         let lab = try Lab()
         defer { lab.tearDown() }
-        let port = Lab.freePort()
+        try Self.play(cell, in: lab, port: Lab.freePort())
+    }
+
+    /// Plays one cell in `lab`: the source is `a`, the destination `b` (listening on `port`), a resume `r`, each
+    /// where `lab.placements` puts it, each with its own shared directory if the placements give one;
+    /// `migrateOptions` go to `ferry migrate` after the matrix's own.
+    static func play(_ cell: Cell, in lab: Lab, port: Int, migrateOptions: [String] = []) throws {
         let fault = ["FERRY_TEST_FAULT": "\(cell.phase):\(cell.action.rawValue)"]
         let source = try lab.startSource(workload: cell.workload, regionSize: "8MiB", ["--fill", "random", "--dirty-rate", "3000"],
                                          environment: cell.side == .source ? fault : [:])
         let destination = try lab.startReceiver(port: port, [], environment: cell.side == .destination ? fault : [:])
         usleep(200_000)
         // A target no round can meet and three rounds at most: round 1 is always a dirty round.
-        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)",
-                                    "--downtime-target", "1us", "--max-rounds", "3"])
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "\(lab.address(of: "b")):\(port)",
+                                    "--downtime-target", "1us", "--max-rounds", "3"] + migrateOptions)
         let context = { "\(cell.testDescription): migrate exited \(migrate.status): \(migrate.standardOutput) \(migrate.standardError)\n--- source\n\(lab.log("a"))\n--- destination\n\(lab.log("b"))" }
         #expect(lab.log(cell.side == .source ? "a" : "b").contains("test fault: \(cell.action.rawValue) at \(cell.phase)"), "the fault did not fire: \(context())")
 
@@ -113,7 +121,7 @@ import Testing
             #expect(running.isEmpty, "nobody may run a workload whose only owner died: \(running.map(\.name)) \(context())")
             #expect(!source.isRunning)
             #expect(destination.isRunning, "the destination discards its copy and waits for the next migration")
-            let resumed = try lab.start(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")], log: "r")
+            let resumed = try lab.start(["run", "--resume", "--shared-dir", lab.shared(for: "r"), "--control", lab.socket("r")], log: "r")
             try lab.waitForSocket(lab.socket("r"))
             #expect(lab.log("r").contains("resumed download at step"), "\(lab.log("r"))")
             owner = ("r", try #require(status(lab.socket("r")), "\(lab.log("r"))"))
@@ -133,9 +141,11 @@ import Testing
             }
         }
         // The record and the claim of the current generation both name the owner.
-        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: lab.shared + "/ferry-owner.json"))) as? [String: Any]
+        // Read through the owner's own mount.
+        let shared = lab.shared(for: owner.name)
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: shared + "/ferry-owner.json"))) as? [String: Any]
         #expect(record?["generation"] as? Int == owner.status.generation, "\(context())")
-        let claim = try String(contentsOfFile: lab.shared + "/ferry-claim-\(owner.status.generation)", encoding: .utf8)
+        let claim = try String(contentsOfFile: shared + "/ferry-claim-\(owner.status.generation)", encoding: .utf8)
         #expect(claim.hasSuffix(":\(owner.status.pid)"), "the claim of generation \(owner.status.generation) is \(claim), not pid \(owner.status.pid)")
         let verify = try runFerry(["verify", "--control", lab.socket(owner.name)])
         #expect(verify.status == 0, "\(verify.standardOutput) \(verify.standardError) \(context())")

@@ -9,6 +9,29 @@ public final class Lab {
     public var shared: String { directory + "/shared" }
     private var processes: [Process] = []
 
+    /// Where a process the lab starts runs: a network namespace, the address it listens on there, and its own
+    /// shared directory (each host's mount of one network file system).
+    public struct Placement: Sendable {
+        public let namespace: String
+        public let address: String
+        public let shared: String
+        public init(namespace: String, address: String, shared: String) {
+            self.namespace = namespace
+            self.address = address
+            self.shared = shared
+        }
+    }
+
+    /// Processes started under these names (their log and control socket names) run in the placement's
+    /// namespace (`ip netns exec`) with its shared directory; the others run here on loopback with `shared`.
+    public var placements: [String: Placement] = [:]
+
+    /// The shared directory the process `name` uses.
+    public func shared(for name: String) -> String { placements[name]?.shared ?? shared }
+
+    /// The address the process `name` listens on.
+    public func address(of name: String) -> String { placements[name]?.address ?? "127.0.0.1" }
+
     public init() throws {
         directory = "/tmp/ferry-lab-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory + "/shared", withIntermediateDirectories: true)
@@ -39,8 +62,15 @@ public final class Lab {
     }
 
     /// Starts `ferry` with `arguments`, its output going to `<directory>/<log>.log`.
+    /// With a placement for `log`, it runs in that namespace.
     public func start(_ arguments: [String], log: String, environment: [String: String] = [:]) throws -> Process {
-        try startProgram(ferryExecutableURL().path, arguments, log: log, environment: environment)
+        if let placement = placements[log] {
+            // `ip netns exec` execs the program: the process is ferry itself, and sees the lab's mounts.
+            return try startProgram(NamespaceLab.executablePath("ip") ?? "/usr/sbin/ip",
+                                    ["netns", "exec", placement.namespace, ferryExecutableURL().path] + arguments,
+                                    log: log, environment: environment)
+        }
+        return try startProgram(ferryExecutableURL().path, arguments, log: log, environment: environment)
     }
 
     /// Starts any program (one embedding Ferry, `ip netns exec …`) with `arguments`, its output going to
@@ -77,16 +107,16 @@ public final class Lab {
         try startAndWait(["run", "--workload", workload, "--region-size", regionSize], extra, name: name, environment: environment)
     }
 
-    /// Starts `ferry receive` on 127.0.0.1:`port`, with the lab's shared directory and the control socket and
+    /// Starts `ferry receive` on 127.0.0.1:`port` (or its placement's address), with the lab's shared directory and the control socket and
     /// log `name`, then `extra`; returns once its control socket exists.
     public func startReceiver(port: Int, _ extra: [String] = [], name: String = "b",
                               environment: [String: String] = [:]) throws -> Process {
-        try startAndWait(["receive", "--listen", "127.0.0.1:\(port)"], extra, name: name, environment: environment)
+        try startAndWait(["receive", "--listen", "\(address(of: name)):\(port)"], extra, name: name, environment: environment)
     }
 
     /// A `--shared-dir` in `extra` takes the place of the lab's.
     private func startAndWait(_ command: [String], _ extra: [String], name: String, environment: [String: String]) throws -> Process {
-        let shared = extra.contains("--shared-dir") ? [] : ["--shared-dir", self.shared]
+        let shared = extra.contains("--shared-dir") ? [] : ["--shared-dir", shared(for: name)]
         let process = try start(command + shared + ["--control", socket(name)] + extra, log: name, environment: environment)
         try waitForSocket(socket(name))
         return process

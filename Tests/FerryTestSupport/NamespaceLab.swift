@@ -36,6 +36,16 @@ public enum NamespaceLab {
         let existing = run("/bin/sh", ["-c", "ip netns list"], deadline: 10).output
         for name in namespaces(ofScript: pid) where existing.contains(name) {
             let pids = run("/bin/sh", ["-c", "ip netns pids \(name)"], deadline: 10).output
+            // A GlusterFS client (`--shared glusterfs`) the script did not get to unmount: its mount point is its
+            // last argument; detach it so that nothing waits on a dead client.
+            for line in pids.split(separator: "\n") {
+                guard let child = Int32(line),
+                      let command = FileManager.default.contents(atPath: "/proc/\(child)/cmdline") else { continue }
+                let arguments = command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+                if arguments.first?.hasSuffix("glusterfs") == true, let mount = arguments.last, mount.hasPrefix("/tmp/ferry-two-hosts.") {
+                    _ = run("/bin/umount", ["-l", mount], deadline: 10)
+                }
+            }
             for line in pids.split(separator: "\n") { if let child = Int32(line) { kill(child, SIGKILL) } }
             _ = run("/bin/sh", ["-c", "ip netns del \(name)"], deadline: 10)
         }
