@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import FerrySystem
+public import FerrySystem
 
 /// The single point where a workload changes hosts: a small file on the shared mount, replaced atomically
 /// (write a temporary file, fsync, rename over the record, fsync the directory), together with the claim
@@ -96,45 +96,54 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
         return next
     }
 
-    /// Reads the record in `directory`, nil if there is none.
-    public static func read(in directory: String) throws -> OwnershipRecord? {
+    /// Reads the record in `directory`, nil if there is none. It is renamed over at every handoff, so a
+    /// network file system may answer `ESTALE` or `ENOENT` for a moment: both are retried (`SharedFile`).
+    public static func read(in directory: String) throws(MigrationError) -> OwnershipRecord? {
         let path = directory + "/" + fileName
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let data: [UInt8]
         do {
-            return try JSONDecoder().decode(OwnershipRecord.self, from: data)
+            guard let bytes = try SharedFile.contents(of: path, missingIsTransient: true) else { return nil }
+            data = bytes
         } catch {
-            throw MigrationError.sharedMount("the ownership record \(path) is unreadable (\(error)); remove it only if no host runs the workload")
+            throw .sharedMount("cannot read the ownership record: \(error)")
+        }
+        do {
+            return try JSONDecoder().decode(OwnershipRecord.self, from: Data(data))
+        } catch {
+            throw .sharedMount("the ownership record \(path) is unreadable (\(error)); remove it only if no host runs the workload")
         }
     }
 
-    /// Writes this record into `directory` atomically and durably.
-    public func write(in directory: String) throws {
-        try prepare(in: directory).commit()
+    /// Writes this record into `directory` atomically and durably (a failed directory sync is an error too).
+    public func write(in directory: String) throws(MigrationError) {
+        if let notDurable = try prepare(in: directory).commit() { throw .sharedMount("\(notDurable)") }
     }
 
     /// Writes the record to a temporary file beside the real one and makes it durable, without replacing
     /// anything yet: the slow part of a handoff, done before the workload pauses.
-    public func prepare(in directory: String) throws -> PreparedOwnershipRecord {
+    /// - Throws: `MigrationError.sharedMount` naming the operation, the file and the errno (a full or
+    ///   read-only file system fails here, before anything changed).
+    public func prepare(in directory: String) throws(MigrationError) -> PreparedOwnershipRecord {
         let path = directory + "/" + Self.fileName
         let temporary = path + ".tmp-\(getpid())"
-        let data = try JSONEncoder().encode(self)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw MigrationError.sharedMount("cannot create \(temporary): \(Errno.current)") }
-        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        let synced = fsync(fd)
-        close(fd)
-        guard written == data.count, synced == 0 else {
-            unlink(temporary)
-            throw MigrationError.sharedMount("cannot write \(temporary): \(Errno.current)")
+        let data: Data
+        do { data = try JSONEncoder().encode(self) } catch { throw .sharedMount("cannot encode the ownership record: \(error)") }
+        do { try SharedFile.writeNew(temporary, contents: [UInt8](data)) } catch {
+            throw .sharedMount("cannot write the next ownership record: \(error)")
         }
         return PreparedOwnershipRecord(directory: directory, temporary: temporary, path: path)
     }
 
-    /// This process's identity in records: `hostname:pid`.
-    public static var thisProcess: String {
+    /// This process's identity in records: `host:pid`, the host being `FERRY_HOST` when set (hosts that share a
+    /// host name, containers, or a test that plays two hosts on one machine), else the host name.
+    public static var thisProcess: String { thisHost + ":\(getpid())" }
+
+    /// This host's name in records: `FERRY_HOST`, else `gethostname`.
+    public static var thisHost: String {
+        if let host = ProcessInfo.processInfo.environment["FERRY_HOST"], !host.isEmpty, !host.contains(":") { return host }
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, 255)
-        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + ":\(getpid())"
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
@@ -145,13 +154,21 @@ public struct PreparedOwnershipRecord: Sendable {
     let path: String
 
     /// The commit point: renames the record over the current one (atomic), then syncs the directory.
-    public func commit() throws {
-        guard rename(temporary, path) == 0 else {
-            let error = Errno.current
+    /// - Returns: nil, or the directory sync's failure: the rename happened and other hosts see the new record,
+    ///   so the handoff stands (undoing it could give two owners), but a crash of the file server might undo it;
+    ///   it is also written to standard error.
+    /// - Throws: `MigrationError.sharedMount` when the rename fails: nothing changed.
+    @discardableResult
+    public func commit() throws(MigrationError) -> SharedFileError? {
+        do { try SharedFile.rename(temporary, over: path) } catch {
             unlink(temporary)
-            throw MigrationError.sharedMount("cannot rename the ownership record into place at \(path): \(error)")
+            throw .sharedMount("cannot rename the ownership record into place: \(error)")
         }
-        syncDirectory(directory)
+        do { try SharedFile.syncDirectory(directory) } catch {
+            FileHandle.standardError.write(Data("ferry: warning: the ownership record was renamed into place at \(path), but \(error): the change is visible, yet a crash of the file server might undo it\n".utf8))
+            return error
+        }
+        return nil
     }
 
     /// Removes the prepared file when the handoff does not happen.
@@ -169,55 +186,49 @@ public enum OwnershipClaim {
     public static func path(_ generation: UInt64, in directory: String) -> String { directory + "/" + prefix + "\(generation)" }
 
     /// Claims `generation` for `owner`. True if this call created the claim, false if it existed already.
-    public static func claim(_ generation: UInt64, in directory: String, by owner: String) throws -> Bool {
-        let path = path(generation, in: directory)
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        if fd < 0 {
-            let error = Errno.current
-            if error == Errno(rawValue: EEXIST) { return false }
-            throw MigrationError.sharedMount("cannot create the claim \(path): \(error)")
+    /// - Throws: `MigrationError.sharedMount` naming the failed operation (create, write, fsync, close,
+    ///   directory fsync), the claim's path and the errno; a claim that could not be written completely is
+    ///   removed again, so a failed claim claims nothing.
+    public static func claim(_ generation: UInt64, in directory: String, by owner: String) throws(MigrationError) -> Bool {
+        do {
+            return try SharedFile.createExclusive(path(generation, in: directory), contents: Array(owner.utf8))
+        } catch {
+            throw .sharedMount("cannot claim generation \(generation): \(error)")
         }
-        let data = Array(owner.utf8)
-        _ = write(fd, data, data.count)
-        fsync(fd)
-        close(fd)
-        syncDirectory(directory)
-        return true
     }
 
-    /// Who claimed `generation` (`host:pid`), nil if nobody has.
-    public static func owner(of generation: UInt64, in directory: String) -> String? {
-        FileManager.default.contents(atPath: path(generation, in: directory)).map { String(decoding: $0, as: UTF8.self) }
+    /// Who claimed `generation` (`host:pid`), nil if nobody has. A claim is never renamed over: only `ESTALE`
+    /// is retried, and a missing claim is an answer.
+    public static func owner(of generation: UInt64, in directory: String) throws(MigrationError) -> String? {
+        do {
+            return try SharedFile.contents(of: path(generation, in: directory)).map { String(decoding: $0, as: UTF8.self) }
+        } catch {
+            throw .sharedMount("cannot read the claim of generation \(generation): \(error)")
+        }
     }
 
-    /// Marks the claim of `generation` as renewed now (its modification time): the owner's heartbeat, which
-    /// `ferry run --resume` on another host reads to tell a live owner from a dead one.
-    public static func renew(_ generation: UInt64, in directory: String) {
-        _ = utimensat(AT_FDCWD, path(generation, in: directory), nil, 0)
+    /// The claims in `directory`, by generation.
+    public static func all(in directory: String) throws(MigrationError) -> [(generation: UInt64, owner: String)] {
+        var claims: [(generation: UInt64, owner: String)] = []
+        for generation in generations(in: directory) {
+            if let owner = try owner(of: generation, in: directory) { claims.append((generation, owner)) }
+        }
+        return claims
     }
 
-    /// Seconds since the claim of `generation` was created or last renewed; nil if there is no claim.
-    public static func secondsSinceRenewal(of generation: UInt64, in directory: String) -> Double? {
-        var status = stat()
-        guard stat(path(generation, in: directory), &status) == 0 else { return nil }
-        let modified = Double(status.st_mtim.tv_sec) + Double(status.st_mtim.tv_nsec) / 1e9
-        return Date().timeIntervalSince1970 - modified
+    static func generations(in directory: String) -> [UInt64] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .compactMap { $0.hasPrefix(prefix) ? UInt64($0.dropFirst(prefix.count)) : nil }.sorted()
     }
 
-    /// Removes the claims of generations before `generation`, once the record has moved past them.
+    /// Removes the claims (and leases) of generations before `generation`, once the record has moved past them.
     public static func removeClaims(before generation: UInt64, in directory: String) {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
-        for name in names where name.hasPrefix(prefix) {
-            if let old = UInt64(name.dropFirst(prefix.count)), old < generation { unlink(directory + "/" + name) }
+        for name in names {
+            for prefix in [prefix, OwnerLease.prefix] where name.hasPrefix(prefix) {
+                if let old = UInt64(name.dropFirst(prefix.count)), old < generation { unlink(directory + "/" + name) }
+            }
         }
     }
 }
 
-/// fsyncs a directory, so a rename or a new file in it survives a crash.
-func syncDirectory(_ directory: String) {
-    let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if directoryFD >= 0 {
-        fsync(directoryFD)
-        close(directoryFD)
-    }
-}
