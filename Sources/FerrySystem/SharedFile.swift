@@ -24,6 +24,11 @@ public struct SharedFileError: Error, Hashable, Sendable, CustomStringConvertibl
         "\(operation) \(path): \(errno)" + (attempts > 1 ? ", still after \(attempts) attempts" : "")
     }
 
+    /// The same failure as a `SystemCallError` (what the workloads' errors carry).
+    public var systemCallError: SystemCallError {
+        SystemCallError(attempts > 1 ? "\(operation) (\(attempts) attempts)" : operation, errno: errno, subject: path)
+    }
+
     /// The same failure, counted as the last of `attempts`.
     func after(_ attempts: Int) -> SharedFileError { SharedFileError(operation, path: path, errno: errno, attempts: attempts) }
 }
