@@ -83,7 +83,7 @@ let package = Package(
         // Helpers shared by the test targets: writer threads, temporary directories, running `ferry`.
         .target(name: "FerryTestSupport", dependencies: ["FerrySystem", "FerryRegion", "FerryWire", "FerryAuth", "FerryTransport"], path: "Tests/FerryTestSupport",
                 swiftSettings: strict),
-        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "FerryTrackingTests",
             dependencies: ["FerryTracking", "FerrySystem", "FerryTestSupport"],
@@ -94,7 +94,7 @@ let package = Package(
             name: "FerryWorkloadsTests", dependencies: ["FerryWorkloads", "FerryRegion", "FerrySystem", "FerryTestSupport"],
             swiftSettings: strict),
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], swiftSettings: strict),
-        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerryWorkloads", "FerryRegion", "FerryTracking", "FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerryMigrationTests", dependencies: ["FerryMigration", "FerryWorkloads", "FerryRegion", "FerryTracking", "FerrySystem", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "FerryAuthTests",
             dependencies: ["FerryAuth", "FerryTransport", "FerryWire", "FerrySystem", "FerryTestSupport"],

@@ -755,9 +755,20 @@ public final class MigrationAgent: Sendable {
         }
     }
 
-    /// One renewal of the lease of `generation` (creating the lease file if `adopt` could not).
+    /// One renewal of the lease of `generation` (creating the lease file if `adopt` could not). A lease whose
+    /// deadline passed is lost for good, as in sanlock: a renewal after it (a process thawed after a freeze)
+    /// must not revive it, since another host may have taken the workload over meanwhile.
     private func renew(_ generation: UInt64) {
         let start = ContinuousClock.now
+        let lost = state.withLock { state -> WriteFence? in
+            guard state.generation == generation, let last = state.lastGoodRenewal,
+                  (start - last).secondsValue > timing.ownerDeadline else { return nil }
+            return state.fence ?? WriteFence()
+        }
+        if let lost {
+            lost.revoke("the lease of generation \(generation) lapsed (no good renewal for more than \(String(format: "%.2g", timing.ownerDeadline)) s); it is not renewed again")
+            return  // the enforcer stops this process
+        }
         let result = leaseWriter.withLock { writer -> Result<UInt64, SharedFileError> in
             do throws(SharedFileError) {
                 if let current = writer, current.lease.generation == generation {

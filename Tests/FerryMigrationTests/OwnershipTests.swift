@@ -23,11 +23,11 @@ import Testing
             }
             let won = winners.withLock { $0 }
             #expect(won.count == 1, "generation \(generation): \(won)")
-            #expect(OwnershipClaim.owner(of: generation, in: directory) == "host:\(won.first ?? -1)")
+            #expect(try OwnershipClaim.owner(of: generation, in: directory) == "host:\(won.first ?? -1)")
         }
         OwnershipClaim.removeClaims(before: 20, in: directory)
-        #expect(OwnershipClaim.owner(of: 19, in: directory) == nil)
-        #expect(OwnershipClaim.owner(of: 20, in: directory) != nil)
+        #expect(try OwnershipClaim.owner(of: 19, in: directory) == nil)
+        #expect(try OwnershipClaim.owner(of: 20, in: directory) != nil)
         #expect(try OwnershipClaim.claim(20, in: directory, by: "late") == false, "a claim is never taken twice")
     }
 
