@@ -159,20 +159,21 @@ public enum SharedFile {
         return true
     }
 
-    /// Writes `bytes` into a new file `path` (replacing any), durably (fsync, close); removes it on failure.
-    public static func writeNew(_ path: String, contents bytes: [UInt8], mode: mode_t = 0o644) throws(SharedFileError) {
+    /// Writes `bytes` into a new file `path` (replacing any), durably unless `durable` is false (fsync, close);
+    /// removes it on failure.
+    public static func writeNew(_ path: String, contents bytes: [UInt8], mode: mode_t = 0o644, durable: Bool = true) throws(SharedFileError) {
         let fd = try call("create", path) { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
-        do throws(SharedFileError) { try finish(fd, bytes, path: path) } catch {
+        do throws(SharedFileError) { try finish(fd, bytes, path: path, durable: durable) } catch {
             unlink(path)
             throw error
         }
     }
 
     /// Writes, fsyncs and closes `fd`; closes it on failure too.
-    private static func finish(_ fd: CInt, _ bytes: [UInt8], path: String) throws(SharedFileError) {
+    private static func finish(_ fd: CInt, _ bytes: [UInt8], path: String, durable: Bool = true) throws(SharedFileError) {
         do throws(SharedFileError) {
             try writeAll(fd, bytes, path: path)
-            try call("fsync", path) { fsync(fd) }
+            if durable { try call("fsync", path) { fsync(fd) } }
         } catch {
             _ = Glibc.close(fd)
             throw error
