@@ -116,13 +116,24 @@ import Testing
         resumed.waitUntilExit()
     }
 
+    /// Which of the owner's defences run when it is thawed.
+    enum Defences: String, CaseIterable, CustomTestStringConvertible {
+        /// All of them: the enforcer thread kills it, the fence refuses its writes, its file is not the file any more.
+        case all
+        /// Without the enforcer thread (a test hook of debug builds): the fence and the file takeover alone.
+        case withoutEnforcer
+        var testDescription: String { rawValue }
+        var environment: [String: String] { self == .withoutEnforcer ? ["FERRY_TEST_NO_ENFORCER": "1"] : [:] }
+    }
+
     /// The bar of issue 12: the owner and its watchdog both frozen (a whole machine paused), another host takes
     /// the workload over once the lease expired, then the old owner is thawed. Not one byte it writes after the
     /// takeover lands in the workload's file, and it exits.
-    @Test func aThawedOwnerWritesNothingAfterTheTakeoverAndExits() throws {
+    @Test(arguments: Defences.allCases) func aThawedOwnerWritesNothingAfterTheTakeoverAndExits(defences: Defences) throws {
         let lab = try Lab()
         defer { lab.tearDown() }
-        let owner = try lab.startSource(workload: "download", regionSize: "8MiB", ["--dirty-rate", "2000"], environment: Self.host("hosta"))
+        let owner = try lab.startSource(workload: "download", regionSize: "8MiB", ["--dirty-rate", "2000"],
+                                        environment: Self.host("hosta").merging(defences.environment) { $1 })
         let watchdog = pid_t(try #require(status(lab.socket("a"))?["watchdog_pid"] as? Int))
         defer { kill(watchdog, SIGKILL) }
         usleep(300_000)
@@ -145,6 +156,9 @@ import Testing
         #expect(after == taken, "the file changed after the takeover")
         let log = lab.log("a")
         #expect(log.contains("was not renewed for") || log.contains("another process owns the workload now"), "\(log)")
+        if defences == .withoutEnforcer {
+            #expect(owner.terminationReason == .exit && owner.terminationStatus == 1, "fenced by the record, it exits: \(log)")
+        }
         let verify = try runFerry(["verify", "--control", lab.socket("r")])
         #expect(verify.status == 0, "\(verify.standardOutput)")
         _ = try runFerry(["stop", "--control", lab.socket("r")])
