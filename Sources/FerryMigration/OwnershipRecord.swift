@@ -41,9 +41,26 @@ public import FerrySystem
 /// | switched (record = g+1, post-copy) | paused for good, serving pages | claims g+1, runs; faulting threads wait for pages | the pages only it held are lost, so the workload cannot complete (as with QEMU and CRIU): the destination's threads that touch them wait, and its log and `ferry status` say post-copy was interrupted | both keep what they hold and say so; threads touching missing pages wait (never a wrong zero page); `--resume` refuses; reconnecting is not built yet |
 /// | complete (record = g+1, mark cleared) | exits | the only owner | – | – |
 ///
-/// An owner renews its claim (modification time) every second; `ferry run --resume` treats a claim silent for
-/// 10 s as a dead owner's. An owner that finds the record past its generation (it was resumed elsewhere while
-/// hung) stops its workload within a second.
+/// Liveness is the lease `ferry-lease-<g>` (`OwnerLease`), never a time written by another host's clock: the
+/// owner of g rewrites a counter in it every I/O timeout T, and another host counts the owner as gone only after
+/// it saw the counter unchanged for 8T on its own monotonic clock (`LeaseTiming` has the table of every time).
+/// A running owner fences itself: its workload's writes pass a fence that lapses 6T after its last good renewal,
+/// when its enforcer thread also kills it, and its watchdog child kills it even while it is stopped. A resume
+/// writes nothing into a file the old owner has open (the download's file is copied and renamed over first).
+///
+/// | owner of g | what other hosts see | what happens |
+/// |---|---|---|
+/// | running, renewing | the counter moves | `ferry run --resume` elsewhere refuses: alive |
+/// | running, its renewals failing or slower than T (mount gone or read-only, server down, I/O hung) | the counter stops | at 6T its writes are refused and it is killed (SIGKILL); from 8T another host may resume g+1 |
+/// | frozen (SIGSTOP, paused VM) | the counter stops | its watchdog kills it at 6T; at 8T another host may resume g+1 |
+/// | frozen with its watchdog, thawed after a resume took g+1 | – | its lease lapsed and is never renewed again: the fence refuses its writes, the enforcer kills it, the record past g fences it; anything it still writes lands in the unnamed old file |
+/// | the record moved past g (resumed elsewhere) | – | it stops its workload within T and exits 1 |
+/// | dead on this host | – | `--resume` on this host sees the process is gone and takes over at once |
+///
+/// Every file operation here goes through `SharedFile`: each result is checked, a failure names the
+/// operation, the file and the errno, and `ESTALE` (and `ENOENT` of the renamed-over record) is retried with a
+/// bound. A full mount fails claims and records (nothing is left behind, nothing changes hands) but not the
+/// lease's renewal, which rewrites its bytes in place; a read-only one fails them all.
 ///
 /// So at no moment do two processes run the workload: running needs the claim of the current generation,
 /// and each claim has one creator. After a single failure exactly one process runs it, except when that
