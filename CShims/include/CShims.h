@@ -247,7 +247,7 @@ int CShims_sha256(const void *data, size_t length, uint8_t out[32]);
 #define CSHIMS_WATCHDOG_H
 
 /// Forks the watchdog of process `owner` (the caller). It keeps `commands`, the read end of a pipe whose write
-/// end `write_end` only the owner keeps, closes every other descriptor but standard error, and reads commands:
+/// (or socket pair) end `write_end` only the owner keeps, closes every other descriptor but standard error, and reads commands:
 /// 'a' arms it, or re-arms it, so that the next command must come within `deadline_ms`; 'd' disarms it. If the
 /// deadline passes while it is armed, it writes `message` to standard error and kills the owner with SIGKILL
 /// (which ends a stopped process too), then exits 1. At end of file (the owner exited) it exits 0.

@@ -95,13 +95,17 @@ public final class MigrationAgent: Sendable {
         enforcer.start()
     }
 
+    private let watchdogUnreachable = Mutex(false)
+
     /// The watchdog's pid, if one runs.
     public var watchdogPID: Int32? { watchdog?.pid }
 
     private static func startWatchdog(deadline: Double, directory: String) -> (commands: CInt, pid: pid_t)? {
         var ends: [CInt] = [0, 0]
-        guard pipe(&ends) == 0 else {
-            FileHandle.standardError.write(Data("ferry: cannot start the lease watchdog: pipe: \(Errno.current)\n".utf8))
+        // A socket pair rather than a pipe: `send(MSG_NOSIGNAL)` to a watchdog that died is an error, not a
+        // SIGPIPE that would kill a program embedding Ferry.
+        guard socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &ends) == 0 else {
+            FileHandle.standardError.write(Data("ferry: cannot start the lease watchdog: socketpair: \(Errno.current)\n".utf8))
             return nil
         }
         // Neither end may leak into programs this process starts: the child keeps the read end by itself.
@@ -124,7 +128,10 @@ public final class MigrationAgent: Sendable {
     private func tellWatchdog(_ command: UInt8) {
         guard let commands = watchdog?.commands else { return }
         var byte = command
-        _ = Glibc.write(commands, &byte, 1)
+        if send(commands, &byte, 1, CInt(MSG_NOSIGNAL)) != 1 && command == UInt8(ascii: "a"),
+           watchdogUnreachable.withLock({ reported in defer { reported = true }; return !reported }) {
+            FileHandle.standardError.write(Data("ferry: cannot reach the lease watchdog: \(Errno.current); the enforcer thread still guards the lease\n".utf8))
+        }
     }
 
     // MARK: State
@@ -720,8 +727,9 @@ public final class MigrationAgent: Sendable {
             case .waiting: break
             case .running, .migrating:
                 if renewing != generation {
+                    // A new generation (adopted, or taken back by a source as g+2): its lease at once.
                     renewing = generation
-                    nextRenewal = clock.now.advanced(by: .seconds(timing.renewalInterval))  // adopt wrote the first
+                    nextRenewal = clock.now
                 }
                 if clock.now >= nextRenewal {
                     nextRenewal = clock.now.advanced(by: .seconds(timing.renewalInterval))
