@@ -235,7 +235,7 @@ public final class MigrationAgent: Sendable {
         do {
             try record.write(in: sharedDirectory)
         } catch {
-            unlink(OwnershipClaim.path(1, in: sharedDirectory))
+            OwnershipClaim.release(1, in: sharedDirectory)
             throw .sharedMount("\(error)")
         }
         let host = run(workload)
@@ -308,7 +308,7 @@ public final class MigrationAgent: Sendable {
             let region = try MigratableRegion.create(layout: RegionLayout(base: UInt(base), byteCount: bytes))
             workload = try resumer.rebuild(record, region)
         } catch {
-            unlink(OwnershipClaim.path(generation, in: directory))  // never ran: let the next attempt claim it
+            OwnershipClaim.release(generation, in: directory)  // never ran: let the next attempt claim it
             switch error {
             case let error as RegionError: throw .region(error)
             case let error as WorkloadError: throw .workload(error)

@@ -132,7 +132,7 @@ public enum MigrationDestination {
             }
             // A source that took the workload back may have removed our claim's file already: the record says.
             guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
-                unlink(OwnershipClaim.path(generation, in: sharedDirectory))
+                OwnershipClaim.release(generation, in: sharedDirectory)
                 throw MigrationError.aborted("the ownership record moved past generation \(generation) while this host claimed it; this copy is discarded")
             }
             OwnershipClaim.removeClaims(before: generation, in: sharedDirectory)

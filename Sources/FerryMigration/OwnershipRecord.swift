@@ -224,6 +224,17 @@ public enum OwnershipClaim {
         }
     }
 
+    /// Withdraws this process's claim of `generation` (it never ran it). A failure is written to standard error
+    /// with the errno: the claim then stays, and the next claimant of that generation is told who holds it.
+    public static func release(_ generation: UInt64, in directory: String) {
+        let path = path(generation, in: directory)
+        do throws(SharedFileError) {
+            try SharedFile.retrying { () throws(SharedFileError) in try SharedFile.call("unlink", path) { unlink(path) } }
+        } catch {
+            FileHandle.standardError.write(Data("ferry: cannot withdraw the claim of generation \(generation), which this process never ran: \(error); remove it by hand if no process runs generation \(generation)\n".utf8))
+        }
+    }
+
     /// The claims in `directory`, by generation.
     public static func all(in directory: String) throws(MigrationError) -> [(generation: UInt64, owner: String)] {
         var claims: [(generation: UInt64, owner: String)] = []
