@@ -229,7 +229,7 @@ public enum OwnershipClaim {
     public static func release(_ generation: UInt64, in directory: String) {
         let path = path(generation, in: directory)
         do throws(SharedFileError) {
-            try SharedFile.retrying { () throws(SharedFileError) in try SharedFile.call("unlink", path) { unlink(path) } }
+            _ = try SharedFile.retrying { () throws(SharedFileError) in try SharedFile.call("unlink", path) { unlink(path) } }
         } catch {
             FileHandle.standardError.write(Data("ferry: cannot withdraw the claim of generation \(generation), which this process never ran: \(error); remove it by hand if no process runs generation \(generation)\n".utf8))
         }
