@@ -56,6 +56,16 @@ public final class MigrationAgent: Sendable {
         var renewalError: String?
         /// What this process saw of the current generation's lease (any role).
         var observed: LeaseObserver?
+        /// Past a post-copy switch-over that did not complete: the destination owns the workload and this
+        /// process only holds pages it lacks.
+        var servesPagesOnly = false
+
+        /// Whether this process runs the workload, so that its lease is enforced: not past a post-copy
+        /// switch-over, where the destination owns it and this process only serves pages, writing nothing
+        /// shared (killing it would lose those pages).
+        var leaseEnforced: Bool {
+            (role == .running || role == .migrating) && !servesPagesOnly && outgoing?.postCopyPagesUnsent == nil
+        }
     }
 
     /// The shared mount: ownership record, claims, key, the workload's files.
@@ -693,6 +703,7 @@ public final class MigrationAgent: Sendable {
                 $0.role = .migratedAway
             } else if report.post_copy != nil || report.reason?.hasPrefix("post-copy interrupted") == true {
                 // Past a post-copy switch-over: the destination may need this region's pages; stay as we are.
+                $0.servesPagesOnly = true
             } else if $0.role == .migrating {
                 $0.role = .running  // a stop that came in meanwhile stands
             }
@@ -769,7 +780,7 @@ public final class MigrationAgent: Sendable {
     private func renew(_ generation: UInt64) {
         let start = ContinuousClock.now
         let lost = state.withLock { state -> WriteFence? in
-            guard state.generation == generation, let last = state.lastGoodRenewal,
+            guard state.generation == generation, state.leaseEnforced, let last = state.lastGoodRenewal,
                   (start - last).secondsValue > timing.ownerDeadline else { return nil }
             return state.fence ?? WriteFence()
         }
@@ -798,7 +809,7 @@ public final class MigrationAgent: Sendable {
                 return state.fence
             }
             fence?.extend(until: start.advanced(by: .seconds(timing.ownerDeadline)))
-            tellWatchdog(UInt8(ascii: "a"))
+            if state.withLock({ $0.leaseEnforced }) { tellWatchdog(UInt8(ascii: "a")) }
         case .success:
             let error = String(format: "the lease renewal took %.3f s, more than the I/O timeout (%.3f s): it does not count", took, timing.ioTimeout)
             reportRenewalFailure(error)
@@ -828,11 +839,15 @@ public final class MigrationAgent: Sendable {
         #endif
         while true {
             usleep(UInt32(timing.checkInterval * 1e6))
-            let (role, last, generation, fence) = state.withLock { ($0.role, $0.lastGoodRenewal, $0.generation, $0.fence) }
+            let (role, last, generation, fence, enforced) = state.withLock { ($0.role, $0.lastGoodRenewal, $0.generation, $0.fence, $0.leaseEnforced) }
             switch role {
             case .stopped, .migratedAway, .fenced: return
             case .waiting: continue
             case .running, .migrating: break
+            }
+            guard enforced else {
+                tellWatchdog(UInt8(ascii: "d"))
+                continue
             }
             guard let last else { continue }
             let silent = (ContinuousClock.now - last).secondsValue
