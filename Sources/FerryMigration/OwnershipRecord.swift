@@ -41,6 +41,9 @@ public import FerrySystem
 /// | switched (record = g+1, post-copy) | paused for good, serving pages | claims g+1, runs; faulting threads wait for pages | the pages only it held are lost, so the workload cannot complete (as with QEMU and CRIU): the destination's threads that touch them wait, and its log and `ferry status` say post-copy was interrupted | both keep what they hold and say so; threads touching missing pages wait (never a wrong zero page); `--resume` refuses; reconnecting is not built yet |
 /// | complete (record = g+1, mark cleared) | exits | the only owner | – | – |
 ///
+/// From the switch-over on, the source's lease is no longer enforced (it owns nothing and writes nothing shared;
+/// killing it would lose the pages it holds); the destination's lease of g+1 is, from its claim.
+///
 /// Liveness is the lease `ferry-lease-<g>` (`OwnerLease`), never a time written by another host's clock: the
 /// owner of g rewrites a counter in it every I/O timeout T, and another host counts the owner as gone only after
 /// it saw the counter unchanged for 8T on its own monotonic clock (`LeaseTiming` has the table of every time).
