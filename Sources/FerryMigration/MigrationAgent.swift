@@ -164,7 +164,14 @@ public final class MigrationAgent: Sendable {
         changed.lock()
         while !isFinished || state.withLock({ $0.pendingReplies > 0 }) { changed.wait() }
         changed.unlock()
+        // The ownership and enforcer threads end within a check interval of the agent finishing: let them, so
+        // that none of them is still reading the shared mount while the process exits.
+        let deadline = ContinuousClock.now.advanced(by: .seconds(Swift.max(1, 4 * timing.checkInterval)))
+        while threadsRunning.withLock({ $0 }) > 0 && ContinuousClock.now < deadline { usleep(2_000) }
     }
+
+    /// The agent's own threads (ownership, enforcer) still running.
+    private let threadsRunning = Mutex(2)
 
     /// Blocks until a workload runs here or the agent is done; returns the role then.
     public func waitUntilRunningOrFinished() -> Role {
@@ -184,32 +191,39 @@ public final class MigrationAgent: Sendable {
         changed.unlock()
     }
 
-    /// Makes `host` this process's running workload, as `generation`: creates the generation's lease, arms the
-    /// fence of the workload's writes, the enforcer and the watchdog. The claim is fresh, so the deadline starts
-    /// now even if the lease cannot be created yet (the ownership thread retries it every renewal interval).
+    /// Makes `host` this process's running workload, as `generation`: arms the fence of the workload's writes,
+    /// the enforcer and the watchdog, then creates the generation's lease. The role changes first: a destination
+    /// said "running" already, and `ferry status` or `verify` may ask at once. The claim is fresh, so the deadline
+    /// starts now even if the lease cannot be created yet (the ownership thread retries it every renewal interval).
     func adopt(_ host: WorkloadHost, generation: UInt64) {
         let start = ContinuousClock.now
         let fence = WriteFence(lapse: "the lease of generation \(generation) was not renewed within \(String(format: "%.2g", timing.ownerDeadline)) s (6 × the I/O timeout); another host may own the workload")
         fence.extend(until: start.advanced(by: .seconds(timing.ownerDeadline)))
         host.workload.install(fence: fence)
-        var error: String?
-        do {
-            let writer = try LeaseWriter(OwnerLease(generation: generation, owner: OwnershipRecord.thisProcess, counter: 1, ioTimeout: timing.ioTimeout), in: sharedDirectory)
-            leaseWriter.withLock { $0 = writer }
-        } catch let failure {
-            error = "cannot create the lease: \(failure)"
-            FileHandle.standardError.write(Data("ferry: \(error!); retrying every \(String(format: "%.2g", timing.renewalInterval)) s, and this process stops if it cannot renew within \(String(format: "%.2g", timing.ownerDeadline)) s\n".utf8))
-        }
         update {
             $0.host = host
             $0.generation = generation
             $0.role = .running
             $0.fence = fence
             $0.lastGoodRenewal = start
-            $0.leaseCounter = 1
-            $0.renewalError = error
+            $0.leaseCounter = 0
+            $0.renewalError = nil
         }
         tellWatchdog(UInt8(ascii: "a"))
+        let created = leaseWriter.withLock { writer -> Result<UInt64, SharedFileError> in
+            do throws(SharedFileError) {
+                if writer?.lease.generation != generation {  // else the ownership thread was first
+                    writer = try LeaseWriter(OwnerLease(generation: generation, owner: OwnershipRecord.thisProcess, counter: 1, ioTimeout: timing.ioTimeout), in: sharedDirectory)
+                }
+                return .success(writer!.lease.counter)
+            } catch { return .failure(error) }
+        }
+        switch created {
+        case .success(let counter):
+            state.withLock { if $0.generation == generation { $0.leaseCounter = Swift.max($0.leaseCounter, counter) } }
+        case .failure(let failure):
+            reportRenewalFailure("cannot create the lease of generation \(generation): \(failure)")
+        }
     }
 
     /// The lease writer of the generation this process owns (used by the ownership thread and `adopt`).
@@ -723,6 +737,7 @@ public final class MigrationAgent: Sendable {
     /// dead), the fence is revoked, the workload stops at once and the agent finishes as `.fenced`. In every role
     /// it watches the current generation's lease, for `ferry status`.
     private func watchOwnership() {
+        defer { threadsRunning.withLock { $0 -= 1 } }
         let clock = ContinuousClock()
         var nextRenewal = clock.now
         var nextLook = clock.now
@@ -833,6 +848,7 @@ public final class MigrationAgent: Sendable {
     /// workload, as sanlock does with a holder that cannot renew. Other hosts take over only after
     /// `timing.expiry`, later. The watchdog child does the same when this whole process is stopped.
     private func enforceLease() {
+        defer { threadsRunning.withLock { $0 -= 1 } }
         #if FERRY_TEST_HOOKS
         // Test-only (debug builds): without the enforcer, the tests show that the fencing of the files holds alone.
         if ProcessInfo.processInfo.environment["FERRY_TEST_NO_ENFORCER"] == "1" { return }
