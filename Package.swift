@@ -83,7 +83,7 @@ let package = Package(
         // Helpers shared by the test targets: writer threads, temporary directories, running `ferry`.
         .target(name: "FerryTestSupport", dependencies: ["FerrySystem", "FerryRegion", "FerryWire", "FerryAuth", "FerryTransport"], path: "Tests/FerryTestSupport",
                 swiftSettings: strict),
-        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem"], swiftSettings: strict),
+        .testTarget(name: "FerrySystemTests", dependencies: ["FerrySystem", "FerryTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "FerryTrackingTests",
             dependencies: ["FerryTracking", "FerrySystem", "FerryTestSupport"],
@@ -96,7 +96,10 @@ let package = Package(
         .testTarget(name: "FerryWireTests", dependencies: ["FerryWire", "FerrySystem"], swiftSettings: strict),
         .testTarget(
             name: "FerryMigrationTests",
-            dependencies: ["FerryMigration", "FerryWorkloads", "FerryRegion", "FerryTracking", "FerrySystem", "FerryTransport", "FerryWire"],
+            dependencies: [
+                "FerryMigration", "FerryWorkloads", "FerryRegion", "FerryTracking", "FerrySystem", "FerryTransport", "FerryWire",
+                "FerryTestSupport",
+            ],
             swiftSettings: strict),
         .testTarget(
             name: "FerryAuthTests",

@@ -342,3 +342,58 @@ int CShims_tcp_bytes_acked(int fd, uint64_t *acknowledged) {
     }
     return result;
 }
+
+// MARK: - Lease watchdog
+
+#include <sys/prctl.h>
+#include <time.h>
+
+static long long watchdog_now_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+int CShims_watchdog_start(int commands, int write_end, int owner, int deadline_ms, const char *message) {
+    size_t message_length = strlen(message);
+    pid_t child = fork();
+    if (child != 0) return child;  // the owner (or -1)
+    // The child: async-signal-safe calls only from here on.
+    prctl(PR_SET_NAME, "ferry-watchdog", 0, 0, 0);
+    close(write_end);
+    for (int fd = 0; fd < 1024; fd++) {
+        if (fd != commands && fd != 2) close(fd);
+    }
+    if (syscall(SYS_close_range, 1024, ~0U, 0) != 0) { /* older kernels: descriptors past 1024 stay */ }
+    long long deadline = -1;  // disarmed
+    for (;;) {
+        int timeout = -1;
+        if (deadline >= 0) {
+            long long left = deadline - watchdog_now_ms();
+            timeout = left > 0 ? (int)left : 0;
+        }
+        struct pollfd descriptor = {.fd = commands, .events = POLLIN};
+        int ready = poll(&descriptor, 1, timeout);
+        if (ready < 0) {
+            if (errno == EINTR) continue;
+            _exit(2);
+        }
+        if (ready == 0) {
+            if (deadline >= 0 && watchdog_now_ms() >= deadline) {
+                ssize_t ignored = write(2, message, message_length);
+                (void)ignored;
+                kill(owner, SIGKILL);
+                _exit(1);
+            }
+            continue;
+        }
+        char buffer[64];
+        ssize_t got = read(commands, buffer, sizeof buffer);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) _exit(0);  // the owner closed its end: it exited
+        for (ssize_t i = 0; i < got; i++) {
+            if (buffer[i] == 'a') deadline = watchdog_now_ms() + deadline_ms;
+            if (buffer[i] == 'd') deadline = -1;
+        }
+    }
+}

@@ -244,3 +244,21 @@ int CShims_tcp_bytes_acked(int fd, uint64_t *acknowledged);
 int CShims_sha256(const void *data, size_t length, uint8_t out[32]);
 
 #endif  // CSHIMS_PEER_H
+
+// MARK: - Lease watchdog (MigrationAgent in FerryMigration)
+//
+// A child process, because a watchdog must run when its owner does not (stopped by SIGSTOP, frozen, hung in
+// the kernel): like sanlock's, it kills the owner when the owner stops proving that it renewed its lease. It
+// must be C: between fork and exit the child of a multithreaded process may only make async-signal-safe calls.
+#ifndef CSHIMS_WATCHDOG_H
+#define CSHIMS_WATCHDOG_H
+
+/// Forks the watchdog of process `owner` (the caller). It keeps `commands`, the read end of a pipe whose write
+/// (or socket pair) end `write_end` only the owner keeps, closes every other descriptor but standard error, and reads commands:
+/// 'a' arms it, or re-arms it, so that the next command must come within `deadline_ms`; 'd' disarms it. If the
+/// deadline passes while it is armed, it writes `message` to standard error and kills the owner with SIGKILL
+/// (which ends a stopped process too), then exits 1. At end of file (the owner exited) it exits 0.
+/// Returns the child's pid to the owner, or -1 with errno.
+int CShims_watchdog_start(int commands, int write_end, int owner, int deadline_ms, const char *message);
+
+#endif  // CSHIMS_WATCHDOG_H

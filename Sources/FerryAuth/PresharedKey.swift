@@ -173,11 +173,15 @@ public struct PresharedKey: Sendable {
 
     /// Opens `path` (mode 0600 if it creates it); `missing` when there is nothing at `path`.
     private static func open(_ path: String, flags: Int32) throws(KeyError) -> OwnedDescriptor {
-        do {
-            return try OwnedDescriptor(opening: path, flags: flags, mode: 0o600)
+        // On the shared mount: ESTALE from a network file system is retried (`SharedFile`).
+        do throws(SharedFileError) {
+            let fd = try SharedFile.retrying { () throws(SharedFileError) -> CInt in
+                try SharedFile.call("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode_t(0o600)) }
+            }
+            return OwnedDescriptor(taking: fd)
         } catch {
             if error.errno.rawValue == ENOENT && flags & O_CREAT == 0 { throw .missing(path: path) }
-            throw .io(path: path, error)
+            throw .io(path: path, error.systemCallError)
         }
     }
 

@@ -15,6 +15,7 @@ private let hostingOptions = [
     OptionSpec("shared-dir", "DIR", "The shared mount both hosts see: the workload's files and the ownership record.", default: "required"),
     OptionSpec("control", "SOCKET", "Unix socket to control this process through.", default: "required"),
     OptionSpec("key", "FILE", "Pre-shared key (mode 0600) both hosts must hold; 'ferry run' creates it when absent.", default: "DIR/ferry.key on the shared mount"),
+    OptionSpec("io-timeout", "DURATION", "The I/O timeout T every lease time derives from (as sanlock's): the lease is renewed every T, an owner whose renewals failed for 6T stops writing and is killed (its watchdog kills it even when it is stopped or frozen), and another host takes over after seeing the lease unchanged for 8T on its own clock. Give every host the same value.", default: "2s, or FERRY_IO_TIMEOUT"),
     OptionSpec("huge-pages", "on|off", "Back the region with transparent huge pages where the kernel allows them (tracking stays exact per 4 KiB page: a written huge page is split). Off by default: on the VMs measured, fresh huge pages cost more to populate than base pages once the host took the memory back.", default: "off"),
 ]
 
@@ -46,6 +47,16 @@ private func regionBase(_ arguments: ParsedArguments) throws(UsageError) -> UInt
         throw UsageError("--base \(text): expected a hexadecimal address such as 0x7e0000000000")
     }
     return base
+}
+
+/// `--io-timeout` (else `FERRY_IO_TIMEOUT`, else 2 s): the lease's times derive from it.
+private func leaseTiming(_ arguments: ParsedArguments) throws(UsageError) -> LeaseTiming {
+    guard arguments.string("io-timeout") != nil else { return .fromEnvironment }
+    let seconds = try arguments.seconds("io-timeout", default: LeaseTiming.defaultIOTimeout)
+    guard seconds >= 0.05, seconds <= 3600 else {
+        throw UsageError("--io-timeout \(arguments.string("io-timeout") ?? ""): expected a duration from 50ms to 1h, like 2s")
+    }
+    return LeaseTiming(ioTimeout: seconds)
 }
 
 /// `--timeout`: how long a silent peer is waited for, above zero (and at most a day).
@@ -95,7 +106,7 @@ struct RunCommand: Command {
         OptionSpec("dirty-rate", "PAGES/S", "Pace of the workload's steps (each dirties 2-3 pages); 0 = idle, max = flat out. With --resume: the recorded pace unless given.", default: "1000"),
         OptionSpec("source", "ADDR:PORT", "download: fetch the blocks from 'ferry serve-blocks' there (the business network) instead of generating them."),
         OptionSpec("resume", nil, "Restart the workload recorded in --shared-dir after its owner died (workload, address, size, seed and pace come from the record)."),
-        OptionSpec("owner-gone", nil, "With --resume: the recorded owner is on another host that you know is down, even though it renewed its claim less than 10 s ago."),
+        OptionSpec("owner-gone", nil, "With --resume: the recorded owner is on another host that you know is down: take over at once instead of watching its lease for 8 × the I/O timeout first."),
     ] + hostingOptions
 
     static func run(_ arguments: ParsedArguments) async throws -> ExitStatus {
@@ -116,7 +127,8 @@ struct RunCommand: Command {
         let server = try blockServer(arguments)
         let key = keyPath(arguments, sharedDirectory: directory)
         _ = try PresharedKey.createIfAbsent(at: key)
-        let agent = MigrationAgent(sharedDirectory: directory, keyPath: key)
+        // Before the region is mapped: the agent forks the lease watchdog.
+        let agent = MigrationAgent(sharedDirectory: directory, keyPath: key, timing: try leaseTiming(arguments), watchdog: true)
         let note: String
         if arguments.has("resume") {
             let pace = arguments.string("dirty-rate") == nil ? nil : rate
@@ -168,6 +180,9 @@ struct ReceiveCommand: Command {
         let listenText = try arguments.required("listen")
         guard let endpoint = Endpoint(listenText) else { throw UsageError("--listen \(listenText): expected ADDR:PORT") }
         let timeout = try streamTimeout(arguments)
+        // Before the reservation is mapped: the agent forks the lease watchdog.
+        let agent = MigrationAgent(sharedDirectory: directory, keyPath: keyPath(arguments, sharedDirectory: directory), nextKeyPath: arguments.string("next-key"),
+                                   timing: try leaseTiming(arguments), watchdog: true)
         let listener: Listener
         do { listener = try Listener(on: endpoint) } catch { throw AgentError.listen(error) }
         let hugePages = try hugePagesChoice(arguments)
@@ -180,7 +195,6 @@ struct ReceiveCommand: Command {
             memory = .reserved(reservation)
             printLine("ferry receive: reserved \(layout) in \(String(format: "%.3f", reservation.populateSeconds)) s")
         }
-        let agent = MigrationAgent(sharedDirectory: directory, keyPath: keyPath(arguments, sharedDirectory: directory), nextKeyPath: arguments.string("next-key"))
         try agent.serveControl(at: control)
         printLine("ferry receive: listening on \(listener.endpoint), control \(control), pid \(getpid())")
         agent.receive(
@@ -319,9 +333,44 @@ struct StatusCommand: Command {
         } else {
             let keys = ["role", "workload", "step", "generation", "region_base", "region_bytes", "steps_per_second", "pid", "post_copy", "last_migration", "error"]
             for key in keys { if let value = result[key] { printLine("\(key.padding(to: 18))\(value)") } }
+            for line in ownershipLines(result) { printLine(line) }
         }
         return .success
     }
+}
+
+/// The shared mount as the process sees it: the record, the claims, the lease.
+func ownershipLines(_ result: [String: Any]) -> [String] {
+    var lines: [String] = []
+    func number(_ value: Any?) -> Double? { (value as? Double) ?? (value as? Int).map(Double.init) }
+    if let record = result["record"] as? [String: Any] {
+        lines.append("record".padding(to: 18) + "generation \(record["generation"] ?? "?"), owner \(record["owner"] ?? "?"), workload \(record["workload"] ?? "?")"
+            + ((record["post_copy_source"] as? String).map { ", post-copy from \($0)" } ?? ""))
+    } else if let error = result["record_error"] {
+        lines.append("record".padding(to: 18) + "\(error)")
+    } else {
+        lines.append("record".padding(to: 18) + "none")
+    }
+    if let claims = result["claims"] as? [[String: Any]] {
+        let text = claims.map { "\($0["generation"] ?? "?"): \($0["owner"] ?? "?")" }.joined(separator: "; ")
+        lines.append("claims".padding(to: 18) + (text.isEmpty ? "none" : text))
+    } else if let error = result["claims_error"] {
+        lines.append("claims".padding(to: 18) + "\(error)")
+    }
+    if let lease = result["lease"] as? [String: Any] {
+        var text = "generation \(lease["generation"] ?? "?"), owner \(lease["owner"] ?? "?")"
+        if let counter = lease["counter"] { text += ", counter \(counter)" }
+        if let since = number(lease["seconds_since_change"]) {
+            text += String(format: ", changed %.2f s ago", since) + " (\(lease["seen_by"] ?? "this process"))"
+        } else if let seen = lease["seen_by"] {
+            text += " (\(seen))"
+        }
+        if let error = lease["renewal_error"] { text += "; RENEWAL FAILING: \(error)" }
+        lines.append("lease".padding(to: 18) + text)
+    }
+    if let timing = result["lease_timing"] { lines.append("lease timing".padding(to: 18) + "\(timing)") }
+    if let watchdog = result["watchdog_pid"] { lines.append("watchdog pid".padding(to: 18) + "\(watchdog)") }
+    return lines
 }
 
 /// `ferry verify`: prove the workload's invariants.

@@ -342,16 +342,20 @@ public enum DirtyRateProbe {
             unlink(renamed)
         }
         let start = clock.now
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { return nil }
         let text = Array("ferry probe: timing the shared mount\n".utf8)
-        let written = write(fd, text, text.count)
-        fsync(fd)
-        close(fd)
+        // The probe times what the handoff does; any failure means the directory is not usable for it.
+        do {
+            let fd = try SharedFile.call("create", path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600) }
+            defer { close(fd) }
+            try SharedFile.writeAll(fd, text, path: path)
+            try SharedFile.call("fsync", path) { fsync(fd) }
+        } catch { return nil }
         let synced = clock.now
-        syncDirectory(directory)
-        guard written == text.count, rename(path, renamed) == 0 else { return nil }
-        syncDirectory(directory)
+        do {
+            try SharedFile.syncDirectory(directory)
+            try SharedFile.rename(path, over: renamed)
+            try SharedFile.syncDirectory(directory)
+        } catch { return nil }
         let end = clock.now
         return ((end - start).secondsValue, (synced - start).secondsValue)
     }

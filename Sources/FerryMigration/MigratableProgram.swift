@@ -39,8 +39,10 @@ public struct ProgramOptions: Sendable {
 ///
 /// The program keeps the state it wants to move in `workload`'s heap (pointers stay valid: the region is mapped
 /// at the same address everywhere), records its entry point with `workload.root`, and calls `safePoint()`
-/// between units of work on one thread. Ownership (claims, heartbeat, fencing), the control socket and the
-/// migrations themselves are the `agent`'s, exactly as for `ferry run`.
+/// between units of work on one thread. Ownership (claims, the lease, fencing), the control socket and the
+/// migrations themselves are the `agent`'s, exactly as for `ferry run`: a process that cannot renew its lease
+/// for 6 × the I/O timeout (`FERRY_IO_TIMEOUT`, 2 s by default) is killed by the agent's enforcer thread, so
+/// that another host may take the workload over (the embedding runs no watchdog child).
 public final class MigratableProgram: Sendable {
     public let agent: MigrationAgent
     public let host: WorkloadHost

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import CShims
 import FerryAuth
 public import FerryRegion
 import FerrySystem
@@ -47,6 +48,24 @@ public final class MigrationAgent: Sendable {
         var incoming: MigrationDestination.Received?
         /// The migration under way from here, if any.
         var outgoing: MigrationSource?
+        /// While this process owns the workload: the fence its shared files' writes pass, and when its last
+        /// good lease renewal started (the enforcer's and the fence's deadlines run from there).
+        var fence: WriteFence?
+        var lastGoodRenewal: ContinuousClock.Instant?
+        var leaseCounter: UInt64 = 0
+        var renewalError: String?
+        /// What this process saw of the current generation's lease (any role).
+        var observed: LeaseObserver?
+        /// Past a post-copy switch-over that did not complete: the destination owns the workload and this
+        /// process only holds pages it lacks.
+        var servesPagesOnly = false
+
+        /// Whether this process runs the workload, so that its lease is enforced: not past a post-copy
+        /// switch-over, where the destination owns it and this process only serves pages, writing nothing
+        /// shared (killing it would lose those pages).
+        var leaseEnforced: Bool {
+            (role == .running || role == .migrating) && !servesPagesOnly && outgoing?.postCopyPagesUnsent == nil
+        }
     }
 
     /// The shared mount: ownership record, claims, key, the workload's files.
@@ -58,18 +77,71 @@ public final class MigrationAgent: Sendable {
     let state = Mutex(State())
     private let changed = NSCondition()
 
-    /// How long an owner on another host must have been silent (not renewed its claim) to count as gone.
-    public static let ownerLeaseSeconds = 10.0
+    /// The lease's times, all derived from one I/O timeout (`LeaseTiming`).
+    public let timing: LeaseTiming
+    /// The watchdog child's command pipe (write end) and pid, when one runs.
+    private let watchdog: (commands: CInt, pid: pid_t)?
 
     /// An agent for workloads kept in `sharedDirectory`; `keyPath` nil means `<sharedDirectory>/ferry.key`.
-    /// Starts the ownership heartbeat thread (idle until a workload runs here).
-    public init(sharedDirectory: String, keyPath: String? = nil, nextKeyPath: String? = nil) {
+    /// Starts the ownership thread (lease renewal, fencing, observing) and the lease enforcer thread, both idle
+    /// until a workload runs here.
+    /// - Parameters:
+    ///   - timing: the lease's times (`FERRY_IO_TIMEOUT` by default).
+    ///   - watchdog: also start a watchdog child process, which kills this process (SIGKILL) when its lease
+    ///     was not renewed for `timing.ownerDeadline`, even while it is stopped or frozen. It is forked here, so
+    ///     create the agent before mapping large memory (`ferry run` and `ferry receive` do).
+    public init(sharedDirectory: String, keyPath: String? = nil, nextKeyPath: String? = nil,
+                timing: LeaseTiming = .fromEnvironment, watchdog: Bool = false) {
         self.sharedDirectory = sharedDirectory
         self.keyPath = keyPath ?? sharedDirectory + "/ferry.key"
         self.nextKeyPath = nextKeyPath
+        self.timing = timing
+        self.watchdog = watchdog ? Self.startWatchdog(deadline: timing.ownerDeadline, directory: sharedDirectory) : nil
         let watch = Thread { [self] in watchOwnership() }
         watch.name = "ferry-ownership"
         watch.start()
+        let enforcer = Thread { [self] in enforceLease() }
+        enforcer.name = "ferry-lease-enforcer"
+        enforcer.start()
+    }
+
+    private let watchdogUnreachable = Mutex(false)
+
+    /// The watchdog's pid, if one runs.
+    public var watchdogPID: Int32? { watchdog?.pid }
+
+    private static func startWatchdog(deadline: Double, directory: String) -> (commands: CInt, pid: pid_t)? {
+        var ends: [CInt] = [0, 0]
+        // A socket pair rather than a pipe: `send(MSG_NOSIGNAL)` to a watchdog that died is an error, not a
+        // SIGPIPE that would kill a program embedding Ferry.
+        guard socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &ends) == 0 else {
+            FileHandle.standardError.write(Data("ferry: cannot start the lease watchdog: socketpair: \(Errno.current)\n".utf8))
+            return nil
+        }
+        // Neither end may leak into programs this process starts: the child keeps the read end by itself.
+        _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
+        let me = getpid()
+        let message = "ferry watchdog: process \(me) did not renew its lease in \(directory) for \(String(format: "%.2f", deadline)) s (stopped, frozen or hung): killing it (SIGKILL) so another host can take the workload over\n"
+        let pid = CShims_watchdog_start(ends[0], ends[1], me, CInt((deadline * 1000).rounded()), message)
+        let error = Errno.current
+        close(ends[0])
+        guard pid > 0 else {
+            close(ends[1])
+            FileHandle.standardError.write(Data("ferry: cannot start the lease watchdog: fork: \(error)\n".utf8))
+            return nil
+        }
+        return (ends[1], pid)
+    }
+
+    /// Tells the watchdog: 'a' (a good renewal: the deadline starts again) or 'd' (nothing to guard).
+    private func tellWatchdog(_ command: UInt8) {
+        guard let commands = watchdog?.commands else { return }
+        var byte = command
+        if send(commands, &byte, 1, CInt(MSG_NOSIGNAL)) != 1 && command == UInt8(ascii: "a"),
+           watchdogUnreachable.withLock({ reported in defer { reported = true }; return !reported }) {
+            FileHandle.standardError.write(Data("ferry: cannot reach the lease watchdog: \(Errno.current); the enforcer thread still guards the lease\n".utf8))
+        }
     }
 
     // MARK: State
@@ -92,7 +164,14 @@ public final class MigrationAgent: Sendable {
         changed.lock()
         while !isFinished || state.withLock({ $0.pendingReplies > 0 }) { changed.wait() }
         changed.unlock()
+        // The ownership and enforcer threads end within a check interval of the agent finishing: let them, so
+        // that none of them is still reading the shared mount while the process exits.
+        let deadline = ContinuousClock.now.advanced(by: .seconds(Swift.max(1, 4 * timing.checkInterval)))
+        while threadsRunning.withLock({ $0 }) > 0 && ContinuousClock.now < deadline { usleep(2_000) }
     }
+
+    /// The agent's own threads (ownership, enforcer) still running.
+    private let threadsRunning = Mutex(2)
 
     /// Blocks until a workload runs here or the agent is done; returns the role then.
     public func waitUntilRunningOrFinished() -> Role {
@@ -112,14 +191,43 @@ public final class MigrationAgent: Sendable {
         changed.unlock()
     }
 
-    /// Makes `host` this process's running workload, as `generation`.
+    /// Makes `host` this process's running workload, as `generation`: arms the fence of the workload's writes,
+    /// the enforcer and the watchdog, then creates the generation's lease. The role changes first: a destination
+    /// said "running" already, and `ferry status` or `verify` may ask at once. The claim is fresh, so the deadline
+    /// starts now even if the lease cannot be created yet (the ownership thread retries it every renewal interval).
     func adopt(_ host: WorkloadHost, generation: UInt64) {
+        let start = ContinuousClock.now
+        let fence = WriteFence(lapse: "the lease of generation \(generation) was not renewed within \(String(format: "%.2g", timing.ownerDeadline)) s (6 × the I/O timeout); another host may own the workload")
+        fence.extend(until: start.advanced(by: .seconds(timing.ownerDeadline)))
+        host.workload.install(fence: fence)
         update {
             $0.host = host
             $0.generation = generation
             $0.role = .running
+            $0.fence = fence
+            $0.lastGoodRenewal = start
+            $0.leaseCounter = 0
+            $0.renewalError = nil
+        }
+        tellWatchdog(UInt8(ascii: "a"))
+        let created = leaseWriter.withLock { writer -> Result<UInt64, SharedFileError> in
+            do throws(SharedFileError) {
+                if writer?.lease.generation != generation {  // else the ownership thread was first
+                    writer = try LeaseWriter(OwnerLease(generation: generation, owner: OwnershipRecord.thisProcess, counter: 1, ioTimeout: timing.ioTimeout), in: sharedDirectory)
+                }
+                return .success(writer!.lease.counter)
+            } catch { return .failure(error) }
+        }
+        switch created {
+        case .success(let counter):
+            state.withLock { if $0.generation == generation { $0.leaseCounter = Swift.max($0.leaseCounter, counter) } }
+        case .failure(let failure):
+            reportRenewalFailure("cannot create the lease of generation \(generation): \(failure)")
         }
     }
+
+    /// The lease writer of the generation this process owns (used by the ownership thread and `adopt`).
+    private let leaseWriter = Mutex<LeaseWriter?>(nil)
 
     // MARK: Starting
 
@@ -141,7 +249,7 @@ public final class MigrationAgent: Sendable {
         try ensureVacant()
         OwnershipClaim.removeClaims(before: .max, in: sharedDirectory)  // left by a record that was removed
         let me = OwnershipRecord.thisProcess
-        guard try sharedMount({ try OwnershipClaim.claim(1, in: sharedDirectory, by: me) }) else {
+        guard try sharedMount({ () throws(MigrationError) in try OwnershipClaim.claim(1, in: sharedDirectory, by: me) }) else {
             throw .sharedMount("another process claimed generation 1 in \(sharedDirectory) at the same time; use another shared directory")
         }
         let range = workload.region.range
@@ -151,7 +259,7 @@ public final class MigrationAgent: Sendable {
         do {
             try record.write(in: sharedDirectory)
         } catch {
-            unlink(OwnershipClaim.path(1, in: sharedDirectory))
+            OwnershipClaim.release(1, in: sharedDirectory)
             throw .sharedMount("\(error)")
         }
         let host = run(workload)
@@ -182,16 +290,18 @@ public final class MigrationAgent: Sendable {
     /// Restarts the workload recorded in the shared directory whose owner died: claims the next generation (so
     /// neither a late destination nor a second resume can run it too), rebuilds the workload from its files and
     /// runs it. Refuses while the recorded owner looks alive: on this host its process is checked; an owner on
-    /// another host renews its claim every second, so one renewed in the last `ownerLeaseSeconds` counts as
-    /// alive unless `ownerGone`.
+    /// another host is judged by its lease: this call watches it for `timing.expiry` (8 × the I/O timeout, the
+    /// longer of this process's and the owner's) on this host's monotonic clock, refuses as soon as its counter
+    /// moves, and takes over only if it never did, unless `ownerGone`. No time written by another host is read.
     /// - Returns: the host and the generation it runs as.
     public func resume(ownerGone: Bool, with resumer: Resumer, log: (String) -> Void) throws(AgentError) -> (host: WorkloadHost, generation: UInt64) {
         let directory = sharedDirectory
         guard let record = try readRecord() else {
             throw .cannotResume("nothing to resume in \(directory): it has no ownership record; start a workload with 'ferry run' (without --resume)")
         }
+        let currentOwner = try sharedMount { () throws(MigrationError) in try OwnershipClaim.owner(of: record.generation, in: directory) }
         // A post-copy the destination never claimed did not start there: the record's mark alone holds nothing.
-        if let source = record.postCopySource, OwnershipClaim.owner(of: record.generation, in: directory) != nil {
+        if let source = record.postCopySource, currentOwner != nil {
             throw .cannotResume("generation \(record.generation) is in a post-copy migration from \(source) to \(record.owner): neither side alone holds the workload (the source still holds pages the destination lacks), so it cannot be resumed from the shared mount; let the migration finish (both processes must stay up), see 'ferry status' on either side")
         }
         guard let base = record.regionBase, let bytes = record.regionBytes else {
@@ -199,34 +309,30 @@ public final class MigrationAgent: Sendable {
         }
         // Who runs the current generation: its claim. Without one, the source committed it but nobody ran it.
         var generation = record.generation
-        if let owner = OwnershipClaim.owner(of: record.generation, in: directory) {
+        if let owner = currentOwner {
             switch Self.processIsAlive(owner) {
             case true?:
                 throw .cannotResume("generation \(record.generation) runs in \(owner) on this host, which is alive: nothing to resume; use 'ferry status' on its control socket")
             case nil where !ownerGone:
-                let silent = OwnershipClaim.secondsSinceRenewal(of: record.generation, in: directory) ?? .infinity
-                if silent < Self.ownerLeaseSeconds {
-                    throw .cannotResume("generation \(record.generation) is owned by \(owner) on another host, which renewed its claim \(String(format: "%.0f", silent)) s ago (owners renew it every second): it looks alive. If that host is down for good, repeat with --owner-gone")
-                }
-                log("the owner of generation \(record.generation), \(owner), has not renewed its claim for \(String(format: "%.0f", silent)) s; taking over")
+                try watchLease(of: record, owner: owner, log: log)
             default:
                 break  // dead on this host, or declared gone
             }
             generation += 1
         }
         if let reason = resumer.refusal(record) {
-            throw .cannotResume("cannot resume: the \(record.workload) workload of generation \(record.generation) \(reason) (its owner was \(OwnershipClaim.owner(of: record.generation, in: directory) ?? record.owner)). Start a new workload in another shared directory (or remove \(OwnershipRecord.fileName) here)")
+            throw .cannotResume("cannot resume: the \(record.workload) workload of generation \(record.generation) \(reason) (its owner was \(currentOwner ?? record.owner)). Start a new workload in another shared directory (or remove \(OwnershipRecord.fileName) here)")
         }
         let me = OwnershipRecord.thisProcess
-        guard try sharedMount({ try OwnershipClaim.claim(generation, in: directory, by: me) }) else {
-            throw .cannotResume("generation \(generation) was claimed by \(OwnershipClaim.owner(of: generation, in: directory) ?? "another process") first; the workload runs there")
+        guard try sharedMount({ () throws(MigrationError) in try OwnershipClaim.claim(generation, in: directory, by: me) }) else {
+            throw .cannotResume("generation \(generation) was claimed by \((try? OwnershipClaim.owner(of: generation, in: directory)) ?? "another process") first; the workload runs there")
         }
         let workload: any MigratableWorkload
         do {
             let region = try MigratableRegion.create(layout: RegionLayout(base: UInt(base), byteCount: bytes))
             workload = try resumer.rebuild(record, region)
         } catch {
-            unlink(OwnershipClaim.path(generation, in: directory))  // never ran: let the next attempt claim it
+            OwnershipClaim.release(generation, in: directory)  // never ran: let the next attempt claim it
             switch error {
             case let error as RegionError: throw .region(error)
             case let error as WorkloadError: throw .workload(error)
@@ -242,6 +348,33 @@ public final class MigrationAgent: Sendable {
         let host = resumer.run(workload)
         adopt(host, generation: generation)
         return (host, generation)
+    }
+
+    /// Watches the lease of `record`'s generation, owned by `owner` on another host, for the expiry time on this
+    /// host's monotonic clock; returns once it stayed unchanged that long, throws as soon as it moves.
+    private func watchLease(of record: OwnershipRecord, owner: String, log: (String) -> Void) throws(AgentError) {
+        let directory = sharedDirectory
+        var observer = LeaseObserver()
+        func look() throws(AgentError) -> Bool {
+            do { return try observer.look(at: record.generation, in: directory) } catch { throw .sharedMount("cannot read the lease of generation \(record.generation): \(error)") }
+        }
+        _ = try look()
+        // The owner's own timing, if longer, decides: it renews by its interval, not ours.
+        let timing = LeaseTiming(ioTimeout: Swift.max(self.timing.ioTimeout, observer.lease?.ioTimeout ?? 0))
+        let counter = observer.lease.map { "counter \($0.counter)" } ?? "no readable lease"
+        log("generation \(record.generation) is owned by \(owner) on another host: watching its lease (\(counter)) for \(String(format: "%.2g", timing.expiry)) s on this host's clock before taking over (\(timing))")
+        while observer.unchangedSeconds < timing.expiry {
+            usleep(UInt32(Swift.max(0.005, Swift.min(timing.ioTimeout / 4, timing.expiry - observer.unchangedSeconds)) * 1e6))
+            let before = observer.lease?.counter
+            if try look() {
+                let now = observer.lease.map { "\($0.counter)" } ?? "unreadable"
+                throw .cannotResume("generation \(record.generation) is owned by \(owner) on another host, which renewed its lease while this host watched (counter \(before.map { "\($0)" } ?? "none") → \(now)): it looks alive. If that host is down for good, repeat with --owner-gone")
+            }
+            if let now = try readRecord(), now.generation != record.generation {
+                throw .cannotResume("the ownership record moved from generation \(record.generation) to \(now.generation) (\(now.owner)) while this host watched the lease: someone else took the workload; see 'ferry status' there")
+            }
+        }
+        log("the owner of generation \(record.generation), \(owner), has not renewed its lease (\(counter)) for \(String(format: "%.2g", observer.unchangedSeconds)) s on this host's clock; taking over")
     }
 
     // MARK: Receiving
@@ -418,7 +551,59 @@ public final class MigrationAgent: Sendable {
                 + (incoming.postCopyInterruption.map { "; INTERRUPTED: \($0)" } ?? "")
             message["post_copy_pages_left"] = incoming.pagesLeft
         }
+        ownership(into: &message)
         return message
+    }
+
+    /// The shared mount's view for `status`: the record, the claims, and the current generation's lease with
+    /// how long ago its counter last changed as this process saw it (its own renewal, for the owner).
+    private func ownership(into message: inout ControlChannel.Message) {
+        message["io_timeout"] = timing.ioTimeout
+        message["lease_timing"] = "\(timing)"
+        if let pid = watchdog?.pid { message["watchdog_pid"] = Int(pid) }
+        let record: OwnershipRecord?
+        do { record = try OwnershipRecord.read(in: sharedDirectory) } catch {
+            message["record_error"] = "\(error)"
+            record = nil
+        }
+        if let record {
+            var entry: ControlChannel.Message = ["generation": Int(record.generation), "owner": record.owner, "workload": record.workload]
+            if let source = record.postCopySource { entry["post_copy_source"] = source }
+            message["record"] = entry
+        }
+        do {
+            message["claims"] = try OwnershipClaim.all(in: sharedDirectory).map { ["generation": Int($0.generation), "owner": $0.owner] as ControlChannel.Message }
+        } catch { message["claims_error"] = "\(error)" }
+        let (role, generation, last, counter, renewalError, observed) = state.withLock {
+            ($0.role, $0.generation, $0.lastGoodRenewal, $0.leaseCounter, $0.renewalError, $0.observed)
+        }
+        guard let current = record?.generation else { return }
+        var lease: ControlChannel.Message = ["generation": Int(current)]
+        if (role == .running || role == .migrating) && generation == current, let last {
+            lease["owner"] = OwnershipRecord.thisProcess
+            lease["counter"] = Int(counter)
+            lease["seconds_since_change"] = (ContinuousClock.now - last).secondsValue
+            lease["seen_by"] = "this process renews it"
+        } else {
+            let read = try? OwnerLease.read(current, in: sharedDirectory)
+            if let found = read?.lease {
+                lease["owner"] = found.owner
+                lease["counter"] = Int(found.counter)
+                lease["owner_io_timeout"] = found.ioTimeout
+            } else {
+                lease["owner"] = read == nil ? "(no lease file)" : "(lease unreadable)"
+            }
+            if let observed, observed.generation == current {
+                let since = observed.unchangedSeconds
+                lease["seconds_since_change"] = since
+                lease["seen_by"] = observed.changes == 0
+                    ? "this process, unchanged since it began watching (at least this long)" : "this process, on its own clock"
+            } else {
+                lease["seen_by"] = "not watched yet by this process"
+            }
+        }
+        if let renewalError { lease["renewal_error"] = renewalError }
+        message["lease"] = lease
     }
 
     /// The `verify` reply: pauses the workload at a safe point, checks its invariants and that this process
@@ -432,7 +617,7 @@ public final class MigrationAgent: Sendable {
         let report = host.workload.verify()
         let generation = self.generation
         let recordOK = (try? OwnershipRecord.read(in: sharedDirectory))??.generation == generation
-        let ownerOK = recordOK && OwnershipClaim.owner(of: generation, in: sharedDirectory) == OwnershipRecord.thisProcess
+        let ownerOK = recordOK && (try? OwnershipClaim.owner(of: generation, in: sharedDirectory)) == OwnershipRecord.thisProcess
         return [
             "event": "result", "ok": report.passed && ownerOK, "step": Int(host.stepCount), "summary": report.summary,
             "report": report.description, "owner_generation_matches": ownerOK,
@@ -534,6 +719,7 @@ public final class MigrationAgent: Sendable {
                 $0.role = .migratedAway
             } else if report.post_copy != nil || report.reason?.hasPrefix("post-copy interrupted") == true {
                 // Past a post-copy switch-over: the destination may need this region's pages; stay as we are.
+                $0.servesPagesOnly = true
             } else if $0.role == .migrating {
                 $0.role = .running  // a stop that came in meanwhile stands
             }
@@ -546,29 +732,57 @@ public final class MigrationAgent: Sendable {
 
     // MARK: Ownership
 
-    /// Once a second while this process owns the workload: renews its claim (the heartbeat `resume` on another
-    /// host reads), and checks that the record still names its generation. If the record moved on while the
-    /// workload runs here (someone resumed it elsewhere, believing this process dead), the workload stops at
-    /// once and the agent finishes as `.fenced`: two owners never overlap for more than a second.
+    /// The ownership thread. While this process owns the workload it renews the lease every
+    /// `timing.renewalInterval` (a renewal counts only if it finished within the I/O timeout; each good one moves
+    /// the fence's deadline on and tells the watchdog), and checks that the record still names its generation:
+    /// if the record moved on while the workload runs here (someone resumed it elsewhere, believing this process
+    /// dead), the fence is revoked, the workload stops at once and the agent finishes as `.fenced`. In every role
+    /// it watches the current generation's lease, for `ferry status`.
     private func watchOwnership() {
+        defer { threadsRunning.withLock { $0 -= 1 } }
+        let clock = ContinuousClock()
+        var nextRenewal = clock.now
+        var nextLook = clock.now
+        var observer = LeaseObserver()
+        var renewing: UInt64 = 0  // the generation whose lease this thread renews
         while true {
-            usleep(1_000_000)
+            usleep(UInt32(timing.checkInterval * 1e6))
             let (role, generation) = state.withLock { ($0.role, $0.generation) }
             switch role {
-            case .stopped, .migratedAway, .fenced: return
-            case .waiting: continue
-            case .running, .migrating: OwnershipClaim.renew(generation, in: sharedDirectory)
+            case .stopped, .migratedAway, .fenced:
+                tellWatchdog(UInt8(ascii: "d"))
+                return
+            case .waiting: break
+            case .running, .migrating:
+                if renewing != generation {
+                    // A new generation (adopted, or taken back by a source as g+2): its lease at once.
+                    renewing = generation
+                    nextRenewal = clock.now
+                }
+                if clock.now >= nextRenewal {
+                    nextRenewal = clock.now.advanced(by: .seconds(timing.renewalInterval))
+                    renew(generation)
+                }
             }
+            guard clock.now >= nextLook else { continue }
+            nextLook = clock.now.advanced(by: .seconds(timing.renewalInterval))
             // An unreadable or missing record is not proof of another owner: act only on a newer generation.
-            guard role == .running, let record = try? OwnershipRecord.read(in: sharedDirectory), record.generation > generation else { continue }
+            guard let record = try? OwnershipRecord.read(in: sharedDirectory) else { continue }
+            if (try? observer.look(at: record.generation, in: sharedDirectory)) != nil {
+                let seen = observer
+                state.withLock { $0.observed = seen }
+            }
+            guard role == .running, record.generation > generation else { continue }
             let fenced = state.withLock { state -> WorkloadHost? in
                 guard state.role == .running, state.generation == generation else { return nil }  // a migration began meanwhile
                 state.role = .fenced
                 state.failed = true
                 state.lastMigration = "fenced: the ownership record names generation \(record.generation) (\(record.owner)), not this process's \(generation); the workload was stopped here"
+                state.fence?.revoke("the ownership record names generation \(record.generation) (\(record.owner)), not this process's \(generation)")
                 return state.host
             }
             guard let host = fenced else { continue }
+            tellWatchdog(UInt8(ascii: "d"))
             // Said before the agent counts as finished: the process may exit as soon as it does.
             FileHandle.standardError.write(Data("ferry: the ownership record in \(sharedDirectory) moved to generation \(record.generation) (\(record.owner)) while this process ran generation \(generation): another process owns the workload now; stopping it here\n".utf8))
             host.stop(flush: false, reason: .fenced)
@@ -577,12 +791,98 @@ public final class MigrationAgent: Sendable {
         }
     }
 
+    /// One renewal of the lease of `generation` (creating the lease file if `adopt` could not). A lease whose
+    /// deadline passed is lost for good, as in sanlock: a renewal after it (a process thawed after a freeze)
+    /// must not revive it, since another host may have taken the workload over meanwhile.
+    private func renew(_ generation: UInt64) {
+        let start = ContinuousClock.now
+        let lost = state.withLock { state -> WriteFence? in
+            guard state.generation == generation, state.leaseEnforced, let last = state.lastGoodRenewal,
+                  (start - last).secondsValue > timing.ownerDeadline else { return nil }
+            return state.fence ?? WriteFence()
+        }
+        if let lost {
+            lost.revoke("the lease of generation \(generation) lapsed (no good renewal for more than \(String(format: "%.2g", timing.ownerDeadline)) s); it is not renewed again")
+            return  // the enforcer stops this process
+        }
+        let result = leaseWriter.withLock { writer -> Result<UInt64, SharedFileError> in
+            do throws(SharedFileError) {
+                if let current = writer, current.lease.generation == generation {
+                    try current.renew()
+                } else {
+                    writer = try LeaseWriter(OwnerLease(generation: generation, owner: OwnershipRecord.thisProcess, counter: 1, ioTimeout: timing.ioTimeout), in: sharedDirectory)
+                }
+                return .success(writer!.lease.counter)
+            } catch { return .failure(error) }
+        }
+        let took = (ContinuousClock.now - start).secondsValue
+        switch result {
+        case .success(let counter) where took <= timing.ioTimeout:
+            let fence = state.withLock { state -> WriteFence? in
+                guard state.generation == generation else { return nil }
+                state.lastGoodRenewal = start
+                state.leaseCounter = counter
+                state.renewalError = nil
+                return state.fence
+            }
+            fence?.extend(until: start.advanced(by: .seconds(timing.ownerDeadline)))
+            if state.withLock({ $0.leaseEnforced }) { tellWatchdog(UInt8(ascii: "a")) }
+        case .success:
+            let error = String(format: "the lease renewal took %.3f s, more than the I/O timeout (%.3f s): it does not count", took, timing.ioTimeout)
+            reportRenewalFailure(error)
+        case .failure(let error):
+            reportRenewalFailure("cannot renew the lease of generation \(generation): \(error)")
+        }
+    }
+
+    private func reportRenewalFailure(_ error: String) {
+        let first = state.withLock { state -> Bool in
+            defer { state.renewalError = error }
+            return state.renewalError == nil
+        }
+        if first {
+            FileHandle.standardError.write(Data("ferry: \(error); this process stops if no renewal succeeds within \(String(format: "%.2g", timing.ownerDeadline)) s of the last good one\n".utf8))
+        }
+    }
+
+    /// The lease enforcer, a thread of its own (a renewal hung in the kernel does not hold it up): kills this
+    /// process (SIGKILL) once its last good renewal started more than `timing.ownerDeadline` ago while it owns the
+    /// workload, as sanlock does with a holder that cannot renew. Other hosts take over only after
+    /// `timing.expiry`, later. The watchdog child does the same when this whole process is stopped.
+    private func enforceLease() {
+        defer { threadsRunning.withLock { $0 -= 1 } }
+        #if FERRY_TEST_HOOKS
+        // Test-only (debug builds): without the enforcer, the tests show that the fencing of the files holds alone.
+        if ProcessInfo.processInfo.environment["FERRY_TEST_NO_ENFORCER"] == "1" { return }
+        #endif
+        while true {
+            usleep(UInt32(timing.checkInterval * 1e6))
+            let (role, last, generation, fence, enforced) = state.withLock { ($0.role, $0.lastGoodRenewal, $0.generation, $0.fence, $0.leaseEnforced) }
+            switch role {
+            case .stopped, .migratedAway, .fenced: return
+            case .waiting: continue
+            case .running, .migrating: break
+            }
+            guard enforced else {
+                tellWatchdog(UInt8(ascii: "d"))
+                continue
+            }
+            guard let last else { continue }
+            let silent = (ContinuousClock.now - last).secondsValue
+            guard silent > timing.ownerDeadline else { continue }
+            fence?.revoke("the lease of generation \(generation) was not renewed for \(String(format: "%.2f", silent)) s")
+            let error = state.withLock { $0.renewalError } ?? "no renewal finished"
+            FileHandle.standardError.write(Data("ferry: the lease of generation \(generation) in \(sharedDirectory) was not renewed for \(String(format: "%.2f", silent)) s (deadline \(String(format: "%.2g", timing.ownerDeadline)) s; last error: \(error)): another host may take the workload over after \(String(format: "%.2g", timing.expiry)) s; this process stops now (SIGKILL)\n".utf8))
+            kill(getpid(), SIGKILL)
+        }
+    }
+
     private func readRecord() throws(AgentError) -> OwnershipRecord? {
-        do { return try OwnershipRecord.read(in: sharedDirectory) } catch { throw .sharedMount("\(error)") }
+        try sharedMount { () throws(MigrationError) in try OwnershipRecord.read(in: sharedDirectory) }
     }
 
     private func sharedMount<T>(_ body: () throws -> T) throws(AgentError) -> T {
-        do { return try body() } catch { throw .sharedMount("\(error)") }
+        do { return try body() } catch let MigrationError.sharedMount(reason) { throw .sharedMount(reason) } catch { throw .sharedMount("\(error)") }
     }
 
     /// Whether the process `host:pid` (a claim's owner) is alive, when it is on this host; nil for another host.
@@ -590,7 +890,7 @@ public final class MigrationAgent: Sendable {
         let identity = owner.split(separator: " ").first.map(String.init) ?? owner
         let parts = identity.split(separator: ":")
         guard parts.count == 2, let pid = pid_t(parts[1]) else { return nil }
-        guard String(parts[0]) == OwnershipRecord.thisProcess.split(separator: ":").first.map(String.init) else { return nil }
+        guard String(parts[0]) == OwnershipRecord.thisHost else { return nil }
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
         // A killed process its parent has not reaped yet is a zombie: dead, though kill(2) still finds it.
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),

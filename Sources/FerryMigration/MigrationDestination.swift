@@ -131,7 +131,7 @@ public enum MigrationDestination {
             }
             // A source that took the workload back may have removed our claim's file already: the record says.
             guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
-                unlink(OwnershipClaim.path(generation, in: sharedDirectory))
+                OwnershipClaim.release(generation, in: sharedDirectory)
                 throw MigrationError.aborted("the ownership record moved past generation \(generation) while this host claimed it; this copy is discarded")
             }
             OwnershipClaim.removeClaims(before: generation, in: sharedDirectory)
@@ -277,8 +277,9 @@ public enum MigrationDestination {
             throw Refusal(code: .layoutVersion, reason: "region layout version \(hello.layoutVersion) is not this build's \(RegionHeader.currentLayoutVersion); install the same ferry version on both hosts")
         }
         let tokenPath = sharedDirectory + "/" + hello.sharedMountToken
+        // Just created by the other host: a network file system may not show it at the first look.
         guard !hello.sharedMountToken.contains("/"),
-              let token = FileManager.default.contents(atPath: tokenPath),
+              let token = try? SharedFile.contents(of: tokenPath, missingIsTransient: true),
               String(decoding: token, as: UTF8.self) == hello.sharedMountTokenValue else {
             throw Refusal(code: .sharedMount, reason: "the source's token \(hello.sharedMountToken) is not in \(sharedDirectory) here: both hosts must mount the same shared directory (pass the same mount to --shared-dir)")
         }

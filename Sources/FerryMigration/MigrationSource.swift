@@ -177,8 +177,8 @@ public final class MigrationSource: Sendable {
             let token = (0..<4).map { _ in String(UInt64.random(in: 0...UInt64.max), radix: 16) }.joined()
             let tokenName = ".ferry-token-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
             tokenPath = sharedDirectory + "/" + tokenName
-            guard FileManager.default.createFile(atPath: tokenPath!, contents: Data(token.utf8)) else {
-                throw MigrationError.sharedMount("cannot write a token file in \(sharedDirectory); is it mounted and writable?")
+            do { try SharedFile.writeNew(tokenPath!, contents: Array(token.utf8), durable: false) } catch {
+                throw MigrationError.sharedMount("cannot write the one-time token file: \(error); is the shared directory mounted, writable and not full?")
             }
             // Post-copy may happen (asked for, or the answer to a stall): the destination then keeps per-page
             // hashes as pages arrive (the digest is compared at the end), and an urgent channel is opened.

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import FerrySystem
+public import FerrySystem
 
 /// The single point where a workload changes hosts: a small file on the shared mount, replaced atomically
 /// (write a temporary file, fsync, rename over the record, fsync the directory), together with the claim
@@ -41,9 +41,29 @@ import FerrySystem
 /// | switched (record = g+1, post-copy) | paused for good, serving pages | claims g+1, runs; faulting threads wait for pages | the pages only it held are lost, so the workload cannot complete (as with QEMU and CRIU): the destination's threads that touch them wait, and its log and `ferry status` say post-copy was interrupted | both keep what they hold and say so; threads touching missing pages wait (never a wrong zero page); `--resume` refuses; reconnecting is not built yet |
 /// | complete (record = g+1, mark cleared) | exits | the only owner | – | – |
 ///
-/// An owner renews its claim (modification time) every second; `ferry run --resume` treats a claim silent for
-/// 10 s as a dead owner's. An owner that finds the record past its generation (it was resumed elsewhere while
-/// hung) stops its workload within a second.
+/// From the switch-over on, the source's lease is no longer enforced (it owns nothing and writes nothing shared;
+/// killing it would lose the pages it holds); the destination's lease of g+1 is, from its claim.
+///
+/// Liveness is the lease `ferry-lease-<g>` (`OwnerLease`), never a time written by another host's clock: the
+/// owner of g rewrites a counter in it every I/O timeout T, and another host counts the owner as gone only after
+/// it saw the counter unchanged for 8T on its own monotonic clock (`LeaseTiming` has the table of every time).
+/// A running owner fences itself: its workload's writes pass a fence that lapses 6T after its last good renewal,
+/// when its enforcer thread also kills it, and its watchdog child kills it even while it is stopped. A resume
+/// writes nothing into a file the old owner has open (the download's file is copied and renamed over first).
+///
+/// | owner of g | what other hosts see | what happens |
+/// |---|---|---|
+/// | running, renewing | the counter moves | `ferry run --resume` elsewhere refuses: alive |
+/// | running, its renewals failing or slower than T (mount gone or read-only, server down, I/O hung) | the counter stops | at 6T its writes are refused and it is killed (SIGKILL); from 8T another host may resume g+1 |
+/// | frozen (SIGSTOP, paused VM) | the counter stops | its watchdog kills it at 6T; at 8T another host may resume g+1 |
+/// | frozen with its watchdog, thawed after a resume took g+1 | – | its lease lapsed and is never renewed again: the fence refuses its writes, the enforcer kills it, the record past g fences it; anything it still writes lands in the unnamed old file |
+/// | the record moved past g (resumed elsewhere) | – | it stops its workload within T and exits 1 |
+/// | dead on this host | – | `--resume` on this host sees the process is gone and takes over at once |
+///
+/// Every file operation here goes through `SharedFile`: each result is checked, a failure names the
+/// operation, the file and the errno, and `ESTALE` (and `ENOENT` of the renamed-over record) is retried with a
+/// bound. A full mount fails claims and records (nothing is left behind, nothing changes hands) but not the
+/// lease's renewal, which rewrites its bytes in place; a read-only one fails them all.
 ///
 /// So at no moment do two processes run the workload: running needs the claim of the current generation,
 /// and each claim has one creator. After a single failure exactly one process runs it, except when that
@@ -96,45 +116,54 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
         return next
     }
 
-    /// Reads the record in `directory`, nil if there is none.
-    public static func read(in directory: String) throws -> OwnershipRecord? {
+    /// Reads the record in `directory`, nil if there is none. It is renamed over at every handoff, so a
+    /// network file system may answer `ESTALE` or `ENOENT` for a moment: both are retried (`SharedFile`).
+    public static func read(in directory: String) throws(MigrationError) -> OwnershipRecord? {
         let path = directory + "/" + fileName
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let data: [UInt8]
         do {
-            return try JSONDecoder().decode(OwnershipRecord.self, from: data)
+            guard let bytes = try SharedFile.contents(of: path, missingIsTransient: true) else { return nil }
+            data = bytes
         } catch {
-            throw MigrationError.sharedMount("the ownership record \(path) is unreadable (\(error)); remove it only if no host runs the workload")
+            throw .sharedMount("cannot read the ownership record: \(error)")
+        }
+        do {
+            return try JSONDecoder().decode(OwnershipRecord.self, from: Data(data))
+        } catch {
+            throw .sharedMount("the ownership record \(path) is unreadable (\(error)); remove it only if no host runs the workload")
         }
     }
 
-    /// Writes this record into `directory` atomically and durably.
-    public func write(in directory: String) throws {
-        try prepare(in: directory).commit()
+    /// Writes this record into `directory` atomically and durably (a failed directory sync is an error too).
+    public func write(in directory: String) throws(MigrationError) {
+        if let notDurable = try prepare(in: directory).commit() { throw .sharedMount("\(notDurable)") }
     }
 
     /// Writes the record to a temporary file beside the real one and makes it durable, without replacing
     /// anything yet: the slow part of a handoff, done before the workload pauses.
-    public func prepare(in directory: String) throws -> PreparedOwnershipRecord {
+    /// - Throws: `MigrationError.sharedMount` naming the operation, the file and the errno (a full or
+    ///   read-only file system fails here, before anything changed).
+    public func prepare(in directory: String) throws(MigrationError) -> PreparedOwnershipRecord {
         let path = directory + "/" + Self.fileName
         let temporary = path + ".tmp-\(getpid())"
-        let data = try JSONEncoder().encode(self)
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw MigrationError.sharedMount("cannot create \(temporary): \(Errno.current)") }
-        let written = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-        let synced = fsync(fd)
-        close(fd)
-        guard written == data.count, synced == 0 else {
-            unlink(temporary)
-            throw MigrationError.sharedMount("cannot write \(temporary): \(Errno.current)")
+        let data: Data
+        do { data = try JSONEncoder().encode(self) } catch { throw .sharedMount("cannot encode the ownership record: \(error)") }
+        do { try SharedFile.writeNew(temporary, contents: [UInt8](data)) } catch {
+            throw .sharedMount("cannot write the next ownership record: \(error)")
         }
         return PreparedOwnershipRecord(directory: directory, temporary: temporary, path: path)
     }
 
-    /// This process's identity in records: `hostname:pid`.
-    public static var thisProcess: String {
+    /// This process's identity in records: `host:pid`, the host being `FERRY_HOST` when set (hosts that share a
+    /// host name, containers, or a test that plays two hosts on one machine), else the host name.
+    public static var thisProcess: String { thisHost + ":\(getpid())" }
+
+    /// This host's name in records: `FERRY_HOST`, else `gethostname`.
+    public static var thisHost: String {
+        if let host = ProcessInfo.processInfo.environment["FERRY_HOST"], !host.isEmpty, !host.contains(":") { return host }
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, 255)
-        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + ":\(getpid())"
+        return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
@@ -145,13 +174,21 @@ public struct PreparedOwnershipRecord: Sendable {
     let path: String
 
     /// The commit point: renames the record over the current one (atomic), then syncs the directory.
-    public func commit() throws {
-        guard rename(temporary, path) == 0 else {
-            let error = Errno.current
+    /// - Returns: nil, or the directory sync's failure: the rename happened and other hosts see the new record,
+    ///   so the handoff stands (undoing it could give two owners), but a crash of the file server might undo it;
+    ///   it is also written to standard error.
+    /// - Throws: `MigrationError.sharedMount` when the rename fails: nothing changed.
+    @discardableResult
+    public func commit() throws(MigrationError) -> SharedFileError? {
+        do { try SharedFile.rename(temporary, over: path) } catch {
             unlink(temporary)
-            throw MigrationError.sharedMount("cannot rename the ownership record into place at \(path): \(error)")
+            throw .sharedMount("cannot rename the ownership record into place: \(error)")
         }
-        syncDirectory(directory)
+        do { try SharedFile.syncDirectory(directory) } catch {
+            FileHandle.standardError.write(Data("ferry: warning: the ownership record was renamed into place at \(path), but \(error): the change is visible, yet a crash of the file server might undo it\n".utf8))
+            return error
+        }
+        return nil
     }
 
     /// Removes the prepared file when the handoff does not happen.
@@ -169,55 +206,60 @@ public enum OwnershipClaim {
     public static func path(_ generation: UInt64, in directory: String) -> String { directory + "/" + prefix + "\(generation)" }
 
     /// Claims `generation` for `owner`. True if this call created the claim, false if it existed already.
-    public static func claim(_ generation: UInt64, in directory: String, by owner: String) throws -> Bool {
-        let path = path(generation, in: directory)
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        if fd < 0 {
-            let error = Errno.current
-            if error == Errno(rawValue: EEXIST) { return false }
-            throw MigrationError.sharedMount("cannot create the claim \(path): \(error)")
+    /// - Throws: `MigrationError.sharedMount` naming the failed operation (create, write, fsync, close,
+    ///   directory fsync), the claim's path and the errno; a claim that could not be written completely is
+    ///   removed again, so a failed claim claims nothing.
+    public static func claim(_ generation: UInt64, in directory: String, by owner: String) throws(MigrationError) -> Bool {
+        do {
+            return try SharedFile.createExclusive(path(generation, in: directory), contents: Array(owner.utf8))
+        } catch {
+            throw .sharedMount("cannot claim generation \(generation): \(error)")
         }
-        let data = Array(owner.utf8)
-        _ = write(fd, data, data.count)
-        fsync(fd)
-        close(fd)
-        syncDirectory(directory)
-        return true
     }
 
-    /// Who claimed `generation` (`host:pid`), nil if nobody has.
-    public static func owner(of generation: UInt64, in directory: String) -> String? {
-        FileManager.default.contents(atPath: path(generation, in: directory)).map { String(decoding: $0, as: UTF8.self) }
+    /// Who claimed `generation` (`host:pid`), nil if nobody has. A claim is never renamed over: only `ESTALE`
+    /// is retried, and a missing claim is an answer.
+    public static func owner(of generation: UInt64, in directory: String) throws(MigrationError) -> String? {
+        do {
+            return try SharedFile.contents(of: path(generation, in: directory)).map { String(decoding: $0, as: UTF8.self) }
+        } catch {
+            throw .sharedMount("cannot read the claim of generation \(generation): \(error)")
+        }
     }
 
-    /// Marks the claim of `generation` as renewed now (its modification time): the owner's heartbeat, which
-    /// `ferry run --resume` on another host reads to tell a live owner from a dead one.
-    public static func renew(_ generation: UInt64, in directory: String) {
-        _ = utimensat(AT_FDCWD, path(generation, in: directory), nil, 0)
+    /// Withdraws this process's claim of `generation` (it never ran it). A failure is written to standard error
+    /// with the errno: the claim then stays, and the next claimant of that generation is told who holds it.
+    public static func release(_ generation: UInt64, in directory: String) {
+        let path = path(generation, in: directory)
+        do throws(SharedFileError) {
+            _ = try SharedFile.retrying { () throws(SharedFileError) in try SharedFile.call("unlink", path) { unlink(path) } }
+        } catch {
+            FileHandle.standardError.write(Data("ferry: cannot withdraw the claim of generation \(generation), which this process never ran: \(error); remove it by hand if no process runs generation \(generation)\n".utf8))
+        }
     }
 
-    /// Seconds since the claim of `generation` was created or last renewed; nil if there is no claim.
-    public static func secondsSinceRenewal(of generation: UInt64, in directory: String) -> Double? {
-        var status = stat()
-        guard stat(path(generation, in: directory), &status) == 0 else { return nil }
-        let modified = Double(status.st_mtim.tv_sec) + Double(status.st_mtim.tv_nsec) / 1e9
-        return Date().timeIntervalSince1970 - modified
+    /// The claims in `directory`, by generation.
+    public static func all(in directory: String) throws(MigrationError) -> [(generation: UInt64, owner: String)] {
+        var claims: [(generation: UInt64, owner: String)] = []
+        for generation in generations(in: directory) {
+            if let owner = try owner(of: generation, in: directory) { claims.append((generation, owner)) }
+        }
+        return claims
     }
 
-    /// Removes the claims of generations before `generation`, once the record has moved past them.
+    static func generations(in directory: String) -> [UInt64] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .compactMap { $0.hasPrefix(prefix) ? UInt64($0.dropFirst(prefix.count)) : nil }.sorted()
+    }
+
+    /// Removes the claims (and leases) of generations before `generation`, once the record has moved past them.
     public static func removeClaims(before generation: UInt64, in directory: String) {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
-        for name in names where name.hasPrefix(prefix) {
-            if let old = UInt64(name.dropFirst(prefix.count)), old < generation { unlink(directory + "/" + name) }
+        for name in names {
+            for prefix in [prefix, OwnerLease.prefix] where name.hasPrefix(prefix) {
+                if let old = UInt64(name.dropFirst(prefix.count)), old < generation { unlink(directory + "/" + name) }
+            }
         }
     }
 }
 
-/// fsyncs a directory, so a rename or a new file in it survives a crash.
-func syncDirectory(_ directory: String) {
-    let directoryFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if directoryFD >= 0 {
-        fsync(directoryFD)
-        close(directoryFD)
-    }
-}

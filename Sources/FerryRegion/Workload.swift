@@ -1,4 +1,8 @@
 public import FerrySystem
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// How a workload fills the part of its data area it does not otherwise initialise, at creation.
 public enum RegionFill: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
@@ -90,6 +94,9 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
     /// Nothing outside the memory of the process that ran the workload holds its progress, so it cannot be
     /// resumed after that process died: `path` is the file that should have (nil if the workload keeps none).
     case notResumable(workload: String, path: String?, reason: String)
+    /// The process may no longer write the workload's shared files: its lease lapsed or another process owns
+    /// the workload now (`WriteFence`). Nothing was written.
+    case fenced(String)
 
     public var description: String {
         switch self {
@@ -121,6 +128,8 @@ public enum WorkloadError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .notResumable(workload, path, reason):
             return "the \(workload) workload cannot be resumed: \(path.map { "\($0) " } ?? "")\(reason); "
                 + "create it afresh"
+        case let .fenced(reason):
+            return "fenced, nothing written: \(reason)"
         }
     }
 }
@@ -170,6 +179,47 @@ public struct VerificationReport: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+/// Whether this process may still write a workload's files on the shared mount. The process that owns the
+/// workload extends it at every good renewal of its lease (`OwnerLease` in FerryMigration) and revokes it when
+/// another process took the workload over; a workload checks it right before each write to its shared files
+/// and refuses the write once it lapsed. An unarmed fence (never extended) permits everything: a workload
+/// run without an ownership agent, as the tests do.
+public final class WriteFence: Sendable {
+    private struct State {
+        var deadline: ContinuousClock.Instant?
+        var revoked: String?
+    }
+    private let state = Mutex(State())
+    /// Why a write after the deadline is refused.
+    private let lapse: String
+
+    /// `lapse` says in words what a lapsed deadline means (the lease's times).
+    public init(lapse: String = "the lease was not renewed in time") { self.lapse = lapse }
+
+    /// Permits writes until `deadline` (a later renewal moves it on; an earlier one never moves it back).
+    public func extend(until deadline: ContinuousClock.Instant) {
+        state.withLock { if $0.deadline.map({ deadline > $0 }) ?? true { $0.deadline = deadline } }
+    }
+
+    /// Refuses every write from now on.
+    public func revoke(_ reason: String) { state.withLock { if $0.revoked == nil { $0.revoked = reason } } }
+
+    /// Why a write now would be refused; nil if it is permitted.
+    public var refusal: String? {
+        let (deadline, revoked) = state.withLock { ($0.deadline, $0.revoked) }
+        if let revoked { return revoked }
+        if let deadline, ContinuousClock.now > deadline {
+            return "\(lapse) (\(String(format: "%.2f", (ContinuousClock.now - deadline).secondsValue)) s past its deadline)"
+        }
+        return nil
+    }
+
+    /// Throws `WorkloadError.fenced` when a write now would be refused.
+    public func check() throws(WorkloadError) {
+        if let refusal { throw .fenced(refusal) }
+    }
+}
+
 /// What the migration engine needs of a workload, whoever runs it: the region that holds all of its state,
 /// its files made durable at a safe point, and a check of its invariants.
 ///
@@ -192,6 +242,15 @@ public protocol MigratableWorkload: AnyObject, Sendable {
 
     /// Checks every invariant of the workload's state and files, naming what is wrong.
     func verify() -> VerificationReport
+
+    /// The fence every write to the workload's shared files must pass from now on (its ownership agent installs
+    /// it when the workload starts running in this process). Workloads without shared files ignore it.
+    func install(fence: WriteFence)
+}
+
+extension MigratableWorkload {
+    /// Nothing to fence: the workload writes no shared files.
+    public func install(fence: WriteFence) {}
 }
 
 /// A workload run as a sequence of `step()`s by Ferry's own loop (`WorkloadHost`): between two steps is a

@@ -56,6 +56,14 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
         case EADDRNOTAVAIL: "EADDRNOTAVAIL"
         case ENETUNREACH: "ENETUNREACH"
         case EHOSTUNREACH: "EHOSTUNREACH"
+        case EROFS: "EROFS"
+        case ESTALE: "ESTALE"
+        case EDQUOT: "EDQUOT"
+        case ENOTDIR: "ENOTDIR"
+        case EISDIR: "EISDIR"
+        case ENOTCONN: "ENOTCONN"
+        case ENOTSOCK: "ENOTSOCK"
+        case ENOPROTOOPT: "ENOPROTOOPT"
         default: "errno \(rawValue)"
         }
     }

@@ -25,25 +25,33 @@ public final class Connection: Sendable {
     /// Small sends gathered into one write while a batch is open (`batched`).
     private let gathered = GatheredSends()
 
-    init(socket: CInt, peer: String, maximumBytesPerSecond: Double?, timeoutSeconds: Double) {
+    /// Takes over `socket` (closed by the connection from here on, and here if an option cannot be set).
+    /// - Throws: `TransportError.io` naming the socket option that could not be set: the timeouts are what
+    ///   turn a silent peer or a partition into an error, so a connection without them is refused.
+    init(socket: CInt, peer: String, maximumBytesPerSecond: Double?, timeoutSeconds: Double) throws(TransportError) {
+        func set<Value: BitwiseCopyable>(_ level: CInt, _ option: CInt, _ name: String, _ value: Value) throws(TransportError) {
+            var value = value
+            guard setsockopt(socket, level, option, &value, socklen_t(MemoryLayout<Value>.size)) == 0 else {
+                let error = SystemCallError("setsockopt(\(name))", errno: .current, subject: "the socket to \(peer)")
+                close(socket)
+                throw .io(peer: peer, error)
+            }
+        }
+        try set(CInt(IPPROTO_TCP), TCP_NODELAY, "TCP_NODELAY", CInt(1))
+        try set(SOL_SOCKET, SO_SNDBUF, "SO_SNDBUF", CInt(4 << 20))
+        try set(SOL_SOCKET, SO_RCVBUF, "SO_RCVBUF", CInt(4 << 20))
+        // Whole microseconds, at least one (a zero timeval would mean no timeout at all), at most a year.
+        let microseconds = Swift.min(Swift.max((timeoutSeconds * 1e6).rounded(.up), 1), 365 * 86400 * 1e6)
+        let timeout = timeval(tv_sec: Int(microseconds / 1e6), tv_usec: Int(microseconds.truncatingRemainder(dividingBy: 1e6)))
+        try set(SOL_SOCKET, SO_RCVTIMEO, "SO_RCVTIMEO", timeout)
+        try set(SOL_SOCKET, SO_SNDTIMEO, "SO_SNDTIMEO", timeout)
+        // A silent partition (no FIN, no RST): TCP gives up once sent data stays unacknowledged this long,
+        // instead of retransmitting for minutes; a send blocked on it fails with ETIMEDOUT.
+        try set(CInt(IPPROTO_TCP), TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", CUnsignedInt(Swift.min(microseconds / 1000, Double(CUnsignedInt.max)).rounded(.up)))
         self.socket = socket
         self.peer = peer
         self.timeoutSeconds = timeoutSeconds
         limiter = maximumBytesPerSecond.map { RateLimiter(bytesPerSecond: $0) }
-        var one: CInt = 1
-        setsockopt(socket, CInt(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<CInt>.size))
-        var buffer: CInt = 4 << 20
-        setsockopt(socket, SOL_SOCKET, SO_SNDBUF, &buffer, socklen_t(MemoryLayout<CInt>.size))
-        setsockopt(socket, SOL_SOCKET, SO_RCVBUF, &buffer, socklen_t(MemoryLayout<CInt>.size))
-        // Whole microseconds, at least one (a zero timeval would mean no timeout at all), at most a year.
-        let microseconds = Swift.min(Swift.max((timeoutSeconds * 1e6).rounded(.up), 1), 365 * 86400 * 1e6)
-        var timeout = timeval(tv_sec: Int(microseconds / 1e6), tv_usec: Int(microseconds.truncatingRemainder(dividingBy: 1e6)))
-        setsockopt(socket, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(socket, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        // A silent partition (no FIN, no RST): TCP gives up once sent data stays unacknowledged this long,
-        // instead of retransmitting for minutes; a send blocked on it fails with ETIMEDOUT.
-        var userTimeout = CUnsignedInt(Swift.min(microseconds / 1000, Double(CUnsignedInt.max)).rounded(.up))
-        setsockopt(socket, CInt(IPPROTO_TCP), TCP_USER_TIMEOUT, &userTimeout, socklen_t(MemoryLayout<CUnsignedInt>.size))
     }
 
     deinit { close(socket) }
@@ -67,7 +75,7 @@ public final class Connection: Sendable {
             }
             let result = address.withUnsafeBytes { Glibc.connect(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count)) }
             if result == 0 {
-                return Connection(socket: fd, peer: endpoint.description, maximumBytesPerSecond: maximumBytesPerSecond, timeoutSeconds: timeoutSeconds)
+                return try Connection(socket: fd, peer: endpoint.description, maximumBytesPerSecond: maximumBytesPerSecond, timeoutSeconds: timeoutSeconds)
             }
             lastError = .current
             close(fd)

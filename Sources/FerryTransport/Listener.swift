@@ -14,7 +14,11 @@ public final class Listener: Sendable {
         let fd = Glibc.socket(family, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw .listen(endpoint, SystemCallError("socket", errno: .current)) }
         var one: CInt = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))
+        guard setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size)) == 0 else {
+            let error = SystemCallError("setsockopt(SO_REUSEADDR)", errno: .current, subject: endpoint.description)
+            close(fd)
+            throw .listen(endpoint, error)
+        }
         let bound = address.withUnsafeBytes { bind(fd, $0.baseAddress!.assumingMemoryBound(to: sockaddr.self), socklen_t($0.count)) }
         guard bound == 0, Glibc.listen(fd, 8) == 0 else {
             let error = SystemCallError(bound == 0 ? "listen" : "bind", errno: .current, subject: endpoint.description)
@@ -48,7 +52,7 @@ public final class Listener: Sendable {
         let fd = withUnsafeMutablePointer(to: &storage) { Glibc.accept(socket, UnsafeMutableRawPointer($0).assumingMemoryBound(to: sockaddr.self), &length) }
         guard fd >= 0 else { throw .listen(endpoint, SystemCallError("accept", errno: .current)) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        return Connection(socket: fd, peer: Self.describe(storage), maximumBytesPerSecond: maximumBytesPerSecond, timeoutSeconds: connectionTimeoutSeconds)
+        return try Connection(socket: fd, peer: Self.describe(storage), maximumBytesPerSecond: maximumBytesPerSecond, timeoutSeconds: connectionTimeoutSeconds)
     }
 
     static func describe(_ storage: sockaddr_storage) -> String {

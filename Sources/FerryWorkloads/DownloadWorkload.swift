@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import FerrySystem
+import Synchronization
 public import FerryRegion
 
 /// Where the download's blocks come from.
@@ -165,6 +166,8 @@ public final class DownloadWorkload: Workload {
     public let recovery: DownloadRecovery?
 
     private let file: OwnedDescriptor
+    /// What every write to the file must pass (installed by the ownership agent; unarmed until then).
+    private let fence = Mutex<WriteFence?>(nil)
     private let source: any BlockSource
     private let ringOffset: Int
     private let slots: Int
@@ -206,7 +209,7 @@ public final class DownloadWorkload: Workload {
         let path = Self.path(options.sharedDirectory, seed: options.seed)
         let file: OwnedDescriptor
         do {
-            file = try OwnedDescriptor(opening: path, flags: O_RDWR | O_CREAT | O_TRUNC, mode: 0o644)
+            file = try Self.openShared(path, flags: O_RDWR | O_CREAT | O_TRUNC)
         } catch { throw .file(error) }
         try self.init(fresh: region, options: options, source: source, file: file, recovery: nil)
     }
@@ -237,10 +240,14 @@ public final class DownloadWorkload: Workload {
     /// - Parameter source: where blocks come from; nil for `DeterministicBlockSource(seed: options.seed)`.
     /// - Throws: `WorkloadError.notResumable` when the file does not exist, `.regionTooSmall`,
     ///   `.invalidOptions`, `.file`, `.sharedFileInconsistent` (the file shrank while being read), `.region`.
+    ///
+    /// Fencing: the file is first copied into a new file, which is renamed over it before anything else is
+    /// written. A previous owner that is not dead after all (stopped, frozen, cut off) keeps writing into the
+    /// file it has open, which no longer has a name: none of its bytes reach the file this download continues.
     public convenience init(resuming region: MigratableRegion, options: WorkloadOptions, source: (any BlockSource)?) throws(WorkloadError) {
         try Self.checkFreshRegion(region, options: options)
         let path = Self.path(options.sharedDirectory, seed: options.seed)
-        let file = try Self.openExisting(path, flags: O_RDWR)
+        let file = try Self.takeOver(path)
         let fd = file.rawValue
         let kept = try Self.scan(fd, path: path, seed: options.seed)
         let keptLength = kept.blockCount * UInt64(DownloadBlock.size)
@@ -295,7 +302,7 @@ public final class DownloadWorkload: Workload {
         self.source = source ?? DeterministicBlockSource(seed: seed)
         recovery = nil
         do {
-            file = try OwnedDescriptor(opening: filePath, flags: O_RDWR | (next == 0 ? O_CREAT : 0), mode: 0o644)
+            file = try Self.openShared(filePath, flags: O_RDWR | (next == 0 ? O_CREAT : 0))
         } catch {
             if error.errno == Errno(rawValue: ENOENT) {
                 throw .sharedFileInconsistent(path: filePath, reason: "does not exist but the region has recorded \(next) blocks")
@@ -341,9 +348,53 @@ public final class DownloadWorkload: Workload {
         } catch { throw .region(error) }
     }
 
+    /// Opens a file of the shared mount, retrying what a network file system fails transiently (`SharedFile`):
+    /// `ESTALE`, and `ENOENT` unless the open may create the file (a takeover renames a new file over it).
+    static func openShared(_ path: String, flags: CInt, mode: UInt32 = 0o644) throws(SystemCallError) -> OwnedDescriptor {
+        do throws(SharedFileError) {
+            let fd = try SharedFile.retrying(missingIsTransient: flags & O_CREAT == 0) { () throws(SharedFileError) -> CInt in
+                try SharedFile.call("open", path) { open(path, flags | O_CLOEXEC, mode_t(mode)) }
+            }
+            return OwnedDescriptor(taking: fd)
+        } catch { throw error.systemCallError }
+    }
+
+    /// A resume's takeover of the file: copies it into a new file (same mode), syncs that and renames it over
+    /// the old one, so the name from now on denotes a file no earlier owner has open. Returns the new file.
+    private static func takeOver(_ path: String) throws(WorkloadError) -> OwnedDescriptor {
+        let old = try openExisting(path, flags: O_RDONLY)
+        var status = stat()
+        do { _ = try systemCall("fstat", subject: path) { fstat(old.rawValue, &status) } } catch { throw .file(error) }
+        let temporary = path + ".takeover-\(getpid())"
+        let fresh: OwnedDescriptor
+        do { fresh = try OwnedDescriptor(opening: temporary, flags: O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, mode: UInt32(status.st_mode & 0o777)) } catch {
+            throw .file(error)
+        }
+        let from = old.rawValue
+        let to = fresh.rawValue
+        do throws(SharedFileError) {
+            let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: readChunkBlocks * DownloadBlock.size, alignment: 16)
+            defer { chunk.deallocate() }
+            var offset: off_t = 0
+            while true {
+                let got = try SharedFile.call("read", path) { pread(from, chunk.baseAddress, chunk.count, offset) }
+                if got == 0 { break }
+                try SharedFile.writeAll(to, UnsafeRawBufferPointer(rebasing: chunk[0..<got]), at: offset, path: temporary)
+                offset += off_t(got)
+            }
+            try SharedFile.call("fsync", temporary) { fsync(to) }
+            try SharedFile.rename(temporary, over: path)
+        } catch {
+            unlink(temporary)
+            throw .file(error.systemCallError)
+        }
+        do throws(SharedFileError) { try SharedFile.syncDirectory(containing: path) } catch { throw .file(error.systemCallError) }
+        return fresh
+    }
+
     /// Opens the file a resume starts from; a missing file means there is nothing to resume.
     private static func openExisting(_ path: String, flags: CInt) throws(WorkloadError) -> OwnedDescriptor {
-        do { return try OwnedDescriptor(opening: path, flags: flags) } catch {
+        do { return try openShared(path, flags: flags) } catch {
             if error.errno == Errno(rawValue: ENOENT) {
                 throw .notResumable(workload: name, path: path, reason: "does not exist, so no progress survived")
             }
@@ -465,6 +516,8 @@ public final class DownloadWorkload: Workload {
             if let problem = DownloadBlock.problem(in: UnsafeRawBufferPointer(slot), index: index, seed: seed) {
                 throw .corruptBlock(index: index, reason: problem)
             }
+            // The fencing token, checked right before the write: a process whose lease lapsed writes nothing.
+            try fence.withLock { $0 }?.check()
             var written = 0
             while written < slot.count {
                 let pointer = slot.baseAddress! + written
@@ -482,6 +535,8 @@ public final class DownloadWorkload: Workload {
         header.setState(State.nextIndex, index + 1)
         header.stepCount += 1
     }
+
+    public func install(fence: WriteFence) { self.fence.withLock { $0 = fence } }
 
     /// `fsync`s the file.
     public func flush() throws(WorkloadError) {

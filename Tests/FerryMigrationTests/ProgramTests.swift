@@ -44,7 +44,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let program = try MigratableProgram.start(options)
         #expect(program.generation == 1)
-        #expect(OwnershipClaim.owner(of: 1, in: directory) == OwnershipRecord.thisProcess)
+        #expect(try OwnershipClaim.owner(of: 1, in: directory) == OwnershipRecord.thisProcess)
         #expect(try OwnershipRecord.read(in: directory)?.workload == "prog")
         let head = Self.buildList(program.workload, count: 100)
         program.workload.root = head

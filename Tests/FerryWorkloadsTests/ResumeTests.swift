@@ -222,4 +222,55 @@ private func runAndDrop(layout: RegionLayout, options: WorkloadOptions, steps: I
             }
         }
     }
+
+    /// The file-level fencing of a resume: the resumed download writes into a new file renamed over the old
+    /// name, so the previous owner, still alive with the old file open (a frozen process that woke up), writes
+    /// into a file that no longer has a name: not one of its bytes reaches the download's file.
+    @Test func aResumeTakesTheFileOverSoTheOldOwnersWritesLandNowhere() throws {
+        try withTemporaryDirectory { directory in
+            let options = WorkloadOptions(sharedDirectory: directory, seed: 0x5EED)
+            let old = try DownloadWorkload(creating: try MigratableRegion.create(layout: testLayout(slot: 150, pages: 24)), options: options)
+            try old.steps(10)
+            try old.flush()
+            let resumed = try DownloadWorkload(resuming: try MigratableRegion.create(layout: testLayout(slot: 151, pages: 24)), options: options, source: nil)
+            #expect(resumed.nextIndex == 10)
+            let taken = fileBytes(old.filePath)
+            #expect(taken.count == 10 * DownloadBlock.size)
+            try old.steps(5)  // the old owner wakes up and writes blocks 10..<15 through its open file
+            try old.flush()
+            #expect(fileBytes(old.filePath) == taken, "the old owner's writes reached the file")
+            try resumed.steps(3)
+            try resumed.flush()
+            #expect(fileBytes(resumed.filePath).count == 13 * DownloadBlock.size)
+            #expect(resumed.verify().passed, "\(resumed.verify())")
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: directory).filter { $0.contains("takeover") }
+            #expect(leftovers.isEmpty, "\(leftovers)")
+        }
+    }
+
+    /// The fencing token checked before every write: once the fence is revoked or its deadline passed, a step
+    /// writes nothing and says why; an unarmed fence (no ownership agent) permits everything.
+    @Test func aLapsedFenceRefusesTheWriteAndNothingIsWritten() throws {
+        try withTemporaryDirectory { directory in
+            let options = WorkloadOptions(sharedDirectory: directory, seed: 0xFE)
+            let download = try DownloadWorkload(creating: try MigratableRegion.create(layout: testLayout(slot: 152, pages: 24)), options: options)
+            let fence = WriteFence(lapse: "the test's lease lapsed")
+            download.install(fence: fence)
+            try download.steps(2)  // unarmed: permitted
+            fence.extend(until: ContinuousClock.now.advanced(by: .seconds(60)))
+            try download.steps(2)
+            fence.extend(until: ContinuousClock.now.advanced(by: .seconds(-1)))  // never moves back
+            try download.steps(1)
+            let lapsed = WriteFence(lapse: "the test's lease lapsed")
+            lapsed.extend(until: ContinuousClock.now.advanced(by: .milliseconds(-10)))
+            download.install(fence: lapsed)
+            #expect { try download.step() } throws: { "\($0)".hasPrefix("fenced, nothing written: the test's lease lapsed (") }
+            fence.revoke("another host owns generation 2")
+            download.install(fence: fence)
+            #expect(throws: WorkloadError.fenced("another host owns generation 2")) { try download.step() }
+            #expect(download.nextIndex == 5)
+            #expect(fileBytes(download.filePath).count == 5 * DownloadBlock.size, "a refused step writes nothing")
+            #expect(download.verify().passed)
+        }
+    }
 }

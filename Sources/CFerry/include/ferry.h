@@ -18,8 +18,13 @@
  * functions may be called from any thread (they take a lock), under the same rule. Other threads may do
  * anything that does not touch the region. The flush and verify callbacks run while the safe-point thread
  * waits inside ferry_safe_point: flush on that thread, verify on a Ferry thread; neither may call
- * ferry_safe_point. Ferry's own threads (control socket, migration, ownership heartbeat) never touch
- * your program's memory outside the region.
+ * ferry_safe_point. Ferry's own threads (control socket, migration, ownership lease, lease enforcer) never
+ * touch your program's memory outside the region.
+ *
+ * Lease. While the workload runs here, Ferry renews its lease on the shared mount every I/O timeout T
+ * (environment FERRY_IO_TIMEOUT in seconds, default 2). If no renewal succeeds for 6T (the shared mount is
+ * gone, read-only or hung), Ferry kills the process (SIGKILL), as sanlock does: another host may take the
+ * workload over after seeing the lease unchanged for 8T, and two owners must never run.
  *
  * Pointers. Pointers inside the region stay valid after a move (same address). Pointers from the region
  * to anything outside it (function pointers, library data, malloc'd memory) stay valid only if both
@@ -138,7 +143,7 @@ const char *ferry_strerror(int code);
 /** The last error on the calling thread, in full (what failed, with which figures); "" if none. */
 const char *ferry_last_error(void);
 
-/** Ends Ferry's part: stops the control socket and the heartbeat, and releases the region (after
+/** Ends Ferry's part: stops the control socket and the lease renewal, and releases the region (after
     FERRY_MOVED or FERRY_STOPPED, without calling the flush callback: the files belong to the new owner).
     Called while the workload still runs here (the program finished), it calls the flush callback and keeps
     the ownership record naming this process (the workload ends here). Returns 0 or a negative error; f is
