@@ -39,6 +39,9 @@ struct EncodingTally {
 /// - else compressed, as `CompressionChoice` says, when that is smaller;
 /// - else as it is.
 ///
+/// Nothing is compressed or delta-encoded from the running workload's memory: a frame is copied out first (a
+/// compressor reading a page while it changes can decode *other* pages of the frame wrong).
+///
 /// The delta cache (QEMU's XBZRLE idea) is direct-mapped: page p lives in slot p mod slots. It holds exactly the
 /// bytes the destination holds: pages of later rounds are first copied out of the running workload into a
 /// snapshot, and what is sent (raw, compressed or as a delta) is computed from that snapshot, which then
@@ -190,7 +193,7 @@ final class PageSender {
     /// from the region, `pages` being the region's own).
     private func sendWhole(first: Int, count: Int, pages: UnsafeRawBufferPointer, inRegion: Bool, on link: Connection) throws {
         if compression == .auto { policy.linkAcknowledged(link.acknowledgedBytes, at: .now) }
-        if let (encoding, bytes) = compress(pages) {
+        if let (encoding, bytes) = compress(pages, inRegion: inRegion) {
             try timedSend(
                 .encodedPages(firstPage: UInt64(first), pageCount: UInt32(count), encoding: encoding, byteCount: UInt32(bytes.count)), bytes,
                 on: link)
@@ -209,7 +212,12 @@ final class PageSender {
     }
 
     /// The pages compressed, when the choice (and for `auto` the policy) says to and they shrink.
-    private func compress(_ pages: UnsafeRawBufferPointer) -> (PageEncoding, UnsafeRawBufferPointer)? {
+    ///
+    /// Pages still in the running workload's region are copied out first and the copy is compressed: a compressor
+    /// that finds a match against bytes the workload then changes encodes the match and the changed bytes apart,
+    /// so the page *after* the match would decode wrong although it never changed and is never sent again
+    /// (seen: a Lua heap under load failed the strict digest). The changing page itself is dirty and sent again.
+    private func compress(_ pages: UnsafeRawBufferPointer, inRegion: Bool) -> (PageEncoding, UnsafeRawBufferPointer)? {
         let codec: PageEncoding
         switch compression {
         case .none: return nil
@@ -224,7 +232,12 @@ final class PageSender {
             guard let chosen = policy.choice() else { return nil }
             codec = chosen
         }
-        guard let size = timedCompress(pages, with: codec), size < pages.count - pages.count / 32 else { return nil }
+        var input = pages
+        if inRegion {
+            memcpy(scratch.range.baseAddress, pages.baseAddress!, pages.count)
+            input = UnsafeRawBufferPointer(start: scratch.range.baseAddress, count: pages.count)
+        }
+        guard let size = timedCompress(input, with: codec), size < pages.count - pages.count / 32 else { return nil }
         return (codec, UnsafeRawBufferPointer(start: scratch.range.baseAddress + 2 * scratchFrameBytes, count: size))
     }
 

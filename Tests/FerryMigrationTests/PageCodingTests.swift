@@ -188,4 +188,57 @@ import Testing
         #expect(abs(policy(link: 12.5e6, lz4: text.lz4, zstd: text.zstd).ratio(of: .auto) - 0.38) < 0.01)
         #expect(policy(link: 3e9, lz4: text.lz4, zstd: text.zstd).ratio(of: .auto) == 1)
     }
+
+    /// A frame compressed while the workload writes one of its pages: every page the workload did not write
+    /// arrives exact (a compressor reading the live page could match against bytes that then change, and decode a
+    /// never-written page wrong). 300 frames of 16 text pages, zstd, a thread rewriting page 0 all along.
+    @Test func pagesTheWorkloadDoesNotWriteArriveExactWhileAnotherPageOfTheFrameChanges() throws {
+        let pages = 16
+        let source = try AnonymousMapping(byteCount: pages * Self.pageSize)
+        let destination = try AnonymousMapping(byteCount: pages * Self.pageSize)
+        let sourceRange = source.range, destinationRange = destination.range
+        var text = RegionText(seed: 11)
+        for word in 0..<(pages * Self.pageSize / 8) { (sourceRange.baseAddress + word * 8).storeBytes(of: text.next(), as: UInt64.self) }
+        let stop = Atomic<Bool>(false)
+        let writer = Thread {
+            // Page 0 keeps changing to other text (so the rest of the frame finds matches in it).
+            var other = RegionText(seed: 12)
+            while !stop.load(ordering: .relaxed) {
+                for word in 0..<(Self.pageSize / 8) {
+                    let address = sourceRange.baseAddress + word * 8
+                    address.storeBytes(of: other.next(), as: UInt64.self)
+                }
+            }
+        }
+        writer.start()
+        defer { stop.store(true, ordering: .relaxed) }
+        let listener = try Listener(on: Endpoint(host: "127.0.0.1", port: 0))
+        let port = listener.endpoint.port
+        let mismatches = Mutex<[Int]>([])
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            defer { done.signal() }
+            guard let link = try? listener.accept(timeoutSeconds: 10) else { return }
+            let decoder = PageDecoder()
+            for frame in 0..<300 {
+                guard case .encodedPages(let first, let count, let encoding, let bytes)? = try? link.receive(while: "test"),
+                      (try? decoder.receive(into: destinationRange, first: first, count: count, encoding: encoding, byteCount: bytes, from: link)) != nil
+                else { mismatches.withLock { $0.append(-1) }; return }
+                // Pages 1... never change: they must be exact.
+                if memcmp(sourceRange.baseAddress + Self.pageSize, destinationRange.baseAddress + Self.pageSize, (pages - 1) * Self.pageSize) != 0 {
+                    mismatches.withLock { $0.append(frame) }
+                }
+                _ = try? link.send(.roundAck(round: UInt32(frame)))
+            }
+        }
+        let link = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: port))
+        let sender = try PageSender(range: sourceRange, compression: .zstd, deltaCacheBytes: 0, pagesPerFrame: pages)
+        for _ in 0..<300 {
+            try sender.send(first: 0, count: pages, round: 0, on: link)
+            guard case .roundAck = try link.receive(while: "ack") else { break }
+        }
+        done.wait()
+        #expect(mismatches.withLock { $0 }.isEmpty, "frames whose unwritten pages arrived wrong: \(mismatches.withLock { $0 }.prefix(10))")
+        #expect(sender.tally.compressedPages == 300 * pages, "every frame went compressed")
+    }
 }
