@@ -118,8 +118,11 @@ extension GlusterTests {
         let folder = try gluster.folder("server-killed-\(backBeforeTheHandoff)-\(UInt32.random(in: 0...UInt32.max))")
         lab.placements = gluster.placements(folder)
         let port = labPort()
-        let source = try lab.startSource(regionSize: "16MiB", ["--fill", "random", "--dirty-rate", "100"])
-        let destination = try lab.startReceiver(port: port)
+        // An owner that cannot renew its lease for 6T is killed (sanlock's rule; the default T of 2 s kills it after
+        // 12 s of outage). This test keeps the server down for up to about 20 s to see the handoff fail, so both
+        // hosts run with T = 5 s: the source survives the outage and keeps the workload.
+        let source = try lab.startSource(regionSize: "16MiB", ["--fill", "random", "--dirty-rate", "100", "--io-timeout", "5s"])
+        let destination = try lab.startReceiver(port: port, ["--io-timeout", "5s"])
         // 16 MiB at 8 Mbit/s: a full copy of about 17 s (long enough for a restart under load), so the server dies and (in one case) returns mid-stream.
         let reportPath = lab.directory + "/report.json"
         let migrate = try lab.startProgram(ferryExecutableURL().path,
