@@ -441,7 +441,7 @@ public final class MigrationSource: Sendable {
                     // no memory count as zero), never what we sent, so an untracked write shows.
                     func sourceDigest() throws -> UInt64 {
                         let digest = try Self.withInjectedUntrackedWrite(range) { () throws -> UInt64 in
-                            RegionDigest.compute(range, resident: try ResidentPages.runs(of: range), threads: RegionDigest.defaultThreads)
+                            try RegionDigest.computeFromMemory(range, threads: RegionDigest.defaultThreads)
                         }
                         report.source_digest = String(digest, radix: 16)
                         return digest

@@ -56,6 +56,30 @@ public enum RegionDigest {
         return sums.reduce(0, &+)
     }
 
+    /// The digest of the region as it is in memory now, each thread finding which pages of its slice hold memory
+    /// (`ResidentPages`) and hashing those: the scan is split across the threads like the hashing. Equal to
+    /// `compute(range, resident: ResidentPages.runs(of: range), threads:)`.
+    public static func computeFromMemory(_ range: MemoryRange, threads: Int) throws -> UInt64 {
+        let minimumSlice = Swift.max(1, (16 << 20) / range.pageSize)
+        let slices = Swift.max(1, Swift.min(threads, range.pageCount / minimumSlice))
+        let pagesPerSlice = (range.pageCount + slices - 1) / slices
+        let results = UnsafeMutableBufferPointer<Result<UInt64, any Error>>.allocate(capacity: slices)
+        defer { results.deallocate() }
+        nonisolated(unsafe) let output = results
+        DispatchQueue.concurrentPerform(iterations: slices) { slice in
+            let lower = slice * pagesPerSlice
+            let upper = Swift.min(range.pageCount, lower + pagesPerSlice)
+            let part = MemoryRange(start: range.address(ofPage: lower), byteCount: (upper - lower) * range.pageSize, pageSize: range.pageSize)
+            (output.baseAddress! + slice).initialize(to: Result { () throws -> UInt64 in
+                let runs = try ResidentPages.runs(of: part).runs.map { PageRun(first: $0.first + lower, count: $0.count) }
+                return compute(range, runs: runs, pages: lower..<upper)
+            })
+        }
+        var digest: UInt64 = 0
+        for slice in 0..<slices { digest &+= try results[slice].get() }
+        return digest
+    }
+
     /// The digest's share from the pages in `pages`, reading those of them inside `runs`: each stretch of
     /// resident pages is one C call, each stretch between them a sum of zero-page contributions.
     private static func compute(_ range: MemoryRange, runs: [PageRun], pages: Range<Int>) -> UInt64 {

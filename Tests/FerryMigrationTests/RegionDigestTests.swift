@@ -22,7 +22,10 @@ import Testing
         // Before anything reads the untouched half (a read maps the shared zero page, which counts as present).
         let resident = try ResidentPages.runs(of: range)
         #expect(resident.pageCount == range.pageCount / 2, "only the written half holds memory")
+        // Each thread scanning its own slice for resident pages gives the same digest.
+        let fromMemory = try (1...4).map { try RegionDigest.computeFromMemory(range, threads: $0) }
         let full = RegionDigest.compute(range)
+        #expect(fromMemory.allSatisfy { $0 == full }, "\(fromMemory) against \(full)")
         for threads in [1, 2, 3, 4] {
             #expect(RegionDigest.compute(range, threads: threads) == full, "\(threads) threads")
             #expect(RegionDigest.compute(range, resident: resident, threads: threads) == full, "\(threads) threads, resident pages only")
