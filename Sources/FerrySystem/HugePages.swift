@@ -68,34 +68,10 @@ public enum TransparentHugePages {
     /// a file's page.
     static func scannedBytes(in range: MemoryRange) throws(SystemCallError) -> Int {
         let pagemap = try OwnedDescriptor(opening: "/proc/self/pagemap", flags: O_RDONLY)
-        let capacity = 512
-        let vector = UnsafeMutablePointer<page_region>.allocate(capacity: capacity)
-        defer { vector.deallocate() }
         let excluded = UInt64(PAGE_IS_PFNZERO | PAGE_IS_FILE)
         var bytes = 0
-        var cursor = UInt64(range.start)
-        let end = UInt64(range.end)
-        while cursor < end {
-            var argument = pm_scan_arg(
-                size: UInt64(MemoryLayout<pm_scan_arg>.size), flags: 0, start: cursor, end: end, walk_end: 0,
-                vec: UInt64(UInt(bitPattern: vector)), vec_len: UInt64(capacity), max_pages: 0,
-                category_inverted: excluded, category_mask: UInt64(PAGE_IS_HUGE) | excluded, category_anyof_mask: 0,
-                return_mask: UInt64(PAGE_IS_HUGE))
-            let fd = pagemap.rawValue
-            let filled = Int(try systemCall("ioctl(PAGEMAP_SCAN)", subject: "\(range)") {
-                CShims_ioctl(fd, CShims_PAGEMAP_SCAN, &argument)
-            })
-            var reportedEnd = cursor
-            for index in 0..<filled {
-                let first = Swift.max(vector[index].start, cursor)
-                let last = Swift.min(vector[index].end, end)
-                if first < last { bytes += Int(last - first) }
-                reportedEnd = Swift.max(reportedEnd, last)
-            }
-            guard filled == capacity else { break }
-            let next = Swift.max(argument.walk_end, reportedEnd)
-            guard next > cursor else { break }
-            cursor = next
+        try PagemapScan.forEachRun(in: range, pagemap: pagemap.rawValue, categoryMask: UInt64(PAGE_IS_HUGE) | excluded, inverted: excluded) {
+            bytes += Int($1 - $0)
         }
         return bytes
     }

@@ -37,37 +37,14 @@ public enum ResidentPages {
 
     /// The present pages by `PAGEMAP_SCAN`, nil where the kernel does not have it.
     private static func presentRuns(of range: MemoryRange, pagemap fd: CInt) throws(SystemCallError) -> DirtyPages? {
-        let vectorLength = 256
-        let vector = UnsafeMutablePointer<page_region>.allocate(capacity: vectorLength)
-        defer { vector.deallocate() }
         var runs: [PageRun] = []
-        var cursor = UInt64(range.start)
-        let end = UInt64(range.end)
-        let shift = UInt64(range.pageShift)
-        while cursor < end {
-            var argument = pm_scan_arg(
-                size: UInt64(MemoryLayout<pm_scan_arg>.size), flags: 0, start: cursor, end: end, walk_end: 0,
-                vec: UInt64(UInt(bitPattern: vector)), vec_len: UInt64(vectorLength), max_pages: 0,
-                category_inverted: 0, category_mask: UInt64(PAGE_IS_PRESENT), category_anyof_mask: 0, return_mask: UInt64(PAGE_IS_PRESENT))
-            let filled = CShims_ioctl(fd, CShims_PAGEMAP_SCAN, &argument)
-            if filled < 0 {
-                let error = Errno.current
-                guard runs.isEmpty, error == .invalidArgument || error == Errno(rawValue: ENOTTY) else {
-                    throw SystemCallError("ioctl(PAGEMAP_SCAN)", errno: error, subject: "\(range)")
-                }
-                return nil
+        let base = UInt64(range.start), shift = UInt64(range.pageShift)
+        do {
+            try PagemapScan.forEachRun(in: range, pagemap: fd, categoryMask: UInt64(PAGE_IS_PRESENT)) { start, end in
+                runs.append(PageRun(unchecked: Int((start - base) >> shift), count: Int((end - start) >> shift)))
             }
-            var reportedEnd = cursor
-            for index in 0..<Int(filled) {
-                let first = Swift.max(vector[index].start, UInt64(range.start))
-                let last = Swift.min(vector[index].end, end)
-                guard first < last else { continue }
-                reportedEnd = Swift.max(reportedEnd, last)
-                runs.append(PageRun(unchecked: Int((first - UInt64(range.start)) >> shift), count: Int((last - first) >> shift)))
-            }
-            // A vector that did not fill means the walk reached the end; else go on after what was reported.
-            guard Int(filled) == vectorLength else { break }
-            cursor = Swift.max(argument.walk_end, reportedEnd)
+        } catch where runs.isEmpty && (error.errno == .invalidArgument || error.errno == .inappropriateIoctl) {
+            return nil  // no PAGEMAP_SCAN before Linux 6.7
         }
         return DirtyPages(unorderedRuns: runs)
     }
