@@ -126,7 +126,8 @@ public enum MigrationDestination {
             // Attach first (it runs no step): if the workload cannot start here, we must not hold its claim,
             // or the source would see it claimed and stop, and nobody would run it.
             let workload = try workloads.attach(region)
-            guard try OwnershipClaim.claim(generation, in: sharedDirectory, by: OwnershipRecord.thisProcess) else {
+            // Created, not yet synced: `settleClaim` syncs it right after "running" (out of the pause).
+            guard try OwnershipClaim.claim(generation, in: sharedDirectory, by: OwnershipRecord.thisProcess, durable: false) else {
                 throw MigrationError.aborted("the source took generation \(generation) back before this host claimed it; the workload runs there; this copy is discarded")
             }
             // A source that took the workload back may have removed our claim's file already: the record says.
@@ -134,12 +135,22 @@ public enum MigrationDestination {
                 OwnershipClaim.release(generation, in: sharedDirectory)
                 throw MigrationError.aborted("the ownership record moved past generation \(generation) while this host claimed it; this copy is discarded")
             }
-            OwnershipClaim.removeClaims(before: generation, in: sharedDirectory)
             let step = workload.stepCount
             log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
             handedOver = true
             return Received(
                 host: workloads.run(workload), generation: generation, source: connection.peer, startStep: step, postCopy: nil)
+        }
+        /// After "running" (out of the pause): the claim made durable, and the claims of older generations removed.
+        /// A claim that cannot be synced is said loudly; the workload runs on (the claim exists: undoing the handoff
+        /// now could leave it with no owner).
+        func settleClaim(_ generation: UInt64) {
+            do {
+                try OwnershipClaim.makeDurable(generation, in: sharedDirectory)
+            } catch {
+                log("WARNING: \(error); the claim exists, so no other process can take generation \(generation), but a crash of the shared mount's server before it is synced could lose it")
+            }
+            OwnershipClaim.removeClaims(before: generation, in: sharedDirectory)
         }
         // Post-copy: the urgent channel (a second connection, for demand faults) and the stale pages.
         var urgent: (link: Connection, token: [UInt8])?
@@ -156,7 +167,9 @@ public enum MigrationDestination {
                 // workload is ours and we must run it, or nobody would.
                 if finalRoundApplied, let record = try? OwnershipRecord.read(in: sharedDirectory),
                    record.generation == hello.generation + 1 {
-                    return try takeOver(record.generation, why: "the link to \(connection.peer) broke after the commit (\(error))")
+                    let received = try takeOver(record.generation, why: "the link to \(connection.peer) broke after the commit (\(error))")
+                    settleClaim(record.generation)
+                    return received
                 }
                 throw error
             }
@@ -201,6 +214,7 @@ public enum MigrationDestination {
                 let auditDigest = audit ? incremental.digest : nil
                 let received = try takeOver(generation, why: "committed by \(connection.peer)")
                 try? connection.send(.running(step: received.startStep))
+                settleClaim(generation)
                 if let auditDigest {
                     try? connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: auditDigest)))
                 }
@@ -237,6 +251,7 @@ public enum MigrationDestination {
                 let started = try takeOver(generation, why: "switched to post-copy by \(connection.peer), \(stale.reduce(0) { $0 + $1.count }) pages to fetch")
                 // Claimed and running: from here a broken link is the source's to reconnect, not a failed move.
                 try? connection.send(.running(step: started.startStep))
+                settleClaim(generation)
                 let directory = sharedDirectory
                 let finisher = Thread {
                     do {

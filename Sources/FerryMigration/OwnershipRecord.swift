@@ -29,7 +29,7 @@ public import FerrySystem
 /// | listening | challenges, checks hello | nothing was sent | waits for the next source |
 /// | receiving (rounds) | applies rounds | source resumes | discards the copy; source resumes |
 /// | final round applied | waits for commit | before the rename: source resumes; after it: the source takes the workload back (g+2) | record = g+1: claims it and runs (unless the source claimed it first: discards); record = g: discards |
-/// | commit received | claims g+1, runs, answers "running" | before the claim: the source takes it back; after it: the only owner died | runs (the claim is won); the source sees the claim and stops |
+/// | commit received | claims g+1 (the `O_EXCL` create decides; synced just after "running", so the pause holds one durable operation, the record's rename), runs, answers "running" | before the claim: the source takes it back; after it: the only owner died | runs (the claim is won); the source sees the claim and stops |
 /// | running(g+1) | serves its control socket | nobody runs it: `ferry run --resume` as above | – |
 ///
 /// Post-copy (`--mode post-copy`, or the switch-over of `hybrid`) commits generation g+1 at the pause, with the
@@ -209,11 +209,22 @@ public enum OwnershipClaim {
     /// - Throws: `MigrationError.sharedMount` naming the failed operation (create, write, fsync, close,
     ///   directory fsync), the claim's path and the errno; a claim that could not be written completely is
     ///   removed again, so a failed claim claims nothing.
-    public static func claim(_ generation: UInt64, in directory: String, by owner: String) throws(MigrationError) -> Bool {
+    /// `durable` false: the claim is created (the `O_EXCL` create is what decides who runs it) but not yet synced,
+    /// so the handoff's pause holds one durable operation (the record's rename); `makeDurable` syncs it right after.
+    public static func claim(_ generation: UInt64, in directory: String, by owner: String, durable: Bool = true) throws(MigrationError) -> Bool {
         do {
-            return try SharedFile.createExclusive(path(generation, in: directory), contents: Array(owner.utf8))
+            return try SharedFile.createExclusive(path(generation, in: directory), contents: Array(owner.utf8), durable: durable)
         } catch {
             throw .sharedMount("cannot claim generation \(generation): \(error)")
+        }
+    }
+
+    /// Syncs a claim made with `durable: false` (file and directory), so it survives a crash of the shared mount.
+    public static func makeDurable(_ generation: UInt64, in directory: String) throws(MigrationError) {
+        do {
+            try SharedFile.makeDurable(path(generation, in: directory))
+        } catch {
+            throw .sharedMount("cannot sync the claim of generation \(generation): \(error)")
         }
     }
 

@@ -140,9 +140,12 @@ public enum SharedFile {
     }
 
     /// Creates `path` only if nothing has that name (`O_EXCL`: of concurrent creators exactly one wins), with
-    /// `bytes` in it, durably (file and directory synced). False if it existed. A failure after the file was
-    /// created removes it again, so a failed create leaves nothing behind.
-    public static func createExclusive(_ path: String, contents bytes: [UInt8], mode: mode_t = 0o644) throws(SharedFileError) -> Bool {
+    /// `bytes` in it, durably (file and directory synced) unless `durable` is false (then `makeDurable` later).
+    /// False if it existed. A failure after the file was created removes it again, so a failed create leaves
+    /// nothing behind.
+    public static func createExclusive(
+        _ path: String, contents bytes: [UInt8], mode: mode_t = 0o644, durable: Bool = true
+    ) throws(SharedFileError) -> Bool {
         let fd: CInt
         do throws(SharedFileError) {
             fd = try call("create", path) { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode) }
@@ -150,13 +153,24 @@ public enum SharedFile {
             return false
         }
         do throws(SharedFileError) {
-            try finish(fd, bytes, path: path)
-            try syncDirectory(containing: path)
+            try finish(fd, bytes, path: path, durable: durable)
+            if durable { try syncDirectory(containing: path) }
         } catch {
             unlink(path)
             throw error
         }
         return true
+    }
+
+    /// Makes a file created with `durable: false` durable: fsyncs it and its directory.
+    public static func makeDurable(_ path: String) throws(SharedFileError) {
+        let fd = try retrying { () throws(SharedFileError) in try call("open", path) { open(path, O_RDONLY | O_CLOEXEC) } }
+        do throws(SharedFileError) { try call("fsync", path) { fsync(fd) } } catch {
+            _ = Glibc.close(fd)
+            throw error
+        }
+        try close(fd, path: path)
+        try syncDirectory(containing: path)
     }
 
     /// Writes `bytes` into a new file `path` (replacing any), durably unless `durable` is false (fsync, close);
