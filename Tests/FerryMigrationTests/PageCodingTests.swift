@@ -96,6 +96,10 @@ import Testing
         let port = listener.endpoint.port
         let failure = Mutex<String?>(nil)
         let done = DispatchSemaphore(value: 0)
+        // On any early exit the receiving thread ends (its link shut) before the mappings are released.
+        var joined = false
+        var client: Connection?
+        defer { if !joined { client?.shutdown(); done.wait() } }
         DispatchQueue.global().async {
             defer { done.signal() }
             do { try receive() } catch { failure.withLock { $0 = "\(error)" } }
@@ -118,6 +122,7 @@ import Testing
             }
         }
         let link = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: port))
+        client = link
         // A cache of 64 pages: round 0 caches only the last 64 pages; page p and p+64 share a slot.
         let sender = try PageSender(range: sourceRange, compression: compression, deltaCacheBytes: 64 * Self.pageSize, pagesPerFrame: 16)
         func round(_ number: Int, pages runs: [PageRun], zero: [PageRun] = [], final: Bool = false) throws {
@@ -157,6 +162,7 @@ import Testing
         try round(6, pages: [PageRun(first: 41, count: 1)], final: true)
         #expect(sender.tally.deltaPages == 0)
         done.wait()
+        joined = true
         #expect(failure.withLock { $0 } == nil)
     }
 
@@ -200,7 +206,9 @@ import Testing
         var text = RegionText(seed: 11)
         for word in 0..<(pages * Self.pageSize / 8) { (sourceRange.baseAddress + word * 8).storeBytes(of: text.next(), as: UInt64.self) }
         let stop = Atomic<Bool>(false)
+        let writerEnded = DispatchSemaphore(value: 0)
         let writer = Thread {
+            defer { writerEnded.signal() }
             // Page 0 keeps changing to other text (so the rest of the frame finds matches in it).
             var other = RegionText(seed: 12)
             while !stop.load(ordering: .relaxed) {
@@ -211,11 +219,19 @@ import Testing
             }
         }
         writer.start()
-        defer { stop.store(true, ordering: .relaxed) }
+        // The writer ends before the mappings go (declared before this, they are released after it runs): a write
+        // into an unmapped range another allocation took would corrupt the test process.
+        defer {
+            stop.store(true, ordering: .relaxed)
+            writerEnded.wait()
+        }
         let listener = try Listener(on: Endpoint(host: "127.0.0.1", port: 0))
         let port = listener.endpoint.port
         let mismatches = Mutex<[Int]>([])
         let done = DispatchSemaphore(value: 0)
+        var joined = false
+        var client: Connection?
+        defer { if !joined { client?.shutdown(); done.wait() } }
         DispatchQueue.global().async {
             defer { done.signal() }
             guard let link = try? listener.accept(timeoutSeconds: 10) else { return }
@@ -232,12 +248,14 @@ import Testing
             }
         }
         let link = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: port))
+        client = link
         let sender = try PageSender(range: sourceRange, compression: .zstd, deltaCacheBytes: 0, pagesPerFrame: pages)
         for _ in 0..<300 {
             try sender.send(first: 0, count: pages, round: 0, on: link)
             guard case .roundAck = try link.receive(while: "ack") else { break }
         }
         done.wait()
+        joined = true
         #expect(mismatches.withLock { $0 }.isEmpty, "frames whose unwritten pages arrived wrong: \(mismatches.withLock { $0 }.prefix(10))")
         #expect(sender.tally.compressedPages == 300 * pages, "every frame went compressed")
     }
