@@ -119,9 +119,9 @@ final class PageSender {
         func flush(upTo end: Int) throws {
             guard end > runStart else { return }
             if runIsDelta {
-                try timedSend(
+                try link.send(
                     .encodedPages(firstPage: UInt64(first + runStart), pageCount: UInt32(end - runStart), encoding: .delta, byteCount: UInt32(deltaBytes)),
-                    UnsafeRawBufferPointer(start: deltas, count: deltaBytes), on: link)
+                    followedBy: UnsafeRawBufferPointer(start: deltas, count: deltaBytes))
                 tally.deltaPages += end - runStart
                 tally.deltaSavedBytes += (end - runStart) * pageSize - deltaBytes
             } else {
@@ -194,21 +194,16 @@ final class PageSender {
     private func sendWhole(first: Int, count: Int, pages: UnsafeRawBufferPointer, inRegion: Bool, on link: Connection) throws {
         if compression == .auto { policy.linkAcknowledged(link.acknowledgedBytes, at: .now) }
         if let (encoding, bytes) = compress(pages, inRegion: inRegion) {
-            try timedSend(
-                .encodedPages(firstPage: UInt64(first), pageCount: UInt32(count), encoding: encoding, byteCount: UInt32(bytes.count)), bytes,
-                on: link)
+            try link.send(
+                .encodedPages(firstPage: UInt64(first), pageCount: UInt32(count), encoding: encoding, byteCount: UInt32(bytes.count)),
+                followedBy: bytes)
             tally.compressedPages += count
             tally.compressedSavedBytes += pages.count - bytes.count
         } else if inRegion {
             try link.sendPages(of: range, first: first, count: count)
         } else {
-            try timedSend(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), pages, on: link)
+            try link.send(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), followedBy: pages)
         }
-    }
-
-    /// Sends a frame and its payload.
-    private func timedSend(_ frame: Frame, _ payload: UnsafeRawBufferPointer, on link: Connection) throws {
-        try link.send(frame, followedBy: payload)
     }
 
     /// The pages compressed, when the choice (and for `auto` the policy) says to and they shrink.
@@ -261,9 +256,6 @@ final class PageSender {
         policy.compressed(codec, input: input.count, output: size ?? input.count, seconds: (ContinuousClock.now - started).secondsValue)
         return size
     }
-
-    /// What `--compress auto` decided last, for the report: the codec it used for the last frame, or `none`.
-    var autoChoice: String { policy.choice().map { "\($0)" } ?? "none" }
 }
 
 /// `--compress auto`'s decision: compress with a codec when, by what was measured so far, compressing and then

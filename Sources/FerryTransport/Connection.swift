@@ -119,11 +119,8 @@ public final class Connection: Sendable {
     /// memory (a few pages inside `batched` are copied into the gathered write instead).
     public func sendPages(of range: MemoryRange, first: Int, count: Int) throws(TransportError) {
         precondition(first >= 0 && count > 0 && first + count <= range.pageCount, "pages outside the region")
-        var header: [UInt8] = []
-        header.reserveCapacity(FrameCodec.headerSize + 12)
-        FrameCodec.encode(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), into: &header)
         let bytes = UnsafeRawBufferPointer(start: range.baseAddress + first * range.pageSize, count: count * range.pageSize)
-        try withBytes(header) { headerBytes throws(TransportError) in try sendPieces([headerBytes, bytes], what: "sending pages") }
+        try send(.pageData(firstPage: UInt64(first), pageCount: UInt32(count)), followedBy: bytes)
     }
 
     /// Runs `body`, gathering the small frames it sends (a frame with a few pages, a zero range, a round's

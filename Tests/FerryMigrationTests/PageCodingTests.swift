@@ -29,6 +29,31 @@ import Testing
         (0..<pageSize / 8).flatMap { _ in withUnsafeBytes(of: generator.next()) { Array($0) } }
     }
 
+    /// Runs `receive` on its own thread with the connection a loopback listener accepts, and `send` here with a
+    /// connection to it. Returns once both have ended (when `send` throws, its link is shut first, so the receiver
+    /// ends before the caller's mappings are released), with `receive`'s error, if any.
+    static func exchange(receive: @escaping @Sendable (Connection) throws -> Void, send: (Connection) throws -> Void) throws -> String? {
+        let listener = try Listener(on: Endpoint(host: "127.0.0.1", port: 0))
+        let failure = Mutex<String?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async {
+            defer { done.signal() }
+            do { try receive(try listener.accept(timeoutSeconds: 10)) } catch { failure.withLock { $0 = "\(error)" } }
+        }
+        var link: Connection?
+        do {
+            let connected = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: listener.endpoint.port))
+            link = connected
+            try send(connected)
+        } catch {
+            link?.shutdown()
+            done.wait()
+            throw error
+        }
+        done.wait()
+        return failure.withLock { $0 }
+    }
+
     /// Every kind of change decodes back to exactly the new page, and consumes exactly its encoding.
     @Test func deltasDecodeToTheNewPage() throws {
         var generator = SplitMix64(seed: 42)
@@ -92,20 +117,7 @@ import Testing
             let value = word < pages * Self.pageSize / 16 ? text.next() : generator.next()
             (sourceRange.baseAddress + word * 8).storeBytes(of: value, as: UInt64.self)
         }
-        let listener = try Listener(on: Endpoint(host: "127.0.0.1", port: 0))
-        let port = listener.endpoint.port
-        let failure = Mutex<String?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        // On any early exit the receiving thread ends (its link shut) before the mappings are released.
-        var joined = false
-        var client: Connection?
-        defer { if !joined { client?.shutdown(); done.wait() } }
-        DispatchQueue.global().async {
-            defer { done.signal() }
-            do { try receive() } catch { failure.withLock { $0 = "\(error)" } }
-        }
-        @Sendable func receive() throws {
-            let link = try listener.accept(timeoutSeconds: 10)
+        let failure = try Self.exchange(receive: { link in
             let decoder = PageDecoder()
             while true {
                 switch try link.receive(while: "test") {
@@ -120,9 +132,7 @@ import Testing
                 default: Issue.record("unexpected frame")
                 }
             }
-        }
-        let link = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: port))
-        client = link
+        }, send: { link in
         // A cache of 64 pages: round 0 caches only the last 64 pages; page p and p+64 share a slot.
         let sender = try PageSender(range: sourceRange, compression: compression, deltaCacheBytes: 64 * Self.pageSize, pagesPerFrame: 16)
         func round(_ number: Int, pages runs: [PageRun], zero: [PageRun] = [], final: Bool = false) throws {
@@ -161,9 +171,8 @@ import Testing
         touch([41])
         try round(6, pages: [PageRun(first: 41, count: 1)], final: true)
         #expect(sender.tally.deltaPages == 0)
-        done.wait()
-        joined = true
-        #expect(failure.withLock { $0 } == nil)
+        })
+        #expect(failure == nil)
     }
 
     /// `--compress auto`'s arithmetic on given measurements: a link faster than the compressor gets the bytes as
@@ -225,16 +234,9 @@ import Testing
             stop.store(true, ordering: .relaxed)
             writerEnded.wait()
         }
-        let listener = try Listener(on: Endpoint(host: "127.0.0.1", port: 0))
-        let port = listener.endpoint.port
         let mismatches = Mutex<[Int]>([])
-        let done = DispatchSemaphore(value: 0)
-        var joined = false
-        var client: Connection?
-        defer { if !joined { client?.shutdown(); done.wait() } }
-        DispatchQueue.global().async {
-            defer { done.signal() }
-            guard let link = try? listener.accept(timeoutSeconds: 10) else { return }
+        let sender = try PageSender(range: sourceRange, compression: .zstd, deltaCacheBytes: 0, pagesPerFrame: pages)
+        _ = try Self.exchange(receive: { link in
             let decoder = PageDecoder()
             for frame in 0..<300 {
                 guard case .encodedPages(let first, let count, let encoding, let bytes)? = try? link.receive(while: "test"),
@@ -246,16 +248,12 @@ import Testing
                 }
                 _ = try? link.send(.roundAck(round: UInt32(frame)))
             }
-        }
-        let link = try Connection.connect(to: Endpoint(host: "127.0.0.1", port: port))
-        client = link
-        let sender = try PageSender(range: sourceRange, compression: .zstd, deltaCacheBytes: 0, pagesPerFrame: pages)
-        for _ in 0..<300 {
-            try sender.send(first: 0, count: pages, round: 0, on: link)
-            guard case .roundAck = try link.receive(while: "ack") else { break }
-        }
-        done.wait()
-        joined = true
+        }, send: { link in
+            for _ in 0..<300 {
+                try sender.send(first: 0, count: pages, round: 0, on: link)
+                guard case .roundAck = try link.receive(while: "ack") else { break }
+            }
+        })
         #expect(mismatches.withLock { $0 }.isEmpty, "frames whose unwritten pages arrived wrong: \(mismatches.withLock { $0 }.prefix(10))")
         #expect(sender.tally.compressedPages == 300 * pages, "every frame went compressed")
     }
