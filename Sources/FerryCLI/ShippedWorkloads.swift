@@ -7,9 +7,15 @@ import FerryWorkloads
 /// one that arrived, how `ferry run --resume` rebuilds one from the shared mount, and how each is run.
 enum ShippedWorkloads {
     /// Runs a shipped workload on Ferry's own loop, at the pace its region records.
-    @Sendable static func run(_ workload: any MigratableWorkload) -> WorkloadHost {
+    @Sendable static func run(_ workload: any MigratableWorkload) -> WorkloadHost { host(workload, paused: false) }
+
+    /// The host of a shipped workload that arrived: its loop waits at its first safe point until the destination
+    /// owns the generation and resumes it.
+    @Sendable static func received(_ workload: any MigratableWorkload) -> WorkloadHost { host(workload, paused: true) }
+
+    private static func host(_ workload: any MigratableWorkload, paused: Bool) -> WorkloadHost {
         guard let stepped = workload as? any Workload else { preconditionFailure("\(workload.workloadName) is not a shipped workload") }
-        return WorkloadHost(workload: stepped)
+        return WorkloadHost(workload: stepped, paused: paused)
     }
 
     /// What `ferry receive` accepts: download and hotset; a download fetches from `blockServer` when given.
@@ -18,7 +24,7 @@ enum ShippedWorkloads {
         return ReceivableWorkloads(
             names: WorkloadKind.allCases.map(\.rawValue),
             attach: { region in try WorkloadKind.attach(to: region, sharedDirectory: sharedDirectory, blockSource: blockSource) },
-            run: run)
+            run: received)
     }
 
     /// How `ferry run --resume` rebuilds a shipped workload from its files (only `download` keeps its state there).

@@ -301,7 +301,8 @@ struct MigrateCommand: Command {
             }
             if let parts = report["downtime_parts"] as? [String: Any] {
                 let names = ["pause_ms", "final_collect_ms", "final_send_ms", "verify_ms", "handoff_ms", "resume_ack_ms"]
-                printLine("downtime parts: " + names.map { String(format: "%@ %.2f", String($0.dropLast(3)), parts[$0] as? Double ?? 0) }.joined(separator: ", ") + " ms")
+                printLine("downtime parts: " + names.map { String(format: "%@ %.2f", String($0.dropLast(3)), parts[$0] as? Double ?? 0) }.joined(separator: ", ") + " ms"
+                          + ((parts["record_sync_ms"] as? Double).map { String(format: "; after it, the record's sync %.2f ms", $0) } ?? ""))
             }
             if report["verified"] as? Bool != true {
                 printError("ferry migrate: \(report["reason"] as? String ?? "the audit digest did not match")")

@@ -17,7 +17,9 @@ public struct ReceivableWorkloads: Sendable {
     /// Attaches the workload of a region that arrived complete (validating its header, reopening its
     /// files); runs nothing yet, so a workload that cannot start here is never claimed.
     public var attach: @Sendable (MigratableRegion) throws -> any MigratableWorkload
-    /// Starts the attached workload here, once this process owns its generation.
+    /// Builds the attached workload's host with nothing running: a stepped workload's loop waits at its first
+    /// safe point (`WorkloadHost(workload:paused: true)`), a program's loop starts when `receive` returns. The
+    /// destination builds it before the commit and resumes it once this process owns the generation.
     public var run: @Sendable (any MigratableWorkload) -> WorkloadHost
 
     public init(
@@ -118,28 +120,45 @@ public enum MigrationDestination {
         let audit = hello.auditVerification
         var incremental = IncrementalDigest(pageCount: range.pageCount, pageSize: range.pageSize)
         var finalRoundApplied = false
-        // Runs the workload as `generation`, if the record names it and this process wins its claim.
-        func takeOver(_ generation: UInt64, why: String) throws -> Received {
-            guard let record = try OwnershipRecord.read(in: sharedDirectory), record.generation == generation else {
-                throw MigrationError.sharedMount("the source announced generation \(generation) but the ownership record in \(sharedDirectory) does not hold it")
-            }
-            // Attach first (it runs no step): if the workload cannot start here, we must not hold its claim,
-            // or the source would see it claimed and stop, and nobody would run it.
+        // The workload attached and its host built, paused at its first safe point: done after the final round,
+        // while the source renames the record, so the pause holds neither (a workload that cannot start here
+        // fails before the commit, and the source resumes it).
+        var ready: (workload: any MigratableWorkload, host: WorkloadHost)?
+        defer { if !handedOver, let ready { ready.host.stop(flush: false, wait: false) } }
+        func prepare() throws -> (workload: any MigratableWorkload, host: WorkloadHost) {
+            if let ready { return ready }
             let workload = try workloads.attach(region)
+            let prepared = (workload, workloads.run(workload))
+            ready = prepared
+            return prepared
+        }
+        // Runs the workload as `generation` if this process wins its claim and the record names that generation.
+        func takeOver(_ generation: UInt64, why: String) throws -> Received {
+            // Attached first (it runs no step): if the workload cannot start here, we must not hold its claim,
+            // or the source would see it claimed and stop, and nobody would run it.
+            let (workload, host) = try prepare()
             // Created, not yet synced: `settleClaim` syncs it right after "running" (out of the pause).
             guard try OwnershipClaim.claim(generation, in: sharedDirectory, by: OwnershipRecord.thisProcess, durable: false) else {
                 throw MigrationError.aborted("the source took generation \(generation) back before this host claimed it; the workload runs there; this copy is discarded")
             }
-            // A source that took the workload back may have removed our claim's file already: the record says.
-            guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
+            // Read after the claim, it settles both questions: the source committed `generation` (the record holds
+            // it), and it did not take the workload back meanwhile (the record would have moved past it, and the
+            // source may have removed its claim of `generation` already, which let ours be created).
+            let record: OwnershipRecord?
+            do { record = try OwnershipRecord.read(in: sharedDirectory) } catch {
                 OwnershipClaim.release(generation, in: sharedDirectory)
-                throw MigrationError.aborted("the ownership record moved past generation \(generation) while this host claimed it; this copy is discarded")
+                throw error
+            }
+            guard let record, record.generation == generation else {
+                OwnershipClaim.release(generation, in: sharedDirectory)
+                let found = record.map { "holds generation \($0.generation)" } ?? "is missing"
+                throw MigrationError.aborted("the source announced generation \(generation) but the ownership record in \(sharedDirectory) \(found); this copy is discarded")
             }
             let step = workload.stepCount
-            log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
             handedOver = true
-            return Received(
-                host: workloads.run(workload), generation: generation, source: connection.peer, startStep: step, postCopy: nil)
+            host.resume()
+            log("\(why); running \(hello.workloadName) at step \(step), generation \(generation)")
+            return Received(host: host, generation: generation, source: connection.peer, startStep: step, postCopy: nil)
         }
         /// After "running" (out of the pause): the claim made durable, and the claims of older generations removed.
         /// A claim that cannot be synced is said loudly; the workload runs on (the claim exists: undoing the handoff
@@ -205,18 +224,29 @@ public enum MigrationDestination {
                 fullCopyDone = true
                 if summary.final { finalRoundApplied = true }
                 try connection.send(.roundAck(round: summary.round))
+                if summary.final {
+                    // The region is complete: attach now, while the source renames the record. The record holds
+                    // the source's generation, or the next one if the source committed already (reading it here
+                    // also warms the path the takeover reads it on).
+                    let current = try OwnershipRecord.read(in: sharedDirectory)?.generation
+                    guard let current, current == hello.generation || current == hello.generation + 1 else {
+                        throw MigrationError.sharedMount("the ownership record in \(sharedDirectory) \(current.map { "holds generation \($0)" } ?? "is missing"), but the source runs generation \(hello.generation); another process may own the workload")
+                    }
+                    _ = try prepare()
+                }
             case .digestRequest:
                 let digest = incremental.digest
                 try connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: digest)))
                 FaultInjection.reached(.afterVerify, link: connection)
             case .commit(let generation):
                 FaultInjection.reached(.afterCommit, link: connection)
-                let auditDigest = audit ? incremental.digest : nil
                 let received = try takeOver(generation, why: "committed by \(connection.peer)")
                 try? connection.send(.running(step: received.startStep))
                 settleClaim(generation)
-                if let auditDigest {
-                    try? connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: auditDigest)))
+                if audit {
+                    // The per-page hashes were taken as the pages landed, so this is the region as it resumed,
+                    // although the workload runs now.
+                    try? connection.send(.digest(algorithm: RegionDigest.algorithm, value: RegionDigest.bytes(of: incremental.digest)))
                 }
                 return received
             case .urgentChannel(let token):

@@ -123,10 +123,12 @@ public struct MigrationReport: Codable, Sendable {
         public var final_send_ms = 0.0
         /// Both digests (strict mode only).
         public var verify_ms = 0.0
-        /// Writing the ownership record (fsync, rename, fsync).
+        /// Renaming the ownership record into place (written and synced before the pause): the commit point.
         public var handoff_ms = 0.0
         /// From the commit frame to the destination's "running".
         public var resume_ack_ms = 0.0
+        /// After the pause: the source's stop and the record's directory sync (not part of the downtime).
+        public var record_sync_ms = 0.0
         public init() {}
     }
 }

@@ -435,7 +435,11 @@ public final class MigrationSource: Sendable {
                         dirty_rate: dirtyRate, predicted_downtime_ms: predicted * 1000, final: true)
                     record.encoded(sender.tally)
                     report.rounds.append(record)
-                    progress(record)
+                    // Shown once the pause is over (a progress line is a write to the control socket), or on the
+                    // way out if the handoff fails.
+                    let finalRound = record
+                    var finalRoundShown = false
+                    defer { if !finalRoundShown { progress(finalRound) } }
 
                     // Our digest is of the paused region: what it holds now, read from memory (pages that hold
                     // no memory count as zero), never what we sent, so an untracked write shows.
@@ -475,7 +479,7 @@ public final class MigrationSource: Sendable {
                     guard let still = try OwnershipRecord.read(in: sharedDirectory), still.generation == generation else {
                         throw MigrationError.sharedMount("the ownership record changed during the migration; another host may own the workload")
                     }
-                    try prepared.commit()
+                    try prepared.rename()
                     committed = true
                     timer.parts.handoff_ms = timer.lap()
                     report.generation = next.generation
@@ -488,11 +492,19 @@ public final class MigrationSource: Sendable {
                         }
                     } catch {
                         // Still paused here, with the region intact: whoever claims g+1 first runs it.
+                        prepared.syncDirectory()
                         return finished(try settleUnacknowledgedHandoff(next, after: error, report: report))
                     }
-                    host.stop(flush: false, reason: .handedOver)
                     timer.parts.resume_ack_ms = timer.lap()
                     report.downtime_ms = (ContinuousClock.now - pauseStart).secondsValue * 1000
+                    progress(finalRound)
+                    finalRoundShown = true
+                    // The workload runs on the destination: the pause is over. Now the record's directory is synced
+                    // (as the destination syncs its claim): the rename is the commit point either way, and a failed
+                    // sync does not undo it (`syncDirectory` warns). So the pause holds no durable operation.
+                    host.stop(flush: false, reason: .handedOver)
+                    prepared.syncDirectory()
+                    timer.parts.record_sync_ms = timer.lap()
                     report.downtime_parts = timer.parts
                     report.outcome = .completed
                     if options.verification == .audit {

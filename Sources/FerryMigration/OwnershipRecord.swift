@@ -151,7 +151,13 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
         do { try SharedFile.writeNew(temporary, contents: [UInt8](data)) } catch {
             throw .sharedMount("cannot write the next ownership record: \(error)")
         }
-        return PreparedOwnershipRecord(directory: directory, temporary: temporary, path: path)
+        // A second name for the current record's file, so the rename does not free it: on ext4 a rename over a
+        // file's last name costs about 0.25 ms (the file is deleted in the same transaction), over a file that
+        // keeps a name 0.03 ms. Only speed rests on it: where hard links fail, the rename frees the file.
+        let previous = path + ".old-\(getpid())"
+        unlink(previous)
+        let linked = link(path, previous) == 0
+        return PreparedOwnershipRecord(directory: directory, temporary: temporary, path: path, previous: linked ? previous : nil)
     }
 
     /// This process's identity in records: `host:pid`, the host being `FERRY_HOST` when set (hosts that share a
@@ -172,6 +178,8 @@ public struct PreparedOwnershipRecord: Sendable {
     let directory: String
     let temporary: String
     let path: String
+    /// The second name that keeps the replaced record's file until `syncDirectory()`, if linking worked.
+    let previous: String?
 
     /// The commit point: renames the record over the current one (atomic), then syncs the directory.
     /// - Returns: nil, or the directory sync's failure: the rename happened and other hosts see the new record,
@@ -180,10 +188,26 @@ public struct PreparedOwnershipRecord: Sendable {
     /// - Throws: `MigrationError.sharedMount` when the rename fails: nothing changed.
     @discardableResult
     public func commit() throws(MigrationError) -> SharedFileError? {
+        try rename()
+        return syncDirectory()
+    }
+
+    /// The commit point alone: renames the record over the current one (atomic). Every host sees the new
+    /// record from here on; `syncDirectory()` makes it survive a crash of the file server.
+    /// - Throws: `MigrationError.sharedMount` when the rename fails: nothing changed.
+    public func rename() throws(MigrationError) {
         do { try SharedFile.rename(temporary, over: path) } catch {
             unlink(temporary)
             throw .sharedMount("cannot rename the ownership record into place: \(error)")
         }
+    }
+
+    /// After `rename()`: removes the replaced record's file (its last name), then syncs the directory, so the
+    /// new record survives a crash of the file server.
+    /// - Returns: nil, or the sync's failure (also written to standard error): the handoff stands.
+    @discardableResult
+    public func syncDirectory() -> SharedFileError? {
+        if let previous { unlink(previous) }
         do { try SharedFile.syncDirectory(directory) } catch {
             FileHandle.standardError.write(Data("ferry: warning: the ownership record was renamed into place at \(path), but \(error): the change is visible, yet a crash of the file server might undo it\n".utf8))
             return error
@@ -191,8 +215,11 @@ public struct PreparedOwnershipRecord: Sendable {
         return nil
     }
 
-    /// Removes the prepared file when the handoff does not happen.
-    public func discard() { unlink(temporary) }
+    /// Removes the prepared file (and the current record's second name) when the handoff does not happen.
+    public func discard() {
+        unlink(temporary)
+        if let previous { unlink(previous) }
+    }
 }
 
 /// Who runs a generation: the one process that created `ferry-claim-<generation>` on the shared mount

@@ -53,11 +53,16 @@ public final class WorkloadHost: Sendable {
     private let state = Mutex(State())
     private let changed = NSCondition()
 
-    /// Runs a stepped workload on a thread of its own, starting at once.
-    /// - Parameter stepsPerSecond: the pace; nil takes the one the region header records (flat out if none).
-    public init(workload: any Workload, stepsPerSecond: Double? = nil) {
+    /// Runs a stepped workload on a thread of its own.
+    /// - Parameters:
+    ///   - stepsPerSecond: the pace; nil takes the one the region header records (flat out if none).
+    ///   - paused: false starts the loop at once; true starts its thread waiting at its first safe point, as if
+    ///     paused there: no step runs until `resume()`, and `stop()` ends it without one (a destination builds
+    ///     the host before the commit, so starting a thread is not part of the pause).
+    public init(workload: any Workload, stepsPerSecond: Double? = nil, paused: Bool = false) {
         self.workload = workload
         self.stepsPerSecond = stepsPerSecond ?? workload.region.header.stepsPerSecond ?? .infinity
+        if paused { state.withLock { $0.phase = .paused } }
         let thread = Thread { [self] in
             while safePoint() == .proceed {
                 do {
@@ -168,10 +173,12 @@ public final class WorkloadHost: Sendable {
         while true {
             changed.lock()
             var phase = state.withLock { $0.phase }
-            if phase == .pauseRequested {
-                do { try workload.flush() } catch { state.withLock { $0.lastError = "\(error)" } }
-                state.withLock { $0.phase = .paused }
-                changed.broadcast()
+            if phase == .pauseRequested || phase == .paused {  // .paused: a host built paused, before its first step
+                if phase == .pauseRequested {
+                    do { try workload.flush() } catch { state.withLock { $0.lastError = "\(error)" } }
+                    state.withLock { $0.phase = .paused }
+                    changed.broadcast()
+                }
                 while state.withLock({ $0.phase == .paused }) { changed.wait() }
                 phase = state.withLock { $0.phase }
                 state.withLock { $0.next = nil }

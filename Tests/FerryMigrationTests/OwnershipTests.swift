@@ -42,7 +42,14 @@ import Testing
         #expect(next.generation == 2 && next.seed == 7 && next.regionBase == first.regionBase && next.regionBytes == first.regionBytes)
         let prepared = try next.prepare(in: directory)
         #expect(try OwnershipRecord.read(in: directory)?.generation == 1, "preparing changes nothing")
-        try prepared.commit()
+        // The current record's file gets a second name, so the rename in the pause does not free it (cheaper).
+        let current = directory + "/" + OwnershipRecord.fileName
+        var status = stat()
+        #expect(stat(current, &status) == 0 && status.st_nlink == 2, "a second name keeps the current record's file")
+        try prepared.rename()
+        #expect(try OwnershipRecord.read(in: directory) == next, "the rename is the commit point")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).contains { $0.hasPrefix(OwnershipRecord.fileName + ".old-") })
+        #expect(prepared.syncDirectory() == nil)
         #expect(try OwnershipRecord.read(in: directory) == next)
         let discarded = try next.successor(owner: "c:3").prepare(in: directory)
         discarded.discard()
