@@ -772,7 +772,10 @@ public final class MigrationAgent: Sendable {
                 let seen = observer
                 state.withLock { $0.observed = seen }
             }
-            guard role == .running, record.generation > generation else { continue }
+            guard role == .running, record.generation != generation else { continue }
+            if record.generation < generation {
+                guard restoreLostCommit(found: record, generation: generation) else { continue }
+            }
             let fenced = state.withLock { state -> WorkloadHost? in
                 guard state.role == .running, state.generation == generation else { return nil }  // a migration began meanwhile
                 state.role = .fenced
@@ -789,6 +792,36 @@ public final class MigrationAgent: Sendable {
             update { _ in }
             return
         }
+    }
+
+    /// The record names a generation older than the one this process runs: the file server lost the handoff's
+    /// rename (its host crashed between the rename and the directory sync, which both sides run just after
+    /// "running"), perhaps this process's claim too. This process is the owner: it won its claim and the source
+    /// stopped when it said "running". So it claims its generation again if that claim is gone and writes the
+    /// record again, durably, long before another host could take over (that needs 8T of an unchanged lease of
+    /// the older generation; this runs every T).
+    /// - Returns: false when the record was restored (or restoring it failed on the mount: the next look retries);
+    ///   true when another process holds this generation's claim: this process must stop.
+    private func restoreLostCommit(found record: OwnershipRecord, generation: UInt64) -> Bool {
+        let me = OwnershipRecord.thisProcess
+        let say = { (message: String) in FileHandle.standardError.write(Data("ferry: \(message)\n".utf8)) }
+        do throws(MigrationError) {
+            var holder = try OwnershipClaim.owner(of: generation, in: sharedDirectory)
+            if holder == nil, try OwnershipClaim.claim(generation, in: sharedDirectory, by: me) { holder = me }
+            guard holder == me else {
+                say("the ownership record in \(sharedDirectory) went back to generation \(record.generation) and generation \(generation), which this process runs, is claimed by \(holder ?? "another process")")
+                return true
+            }
+            var restored = record
+            restored.generation = generation
+            restored.owner = me
+            restored.changedAt = Date().timeIntervalSince1970
+            try restored.write(in: sharedDirectory)
+            say("the ownership record in \(sharedDirectory) named generation \(record.generation), older than generation \(generation), which this process runs: the file server lost the handoff's last writes; the record (and the claim) are written again")
+        } catch {
+            say("the ownership record in \(sharedDirectory) names generation \(record.generation), older than generation \(generation), which this process runs, and restoring it failed: \(error); retrying in \(timing.renewalInterval) s")
+        }
+        return false
     }
 
     /// One renewal of the lease of `generation` (creating the lease file if `adopt` could not). A lease whose

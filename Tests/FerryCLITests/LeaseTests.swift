@@ -165,6 +165,52 @@ import Testing
         resumed.waitUntilExit()
     }
 
+    /// What a file server that crashed just after a handoff leaves: the rename of the record and the destination's
+    /// claim are synced just after "running", so a crash of the server's host in that millisecond could lose both,
+    /// and the record would name the source's generation again while the destination runs the next one. The owner
+    /// sees it within a few I/O timeouts and writes both again; a resume from a third host is then refused (without
+    /// that it would take over once the old generation's lease looked dead: two owners). Played here by putting the
+    /// old record back and removing the claim.
+    @Test func aHandoffTheFileServerLostIsWrittenAgainByTheNewOwner() throws {
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let port = Lab.freePort()
+        let source = try lab.startSource(workload: "download", regionSize: "8MiB", ["--dirty-rate", "200"], environment: Self.host("hosta"))
+        let receiver = try lab.startReceiver(port: port, environment: Self.host("hostb"))
+        let recordPath = lab.shared + "/ferry-owner.json"
+        let before = try Data(contentsOf: URL(fileURLWithPath: recordPath))
+        let migrate = try runFerry(["migrate", "--control", lab.socket("a"), "--to", "127.0.0.1:\(port)", "--verify", "audit"])
+        #expect(migrate.status == 0, "\(migrate.standardOutput) \(migrate.standardError)")
+        #expect(waitForExit(source, seconds: 10), "the source handed over and exits")
+        let id = "hostb:\(receiver.processIdentifier)"
+        #expect(status(lab.socket("b"))?["generation"] as? Int == 2)
+
+        try before.write(to: URL(fileURLWithPath: recordPath), options: .atomic)
+        unlink(lab.shared + "/ferry-claim-2")
+        let lost = ContinuousClock.now
+        func record() -> [String: Any]? {
+            (try? Data(contentsOf: URL(fileURLWithPath: recordPath))).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+        }
+        let deadline = lost + .seconds(5)
+        while ContinuousClock.now < deadline && !(record()?["generation"] as? Int == 2 && FileManager.default.fileExists(atPath: lab.shared + "/ferry-claim-2")) {
+            usleep(20_000)
+        }
+        print("LeaseTests: a lost handoff was written again after \(ContinuousClock.now - lost)")
+        #expect(record()?["generation"] as? Int == 2 && record()?["owner"] as? String == id, "the record again: \(record() ?? [:]) \(lab.log("b"))")
+        #expect((try? String(contentsOfFile: lab.shared + "/ferry-claim-2", encoding: .utf8)) == id, "the claim again")
+        #expect(lab.log("b").contains("written again"), "\(lab.log("b"))")
+        #expect(status(lab.socket("b"))?["role"] as? String == "running")
+
+        // Started, not run to the end: a resume that took over would run the workload and not return.
+        let resume = try lab.start(["run", "--resume", "--shared-dir", lab.shared, "--control", lab.socket("r")], log: "r", environment: Self.host("hostc"))
+        let refused = waitForExit(resume, seconds: 10)
+        if !refused { kill(resume.processIdentifier, SIGKILL); resume.waitUntilExit() }
+        #expect(refused && resume.terminationStatus == 1 && lab.log("r").contains("alive"), "a third host must not take it over: \(lab.log("r"))")
+        #expect(receiver.isRunning && status(lab.socket("b"))?["role"] as? String == "running", "\(lab.log("b"))")
+        let verify = try runFerry(["verify", "--control", lab.socket("b")])
+        #expect(verify.status == 0, "\(verify.standardOutput)")
+    }
+
     /// `ferry status` shows the record, the claims and the lease: the owner its own renewals; a receiver
     /// waiting on another host how long ago it saw the counter change, on its own clock, growing once the owner
     /// stops renewing.
