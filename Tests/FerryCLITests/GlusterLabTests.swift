@@ -335,5 +335,101 @@ extension GlusterTests {
         _ = try? runFerry(["stop", "--control", lab.socket("r")])
         resume.waitUntilExit()
     }
+
+    /// When the owner's host is cut from the shared mount, relative to a migration to B.
+    enum CutMoment: String, CaseIterable, CustomTestStringConvertible {
+        /// Before `ferry migrate`: the hello's one-time token cannot be written.
+        case beforeTheMigration
+        /// While the full copy streams: the stream ends, but the pause (the download's step waits on the mount) and
+        /// the record cannot.
+        case midStream
+        var testDescription: String { rawValue }
+    }
+
+    /// Issue 12, item 7, with a migration: A is cut from the shared mount (not from the migration network) before a
+    /// migration to B starts, or while its stream runs. The handoff needs the mount (the token, the pause's flush,
+    /// the record), so it cannot complete: `ferry migrate` fails with an error as soon as A's enforcer or watchdog
+    /// has killed A (6T), while A's link is still down and A has not finished dying; B's receiver never runs the
+    /// workload; a resume on B takes over after 8T as generation 2, the only owner; once A's link is back, A is gone
+    /// and wrote nothing more, the record and the claim on both mounts name the resume, and it verifies.
+    @Test(.enabled(if: GlusterLab.available("GlusterLabTests.aMigrationFromAnOwnerCutFromTheSharedMountFailsAndAnotherHostTakesOver"),
+                   "needs root, ip and GlusterFS"), .timeLimit(.minutes(4)), arguments: CutMoment.allCases)
+    func aMigrationFromAnOwnerCutFromTheSharedMountFailsAndAnotherHostTakesOver(cut moment: CutMoment) throws {
+        let gluster = try #require(GlusterVolume.current)
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        defer { _ = try? gluster.reconnectToFileServer(host: .a) }  // before the lab's tear-down, as above
+        let folder = try gluster.folder("owner-cut-\(moment.rawValue)-\(UInt32.random(in: 0...UInt32.max))")
+        lab.placements = gluster.placements(folder)
+        let T = Self.cutIOTimeout
+        let port = labPort()
+        // 16 MiB of random bytes at 32 Mbit/s: a full copy of about 4 s.
+        let (owner, watchdog) = try Self.startTheOwner(lab, folder: folder, ["--fill", "random"])
+        defer { if (try? String(contentsOfFile: "/proc/\(watchdog)/comm", encoding: .utf8))?.hasPrefix("ferry-watchdog") == true { kill(watchdog, SIGKILL) } }
+        let receiver = try lab.startReceiver(port: port, Self.cutTiming, environment: ["FERRY_HOST": "hostb"])
+        let file = (try Self.downloadFile(folder.b) as NSString).lastPathComponent
+        let context = { "--- migrate\n\(lab.log("migrate"))\n--- owner (A)\n\(lab.log("a"))\n--- receiver (B)\n\(lab.log("b"))\n--- resume (B)\n\(lab.log("r"))" }
+
+        if moment == .beforeTheMigration { try gluster.cutFromFileServer(host: .a) }
+        var cutAt = ContinuousClock.now
+        let migrate = try lab.startProgram(ferryExecutableURL().path,
+                                           ["migrate", "--control", lab.socket("a"), "--to", "\(gluster.addressB):\(port)",
+                                            "--max-bandwidth", "32mbit", "--verify", "audit"], log: "migrate")
+        if moment == .midStream {
+            #expect(Self.wait(20) { lab.log("b").contains("accepted download") }, "the stream starts: \(context())")
+            usleep(1_000_000)
+            #expect(migrate.isRunning && !lab.log("migrate").contains("completed"), "the full copy still streams at the cut: \(context())")
+            try gluster.cutFromFileServer(host: .a)
+            cutAt = .now
+        }
+        usleep(500_000)
+        let resume = try Self.startTheResume(lab, folder: folder)
+        var killedAt: ContinuousClock.Instant?
+        var takenAt: ContinuousClock.Instant?
+        var migrateEndedAt: ContinuousClock.Instant?
+        var receiverRoles: Set<String> = []
+        var polls = 0
+        _ = Self.wait(8 * T + 40) {
+            if killedAt == nil && Self.killedByItsLease(lab.log("a"), pid: owner.processIdentifier) { killedAt = .now }
+            if migrateEndedAt == nil && !migrate.isRunning { migrateEndedAt = .now }
+            if takenAt == nil && FileManager.default.fileExists(atPath: lab.socket("r")) { takenAt = .now }
+            polls += 1
+            if polls % 10 == 0, let status = Self.status(lab.socket("b")) { receiverRoles.insert("\(status.role) \(status.generation)") }
+            return takenAt != nil && killedAt != nil && migrateEndedAt != nil || !resume.isRunning
+        }
+        let killed = try #require(killedAt, "A's enforcer or watchdog kills it: \(context())")
+        let taken = try #require(takenAt, "the resume on B takes over: \(context())")
+        let migrateEnded = try #require(migrateEndedAt, "ferry migrate ends while A is still cut: \(context())")
+        let stateWhenTaken = Self.processState(owner.processIdentifier)
+        let (killedAfter, takenAfter, migrateAfter) = (Self.seconds(killed - cutAt), Self.seconds(taken - cutAt), Self.seconds(migrateEnded - cutAt))
+        #expect(killedAfter > 5 * T - 0.2 && killedAfter < 6 * T + 3, "killed 6T after its last good renewal, not \(killedAfter) s after the cut: \(context())")
+        #expect(migrate.terminationStatus != 0, "the migration failed: \(context())")
+        #expect(lab.log("migrate").contains("was killed (SIGKILL) before it answered"), "ferry migrate says the source was killed: \(context())")
+        #expect(migrateEnded > killed && Self.seconds(migrateEnded - killed) < 3, "ferry migrate ends within a second or two of the kill, not \(Self.seconds(migrateEnded - killed)) s")
+        #expect(takenAfter >= 8 * T && killed < taken, "B took over \(takenAfter) s after the cut, after the kill: \(context())")
+        let resumed = try #require(Self.status(lab.socket("r")), "\(context())")
+        #expect(resumed.role == "running" && resumed.generation == 2, "B's resume runs generation 2: \(context())")
+        #expect(receiverRoles == ["waiting 0"], "B's receiver never ran the workload: \(receiverRoles) \(context())")
+        let atTakeover = try Data(contentsOf: URL(fileURLWithPath: folder.b + "/" + file))
+
+        let reconnected = try gluster.reconnectToFileServer(host: .a)
+        let backAt = ContinuousClock.now
+        #expect(Self.wait(60) { !owner.isRunning }, "A finishes dying once its calls return: \(Self.processState(owner.processIdentifier)) \(context())")
+        let goneAfter = Self.seconds(ContinuousClock.now - backAt)
+        #expect(owner.terminationReason == .uncaughtSignal && owner.terminationStatus == SIGKILL, "A was killed: \(context())")
+        if moment == .midStream {
+            // A's end closes the stream (unless B's own 30 s timeout came first): the attempt fails, B waits for the next.
+            #expect(Self.wait(40) { lab.log("b").contains("failed") }, "B abandons the attempt: \(context())")
+        } else {
+            #expect(!lab.log("b").contains("accepted"), "nothing reached B: \(context())")
+        }
+        #expect(receiver.isRunning && Self.status(lab.socket("b")).map { "\($0.role) \($0.generation)" } == "waiting 0", "B's receiver still waits: \(context())")
+        usleep(1_000_000)
+        try Self.onlyTheResumeOwnsIt(lab, folder: folder, file: file, atTakeover: atTakeover, resumePID: resumed.pid)
+        print("GlusterLabTests: owner cut from the mount \(moment == .midStream ? "mid-stream" : "before the migration") (T = \(T) s): killed \(String(format: "%.2f", killedAfter)) s after the cut, ferry migrate failed at \(String(format: "%.2f", migrateAfter)) s, taken over on B at \(String(format: "%.2f", takenAfter)) s (A then \(stateWhenTaken)); A's link back in \(String(format: "%.2f", reconnected)) s, A gone \(String(format: "%.2f", goneAfter)) s later")
+        _ = try? runFerry(["stop", "--control", lab.socket("r")])
+        _ = try? runFerry(["stop", "--control", lab.socket("b")])
+        resume.waitUntilExit()
+    }
 }
 }
