@@ -12,6 +12,12 @@
 #   demo/gluster-lab.sh stop-server DIR                          kill -9 the brick (glusterfsd) and glusterd
 #   demo/gluster-lab.sh start-server DIR                         start glusterd again (it restarts the brick); waits
 #                                                                until every mount reaches the volume again
+#   demo/gluster-lab.sh cut NS DEV                               take NS's link DEV to the file server down: calls on
+#                                                                that host's mount wait until it is back (or the client
+#                                                                gives up on the server), while every other link of NS
+#                                                                and every other host's mount stay up
+#   demo/gluster-lab.sh reconnect DIR NS DEV                     bring NS's link DEV up again; waits until NS's mount
+#                                                                writes again
 # Every process is started with a pid file under DIR and killed by that pid, never by name. Namespaces must exist
 # and be named in /run/netns (ip netns add). Run as root.
 
@@ -173,6 +179,30 @@ gluster_lab_start_server() {
   rm -f "$(awk 'NR == 1 { print $2 }' "$dir/mounts")/.gluster-lab-back"
 }
 
+# A client host is cut from the file server: its link DEV (in namespace NS) goes down. Its client's TCP connection
+# to the brick stays open: calls on its mount wait until the link returns or the client gives up on the server
+# (network.ping-timeout, 42 s by default). The other clients and NS's other links are untouched.
+gluster_lab_cut() {
+  local ns=$1 dev=$2
+  ip -n "$ns" link set "$dev" down || { echo "gluster-lab: cannot take $dev down in $ns" >&2; return 1; }
+}
+
+# The cut host is reconnected: its link DEV comes up (its address and route come back with it); waits until its
+# mount writes again (the calls the cut left waiting go on with the connection).
+gluster_lab_reconnect() {
+  local dir=$1 ns=$2 dev=$3
+  ip -n "$ns" link set "$dev" up || { echo "gluster-lab: cannot bring $dev up in $ns" >&2; return 1; }
+  local mount; mount=$(awk -v ns="$ns" '$1 == ns { print $2; exit }' "$dir/mounts")
+  [ -n "$mount" ] || { echo "gluster-lab: no mount from $ns in $dir/mounts" >&2; return 1; }
+  local _
+  for _ in $(seq 1 1200); do
+    touch "$mount/.gluster-lab-back-$ns" 2>/dev/null && break
+    sleep 0.05
+  done
+  touch "$mount/.gluster-lab-back-$ns" 2>/dev/null || { echo "gluster-lab: $mount did not reconnect" >&2; return 1; }
+  rm -f "$mount/.gluster-lab-back-$ns"
+}
+
 # Undoes `up` (also a partial one): unmounts, kills the clients, the brick and glusterd by their pids, and removes
 # what glusterd wrote outside DIR (the brick's socket under /var/run/gluster, logs under /var/log/glusterfs).
 gluster_lab_down() {
@@ -248,6 +278,8 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     down) [ $# -eq 1 ] || { echo "usage: $0 down DIR" >&2; exit 64; }; gluster_lab_down "$1" ;;
     stop-server) [ $# -eq 1 ] || { echo "usage: $0 stop-server DIR" >&2; exit 64; }; gluster_lab_stop_server "$1" ;;
     start-server) [ $# -eq 1 ] || { echo "usage: $0 start-server DIR" >&2; exit 64; }; gluster_lab_start_server "$1" || exit 1 ;;
+    cut) [ $# -eq 2 ] || { echo "usage: $0 cut NS DEV" >&2; exit 64; }; gluster_lab_cut "$@" || exit 1 ;;
+    reconnect) [ $# -eq 3 ] || { echo "usage: $0 reconnect DIR NS DEV" >&2; exit 64; }; gluster_lab_reconnect "$@" || exit 1 ;;
     *) sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$0" >&2; exit 64 ;;
   esac
 fi

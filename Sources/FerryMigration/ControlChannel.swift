@@ -76,7 +76,7 @@ public enum ControlChannel {
                         writeLine(client, refusal)
                         return
                     }
-                    guard let line = readLine(client), let request = decode(line) else { return }
+                    guard let line = try? readLine(client), let request = decode(line) else { return }
                     handle(request) { reply in writeLine(client, reply) }
                 }
             }
@@ -89,7 +89,7 @@ public enum ControlChannel {
     /// Sends `request` to the process at `path` and calls `onReply` for each reply line until the result.
     /// - Throws: `AgentError.control` when nothing answers at `path`, this user may not use it (the file
     ///   system's refusal, or the process's own, whose message names the uids), or the process closed the
-    ///   connection early.
+    ///   connection early or was killed before it answered (within a second, even while it has not finished exiting).
     public static func request(_ request: Message, at path: String, onReply: (Message) -> Void) throws(AgentError) -> Message {
         var address = try socketAddress(ControlSocketFiles.connectPath(for: path), shownAs: path)
         let fd = try makeSocket(path: path)
@@ -98,7 +98,20 @@ public enum ControlChannel {
             throw .control(connectFailure(path, Errno.current))
         }
         writeLine(fd, request)
-        while let line = readLine(fd) {
+        // A process killed while one of its calls waits in the kernel (on a shared mount whose server it cannot
+        // reach, say) keeps its sockets open until that call returns, which may take minutes: the connection then
+        // neither answers nor closes. So reads time out each second, and then check whether it is being killed.
+        var second = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &second, socklen_t(MemoryLayout<timeval>.size))
+        var peer: Int32 = 0
+        var uid: UInt32 = 0
+        var gid: UInt32 = 0
+        let killedPeer: Int32? = CShims_peer_credentials(fd, &peer, &uid, &gid) == 0 && peer > 0 ? peer : nil
+        let check = { () throws(AgentError) in
+            guard let pid = killedPeer, isBeingKilled(pid) else { return }
+            throw .control("the ferry process at \(path) (pid \(pid)) was killed (SIGKILL) before it answered; it has not finished exiting because a call it made is still waiting, typically on a shared mount whose server it cannot reach (see its log: its lease enforcer or watchdog says why it was killed)")
+        }
+        while let line = try readLine(fd, whileWaiting: check) {
             guard let reply = decode(line) else { continue }
             if reply["event"] as? String == "result" {
                 if reply["refused"] as? Bool == true {
@@ -192,7 +205,19 @@ public enum ControlChannel {
         }
     }
 
-    private static func readLine(_ fd: CInt) -> Data? {
+    /// Whether process `pid` is being killed: SIGKILL is pending for the whole process (`ShdPnd` in
+    /// /proc/PID/status). Nothing can block or catch it: the process never runs its own code again, even while
+    /// one of its threads still waits in the kernel.
+    static func isBeingKilled(_ pid: Int32) -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("ShdPnd:") }),
+              let pending = UInt64(line.dropFirst("ShdPnd:".count).trimmingCharacters(in: .whitespaces), radix: 16) else { return false }
+        return pending & (1 << UInt64(SIGKILL - 1)) != 0
+    }
+
+    /// Reads one line. On a socket with a receive timeout (`SO_RCVTIMEO`), `whileWaiting` runs each time a read
+    /// times out, and may end the wait by throwing.
+    private static func readLine(_ fd: CInt, whileWaiting: () throws(AgentError) -> Void = {}) throws(AgentError) -> Data? {
         var line = Data()
         var byte: UInt8 = 0
         while true {
@@ -202,6 +227,8 @@ public enum ControlChannel {
                 line.append(byte)
             } else if got < 0 && Errno.current == .interrupted {
                 continue
+            } else if got < 0 && Errno.current == .wouldBlock {
+                try whileWaiting()
             } else {
                 return line.isEmpty ? nil : line
             }

@@ -56,12 +56,14 @@ extension GlusterTests {
         let role: String
         let generation: Int
         let pid: Int
+        let watchdogPID: Int?
     }
 
     static func status(_ control: String) -> Status? {
         guard let run = try? runFerry(["status", "--control", control, "--json"]), run.status == 0,
               let object = try? JSONSerialization.jsonObject(with: Data(run.standardOutput.utf8)) as? [String: Any] else { return nil }
-        return Status(role: object["role"] as? String ?? "", generation: object["generation"] as? Int ?? -1, pid: object["pid"] as? Int ?? -1)
+        return Status(role: object["role"] as? String ?? "", generation: object["generation"] as? Int ?? -1, pid: object["pid"] as? Int ?? -1,
+                      watchdogPID: object["watchdog_pid"] as? Int)
     }
 
     static func report(_ path: String) -> [String: Any]? {
@@ -193,6 +195,241 @@ extension GlusterTests {
         }
         _ = try? runFerry(["stop", "--control", lab.socket("b")])
         _ = try? runFerry(["stop", "--control", lab.socket("a")])
+    }
+
+    // MARK: The owner's host cut from the shared mount, not from the migration network
+
+    /// The I/O timeout T of the cut tests: the owner is killed by 6T = 9 s after its last good renewal, another host
+    /// takes over after 8T = 12 s. A renewal through GlusterFS takes milliseconds, so even a loaded machine renews
+    /// well within T.
+    static let cutIOTimeout = 1.5
+    static let cutTiming = ["--io-timeout", "1.5s"]
+
+    /// Polls `condition` every 50 ms until it holds or `seconds` pass; returns whether it held.
+    static func wait(_ seconds: Double, until condition: () -> Bool) -> Bool {
+        let deadline = ContinuousClock.now.advanced(by: .milliseconds(Int(seconds * 1000)))
+        while !condition() {
+            if ContinuousClock.now >= deadline { return false }
+            usleep(50_000)
+        }
+        return true
+    }
+
+    static func seconds(_ duration: Duration) -> Double { duration / .seconds(1) }
+
+    /// The download workload's file in a folder.
+    static func downloadFile(_ shared: String) throws -> String {
+        let names = try FileManager.default.contentsOfDirectory(atPath: shared)
+        return shared + "/" + (try #require(names.first { $0.hasPrefix("download-") && $0.hasSuffix(".dat") }, "no download file in \(names)"))
+    }
+
+    /// A process's state and thread count (/proc/PID/status): a process killed while calls on a cut mount wait is a
+    /// zombie leader whose other threads still wait in the kernel.
+    static func processState(_ pid: Int32) -> String {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return "gone" }
+        return text.split(separator: "\n").filter { $0.hasPrefix("State:") || $0.hasPrefix("Threads:") }
+            .map { $0.replacingOccurrences(of: "\t", with: " ") }.joined(separator: ", ")
+    }
+
+    /// Whether the owner `pid`'s log says its lease enforcer or its watchdog killed it.
+    static func killedByItsLease(_ log: String, pid: Int32) -> Bool {
+        log.contains("this process stops now (SIGKILL)") || log.contains("ferry watchdog: process \(pid) did not renew its lease")
+    }
+
+    /// Starts the owner on A: a download writing its file on the shared mount, with the cut tests' T, as host
+    /// "hosta"; returns it once it has renewed its lease a few times, with its watchdog's pid.
+    static func startTheOwner(_ lab: Lab, folder: (a: String, b: String), _ extra: [String] = []) throws -> (owner: Process, watchdog: pid_t) {
+        let owner = try lab.startSource(workload: "download", regionSize: "16MiB", ["--dirty-rate", "500"] + extra + cutTiming,
+                                        environment: ["FERRY_HOST": "hosta"])
+        let watchdog = pid_t(try #require(status(lab.socket("a"))?.watchdogPID, "the owner runs a watchdog"))
+        #expect(wait(10) { record(folder.b) == 1 && ((try? FileManager.default.attributesOfItem(atPath: downloadFile(folder.b))[.size] as? Int) ?? 0) > 0 },
+                "the owner runs generation 1 and writes its file: \(lab.log("a"))")
+        usleep(UInt32(2 * cutIOTimeout * 1e6))
+        return (owner, watchdog)
+    }
+
+    /// `ferry run --resume` on host B (as host "hostb", through B's mount), idle so that it writes nothing.
+    static func startTheResume(_ lab: Lab, folder: (a: String, b: String)) throws -> Process {
+        try lab.start(["run", "--resume", "--dirty-rate", "0", "--shared-dir", folder.b, "--control", lab.socket("r")] + cutTiming,
+                      log: "r", environment: ["FERRY_HOST": "hostb"])
+    }
+
+    /// What the cut owner left once its link is back and it is gone: not one byte in the download's file since
+    /// `atTakeover` (through either mount), and on both mounts the record of generation 2 and its claim by the
+    /// resume, and no other claim. Then the resume verifies.
+    static func onlyTheResumeOwnsIt(_ lab: Lab, folder: (a: String, b: String), file: String, atTakeover: Data, resumePID: Int) throws {
+        for (host, shared) in [("B", folder.b), ("A", folder.a)] {
+            let now = try Data(contentsOf: URL(fileURLWithPath: shared + "/" + file))
+            #expect(now.count == atTakeover.count, "through \(host)'s mount the file grew from \(atTakeover.count) to \(now.count) bytes after the takeover")
+            #expect(now == atTakeover, "through \(host)'s mount the file changed after the takeover")
+            #expect(record(shared) == 2, "the record through \(host)'s mount")
+            #expect(claim(2, shared) == "hostb:\(resumePID)", "the claim through \(host)'s mount: \(claim(2, shared) ?? "none")")
+            let claims = try FileManager.default.contentsOfDirectory(atPath: shared).filter { $0.hasPrefix("ferry-claim-") }
+            #expect(claims == ["ferry-claim-2"], "no other claim through \(host)'s mount: \(claims)")
+        }
+        #expect(status(lab.socket("r")).map { $0.role == "running" && $0.generation == 2 } == true, "the resume still runs generation 2: \(lab.log("r"))")
+        let verify = try runFerry(["verify", "--control", lab.socket("r")])
+        #expect(verify.status == 0, "nothing lost: \(verify.standardOutput) \(verify.standardError)")
+    }
+
+    /// Issue 12, item 7: the owner's host is cut from the shared mount (its link to the file server goes down) but
+    /// not from the migration network. Its lease renewals hang, so the counter stops: its enforcer or its watchdog
+    /// kills it 6T after its last good renewal (it cannot finish dying while its calls on the mount wait); a
+    /// `ferry run --resume` on host B, watching the counter unchanged on its own clock, takes over after 8T as
+    /// generation 2. When A's link is back, A's waiting calls reach the server and A is gone, yet not one byte
+    /// lands in the workload's file, the record and the claim on both mounts name the new owner, and it verifies.
+    /// Each host has its own `FERRY_HOST`, so B judges A by its lease alone.
+    @Test(.enabled(if: GlusterLab.available("GlusterLabTests.theOwnerCutFromTheSharedMountIsKilledAndAnotherHostTakesOverWithoutItsBytes"),
+                   "needs root, ip and GlusterFS"), .timeLimit(.minutes(4)))
+    func theOwnerCutFromTheSharedMountIsKilledAndAnotherHostTakesOverWithoutItsBytes() throws {
+        let gluster = try #require(GlusterVolume.current)
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        // Runs before the lab's tear-down: a process waiting on A's mount finishes dying only once A is back, and
+        // the next tests share the volume.
+        defer { _ = try? gluster.reconnectToFileServer(host: .a) }
+        let folder = try gluster.folder("owner-cut-\(UInt32.random(in: 0...UInt32.max))")
+        lab.placements = gluster.placements(folder)
+        let T = Self.cutIOTimeout
+        let (owner, watchdog) = try Self.startTheOwner(lab, folder: folder)
+        defer { if (try? String(contentsOfFile: "/proc/\(watchdog)/comm", encoding: .utf8))?.hasPrefix("ferry-watchdog") == true { kill(watchdog, SIGKILL) } }
+        let file = (try Self.downloadFile(folder.b) as NSString).lastPathComponent
+        let context = { "--- owner (A)\n\(lab.log("a"))\n--- resume (B)\n\(lab.log("r"))" }
+
+        try gluster.cutFromFileServer(host: .a)
+        let cutAt = ContinuousClock.now
+        // From here on this process never touches A's mount while A is cut: it reads through B's.
+        usleep(500_000)  // a renewal in flight at the cut reached the server, or waits for the link
+        let resume = try Self.startTheResume(lab, folder: folder)
+        var killedAt: ContinuousClock.Instant?
+        var takenAt: ContinuousClock.Instant?
+        _ = Self.wait(8 * T + 40) {
+            if killedAt == nil && Self.killedByItsLease(lab.log("a"), pid: owner.processIdentifier) { killedAt = .now }
+            if takenAt == nil && FileManager.default.fileExists(atPath: lab.socket("r")) { takenAt = .now }
+            return takenAt != nil && killedAt != nil || !resume.isRunning
+        }
+        let killed = try #require(killedAt, "A's enforcer or watchdog kills it: \(context())")
+        let taken = try #require(takenAt, "the resume on B takes over: \(context())")
+        let stateWhenKilled = Self.processState(owner.processIdentifier)
+        let (killedAfter, takenAfter) = (Self.seconds(killed - cutAt), Self.seconds(taken - cutAt))
+        // The last good renewal started at most T before the cut (renewals take milliseconds).
+        #expect(killedAfter > 5 * T - 0.2 && killedAfter < 6 * T + 3, "killed 6T after its last good renewal, not \(killedAfter) s after the cut: \(context())")
+        #expect(takenAfter >= 8 * T, "B took over \(takenAfter) s after the cut, before 8T: \(context())")
+        #expect(killed < taken, "A was killed before B took over: \(context())")
+        #expect(lab.log("r").contains("has not renewed its lease"), "\(context())")
+        let resumed = try #require(Self.status(lab.socket("r")), "\(context())")
+        #expect(resumed.role == "running" && resumed.generation == 2, "B runs generation 2: \(context())")
+        // The new owner writes nothing (pace 0): any byte the file gains from here on would be A's.
+        let atTakeover = try Data(contentsOf: URL(fileURLWithPath: folder.b + "/" + file))
+        #expect(atTakeover.count > 0 && atTakeover.count % 4096 == 0)
+
+        let reconnected = try gluster.reconnectToFileServer(host: .a)
+        let backAt = ContinuousClock.now
+        #expect(Self.wait(60) { !owner.isRunning }, "A finishes dying once its calls return: \(Self.processState(owner.processIdentifier)) \(context())")
+        let goneAfter = Self.seconds(ContinuousClock.now - backAt)
+        #expect(owner.terminationReason == .uncaughtSignal && owner.terminationStatus == SIGKILL, "A was killed: \(context())")
+        #expect(Self.wait(5) { kill(watchdog, 0) != 0 }, "A's watchdog exits with it")
+        usleep(1_000_000)  // anything else A's client still held has reached the server by now
+        try Self.onlyTheResumeOwnsIt(lab, folder: folder, file: file, atTakeover: atTakeover, resumePID: resumed.pid)
+        print("GlusterLabTests: owner cut from the mount (T = \(T) s): killed \(String(format: "%.2f", killedAfter)) s after the cut (then \(stateWhenKilled)), taken over on B at \(String(format: "%.2f", takenAfter)) s; A's link back and its mount writing in \(String(format: "%.2f", reconnected)) s, A gone \(String(format: "%.2f", goneAfter)) s later; download file \(atTakeover.count) bytes at the takeover, unchanged")
+        _ = try? runFerry(["stop", "--control", lab.socket("r")])
+        resume.waitUntilExit()
+    }
+
+    /// When the owner's host is cut from the shared mount, relative to a migration to B.
+    enum CutMoment: String, CaseIterable, CustomTestStringConvertible {
+        /// Before `ferry migrate`: the hello's one-time token cannot be written.
+        case beforeTheMigration
+        /// While the full copy streams: the stream ends, but the pause (the download's step waits on the mount) and
+        /// the record cannot.
+        case midStream
+        var testDescription: String { rawValue }
+    }
+
+    /// Issue 12, item 7, with a migration: A is cut from the shared mount (not from the migration network) before a
+    /// migration to B starts, or while its stream runs. The handoff needs the mount (the token, the pause's flush,
+    /// the record), so it cannot complete: `ferry migrate` fails with an error as soon as A's enforcer or watchdog
+    /// has killed A (6T), while A's link is still down and A has not finished dying; B's receiver never runs the
+    /// workload; a resume on B takes over after 8T as generation 2, the only owner; once A's link is back, A is gone
+    /// and wrote nothing more, the record and the claim on both mounts name the resume, and it verifies.
+    @Test(.enabled(if: GlusterLab.available("GlusterLabTests.aMigrationFromAnOwnerCutFromTheSharedMountFailsAndAnotherHostTakesOver"),
+                   "needs root, ip and GlusterFS"), .timeLimit(.minutes(4)), arguments: CutMoment.allCases)
+    func aMigrationFromAnOwnerCutFromTheSharedMountFailsAndAnotherHostTakesOver(cut moment: CutMoment) throws {
+        let gluster = try #require(GlusterVolume.current)
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        defer { _ = try? gluster.reconnectToFileServer(host: .a) }  // before the lab's tear-down, as above
+        let folder = try gluster.folder("owner-cut-\(moment.rawValue)-\(UInt32.random(in: 0...UInt32.max))")
+        lab.placements = gluster.placements(folder)
+        let T = Self.cutIOTimeout
+        let port = labPort()
+        // 16 MiB of random bytes at 32 Mbit/s: a full copy of about 4 s.
+        let (owner, watchdog) = try Self.startTheOwner(lab, folder: folder, ["--fill", "random"])
+        defer { if (try? String(contentsOfFile: "/proc/\(watchdog)/comm", encoding: .utf8))?.hasPrefix("ferry-watchdog") == true { kill(watchdog, SIGKILL) } }
+        let receiver = try lab.startReceiver(port: port, Self.cutTiming, environment: ["FERRY_HOST": "hostb"])
+        let file = (try Self.downloadFile(folder.b) as NSString).lastPathComponent
+        let context = { "--- migrate\n\(lab.log("migrate"))\n--- owner (A)\n\(lab.log("a"))\n--- receiver (B)\n\(lab.log("b"))\n--- resume (B)\n\(lab.log("r"))" }
+
+        if moment == .beforeTheMigration { try gluster.cutFromFileServer(host: .a) }
+        var cutAt = ContinuousClock.now
+        let migrate = try lab.startProgram(ferryExecutableURL().path,
+                                           ["migrate", "--control", lab.socket("a"), "--to", "\(gluster.addressB):\(port)",
+                                            "--max-bandwidth", "32mbit", "--verify", "audit"], log: "migrate")
+        if moment == .midStream {
+            #expect(Self.wait(20) { lab.log("b").contains("accepted download") }, "the stream starts: \(context())")
+            usleep(1_000_000)
+            #expect(migrate.isRunning && !lab.log("migrate").contains("completed"), "the full copy still streams at the cut: \(context())")
+            try gluster.cutFromFileServer(host: .a)
+            cutAt = .now
+        }
+        usleep(500_000)
+        let resume = try Self.startTheResume(lab, folder: folder)
+        var killedAt: ContinuousClock.Instant?
+        var takenAt: ContinuousClock.Instant?
+        var migrateEndedAt: ContinuousClock.Instant?
+        var receiverRoles: Set<String> = []
+        var polls = 0
+        _ = Self.wait(8 * T + 40) {
+            if killedAt == nil && Self.killedByItsLease(lab.log("a"), pid: owner.processIdentifier) { killedAt = .now }
+            if migrateEndedAt == nil && !migrate.isRunning { migrateEndedAt = .now }
+            if takenAt == nil && FileManager.default.fileExists(atPath: lab.socket("r")) { takenAt = .now }
+            polls += 1
+            if polls % 10 == 0, let status = Self.status(lab.socket("b")) { receiverRoles.insert("\(status.role) \(status.generation)") }
+            return takenAt != nil && killedAt != nil && migrateEndedAt != nil || !resume.isRunning
+        }
+        let killed = try #require(killedAt, "A's enforcer or watchdog kills it: \(context())")
+        let taken = try #require(takenAt, "the resume on B takes over: \(context())")
+        let migrateEnded = try #require(migrateEndedAt, "ferry migrate ends while A is still cut: \(context())")
+        let stateWhenTaken = Self.processState(owner.processIdentifier)
+        let (killedAfter, takenAfter, migrateAfter) = (Self.seconds(killed - cutAt), Self.seconds(taken - cutAt), Self.seconds(migrateEnded - cutAt))
+        #expect(killedAfter > 5 * T - 0.2 && killedAfter < 6 * T + 3, "killed 6T after its last good renewal, not \(killedAfter) s after the cut: \(context())")
+        #expect(migrate.terminationStatus != 0, "the migration failed: \(context())")
+        #expect(lab.log("migrate").contains("was killed (SIGKILL) before it answered"), "ferry migrate says the source was killed: \(context())")
+        #expect(migrateEnded > killed && Self.seconds(migrateEnded - killed) < 3, "ferry migrate ends within a second or two of the kill, not \(Self.seconds(migrateEnded - killed)) s")
+        #expect(takenAfter >= 8 * T && killed < taken, "B took over \(takenAfter) s after the cut, after the kill: \(context())")
+        let resumed = try #require(Self.status(lab.socket("r")), "\(context())")
+        #expect(resumed.role == "running" && resumed.generation == 2, "B's resume runs generation 2: \(context())")
+        #expect(receiverRoles == ["waiting 0"], "B's receiver never ran the workload: \(receiverRoles) \(context())")
+        let atTakeover = try Data(contentsOf: URL(fileURLWithPath: folder.b + "/" + file))
+
+        let reconnected = try gluster.reconnectToFileServer(host: .a)
+        let backAt = ContinuousClock.now
+        #expect(Self.wait(60) { !owner.isRunning }, "A finishes dying once its calls return: \(Self.processState(owner.processIdentifier)) \(context())")
+        let goneAfter = Self.seconds(ContinuousClock.now - backAt)
+        #expect(owner.terminationReason == .uncaughtSignal && owner.terminationStatus == SIGKILL, "A was killed: \(context())")
+        if moment == .midStream {
+            // A's end closes the stream (unless B's own 30 s timeout came first): the attempt fails, B waits for the next.
+            #expect(Self.wait(40) { lab.log("b").contains("failed") }, "B abandons the attempt: \(context())")
+        } else {
+            #expect(!lab.log("b").contains("accepted"), "nothing reached B: \(context())")
+        }
+        #expect(receiver.isRunning && Self.status(lab.socket("b")).map { "\($0.role) \($0.generation)" } == "waiting 0", "B's receiver still waits: \(context())")
+        usleep(1_000_000)
+        try Self.onlyTheResumeOwnsIt(lab, folder: folder, file: file, atTakeover: atTakeover, resumePID: resumed.pid)
+        print("GlusterLabTests: owner cut from the mount \(moment == .midStream ? "mid-stream" : "before the migration") (T = \(T) s): killed \(String(format: "%.2f", killedAfter)) s after the cut, ferry migrate failed at \(String(format: "%.2f", migrateAfter)) s, taken over on B at \(String(format: "%.2f", takenAfter)) s (A then \(stateWhenTaken)); A's link back in \(String(format: "%.2f", reconnected)) s, A gone \(String(format: "%.2f", goneAfter)) s later")
+        _ = try? runFerry(["stop", "--control", lab.socket("r")])
+        _ = try? runFerry(["stop", "--control", lab.socket("b")])
+        resume.waitUntilExit()
     }
 }
 }

@@ -147,6 +147,40 @@ public final class GlusterLab: Sendable {
                        "restarting the file server")
     }
 
+    /// One of the lab's two client hosts.
+    public enum Host: String, Sendable, CaseIterable {
+        case a, b
+    }
+
+    /// The network namespace of `host`.
+    public func namespace(of host: Host) -> String { host == .a ? namespaceA : namespaceB }
+
+    /// The volume as `host` sees it (its own FUSE mount).
+    public func mount(of host: Host) -> String { host == .a ? mountA : mountB }
+
+    /// Cuts `host` off the file server, and from nothing else: its business link (`biz`, the only way its GlusterFS
+    /// client reaches the server) goes down in its namespace, while the migration link and the other host's mount
+    /// stay up. The host's client keeps its TCP connection, so every call on that host's mount (a write, an fsync, an
+    /// `open`) waits in the kernel until the link is back or the client gives up on the server (with the link kept
+    /// down, a process killed meanwhile finished dying about 80 s after the cut here). A process waiting in such a
+    /// call cannot finish dying of SIGKILL before that call returns. Never touch `mount(of: host)` from the test's
+    /// own process while `host` is cut: read through the other host's mount. Undo it with
+    /// `reconnectToFileServer(host:)` on every exit path (later tests share the volume).
+    public func cutFromFileServer(host: Host) throws {
+        try Self.check(Self.script("cut", namespace(of: host), "biz", deadline: 30), "cutting host \(host.rawValue) from the file server")
+    }
+
+    /// Brings `host`'s link to the file server back and returns once its mount writes again, with the seconds that
+    /// took (a few hundredths after cuts of up to 25 s: the calls the cut left waiting go on at once). Harmless on a
+    /// host that is not cut.
+    @discardableResult
+    public func reconnectToFileServer(host: Host) throws -> Double {
+        let start = ContinuousClock.now
+        try Self.check(Self.script("reconnect", directory + "/gluster", namespace(of: host), "biz", deadline: 120),
+                       "reconnecting host \(host.rawValue) to the file server")
+        return (ContinuousClock.now - start) / .seconds(1)
+    }
+
     /// Where a `Lab`'s processes run on this lab: `a` (the source) in host A with A's mount of `folder`, `b`
     /// (the destination) and `r` (a resume after a fault) in host B with B's mount of it.
     public func placements(_ folder: (a: String, b: String)) -> [String: Lab.Placement] {
