@@ -291,13 +291,32 @@ public enum OwnershipClaim {
     }
 
     /// Removes the claims (and leases) of generations before `generation`, once the record has moved past them.
-    public static func removeClaims(before generation: UInt64, in directory: String) {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+    /// Tidying only: the record decides which generation is current, so a file left behind claims nothing. A
+    /// failure is written to standard error with the file and the errno; one already gone is not a failure.
+    /// - Returns: what could not be removed, and why.
+    @discardableResult
+    public static func removeClaims(before generation: UInt64, in directory: String) -> [String] {
+        let names: [String]
+        var failures: [String] = []
+        do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
+            FileHandle.standardError.write(Data("ferry: cannot list \(directory) to remove the claims before generation \(generation): \(error)\n".utf8))
+            return ["\(error)"]
+        }
         for name in names {
             for prefix in [prefix, OwnerLease.prefix] where name.hasPrefix(prefix) {
-                if let old = UInt64(name.dropFirst(prefix.count)), old < generation { unlink(directory + "/" + name) }
+                guard let old = UInt64(name.dropFirst(prefix.count)), old < generation else { continue }
+                let path = directory + "/" + name
+                do throws(SharedFileError) {
+                    _ = try SharedFile.retrying { () throws(SharedFileError) in try SharedFile.call("unlink", path) { unlink(path) } }
+                } catch where error.errno.rawValue == ENOENT {
+                    continue
+                } catch {
+                    failures.append("\(error)")
+                    FileHandle.standardError.write(Data("ferry: cannot remove \(path), of generation \(old), which the record has moved past: \(error); it claims nothing and may be removed by hand\n".utf8))
+                }
             }
         }
+        return failures
     }
 }
 
