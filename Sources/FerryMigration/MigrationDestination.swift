@@ -123,12 +123,17 @@ public enum MigrationDestination {
         // The workload attached and its host built, paused at its first safe point: done after the final round,
         // while the source renames the record, so the pause holds neither (a workload that cannot start here
         // fails before the commit, and the source resumes it).
-        var ready: (workload: any MigratableWorkload, host: WorkloadHost)?
+        // The shared directory is held open too, for the claim and the record's read.
+        var ready: (workload: any MigratableWorkload, host: WorkloadHost, directory: SharedDirectory)?
         defer { if !handedOver, let ready { ready.host.stop(flush: false, wait: false) } }
-        func prepare() throws -> (workload: any MigratableWorkload, host: WorkloadHost) {
+        func prepare() throws -> (workload: any MigratableWorkload, host: WorkloadHost, directory: SharedDirectory) {
             if let ready { return ready }
+            let directory: SharedDirectory
+            do { directory = try SharedDirectory(sharedDirectory) } catch {
+                throw MigrationError.sharedMount("cannot open the shared directory: \(error)")
+            }
             let workload = try workloads.attach(region)
-            let prepared = (workload, workloads.run(workload))
+            let prepared = (workload, workloads.run(workload), directory)
             ready = prepared
             return prepared
         }
@@ -136,16 +141,16 @@ public enum MigrationDestination {
         func takeOver(_ generation: UInt64, why: String) throws -> Received {
             // Attached first (it runs no step): if the workload cannot start here, we must not hold its claim,
             // or the source would see it claimed and stop, and nobody would run it.
-            let (workload, host) = try prepare()
+            let (workload, host, directory) = try prepare()
             // Created, not yet synced: `settleClaim` syncs it right after "running" (out of the pause).
-            guard try OwnershipClaim.claim(generation, in: sharedDirectory, by: OwnershipRecord.thisProcess, durable: false) else {
+            guard try OwnershipClaim.claim(generation, in: directory, by: OwnershipRecord.thisProcess, durable: false) else {
                 throw MigrationError.aborted("the source took generation \(generation) back before this host claimed it; the workload runs there; this copy is discarded")
             }
             // Read after the claim, it settles both questions: the source committed `generation` (the record holds
             // it), and it did not take the workload back meanwhile (the record would have moved past it, and the
             // source may have removed its claim of `generation` already, which let ours be created).
             let record: OwnershipRecord?
-            do { record = try OwnershipRecord.read(in: sharedDirectory) } catch {
+            do { record = try OwnershipRecord.read(in: directory) } catch {
                 OwnershipClaim.release(generation, in: sharedDirectory)
                 throw error
             }
@@ -228,11 +233,10 @@ public enum MigrationDestination {
                     // The region is complete: attach now, while the source renames the record. The record holds
                     // the source's generation, or the next one if the source committed already (reading it here
                     // also warms the path the takeover reads it on).
-                    let current = try OwnershipRecord.read(in: sharedDirectory)?.generation
+                    let current = try OwnershipRecord.read(in: prepare().directory)?.generation
                     guard let current, current == hello.generation || current == hello.generation + 1 else {
                         throw MigrationError.sharedMount("the ownership record in \(sharedDirectory) \(current.map { "holds generation \($0)" } ?? "is missing"), but the source runs generation \(hello.generation); another process may own the workload")
                     }
-                    _ = try prepare()
                 }
             case .digestRequest:
                 let digest = incremental.digest

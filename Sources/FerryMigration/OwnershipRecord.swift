@@ -8,6 +8,14 @@ public import FerrySystem
 /// (write a temporary file, fsync, rename over the record, fsync the directory), together with the claim
 /// files of `OwnershipClaim`.
 ///
+/// What the handoff's pause holds: the rename (the commit point; the next record was written and synced before
+/// the pause, and the current one's file given a second name so the rename frees nothing) and the destination's
+/// `O_EXCL` claim. Nothing in it is synced: just after "running" the source syncs the directory and the
+/// destination syncs its claim. If the file server loses those last writes (its host crashes within that
+/// millisecond), the record names g again while the destination runs g+1: the destination sees it at its next
+/// look (every I/O timeout T) and writes its claim and the record again, long before another host could take
+/// the workload over (8T of an unchanged lease of g).
+///
 /// The record says which generation is current; the claim `ferry-claim-<g>` (created with `O_EXCL`, so one
 /// creator wins) says which process runs it. A process runs the workload only after it created the claim
 /// of the generation the record holds. The source renames generation g+1 into place exactly once, after
@@ -22,15 +30,16 @@ public import FerrySystem
 /// | streaming (auth, hello, rounds) | pauses | destination sees the link close and discards its copy; as above | source resumes: still owner of g |
 /// | paused (final round, strict digest) | renames g+1 into place | as above | source resumes: still owner of g |
 /// | committed (record = g+1, still paused) | sends commit, waits for "running" | destination, holding the final round, sees the link close, claims g+1, runs | after a grace second, source claims g+1 itself: if it wins, the destination can never run g+1, and the source writes g+2, claims it and resumes; if it loses, the destination runs and the source stops for good |
-/// | handed over | exits | – | – |
+/// | handed over ("running" arrived) | stops its loop, syncs the record's directory, exits | – | – |
 ///
 /// | destination state | what it does next | if it dies here | if the link fails here |
 /// |---|---|---|---|
 /// | listening | challenges, checks hello | nothing was sent | waits for the next source |
 /// | receiving (rounds) | applies rounds | source resumes | discards the copy; source resumes |
 /// | final round applied | waits for commit | before the rename: source resumes; after it: the source takes the workload back (g+2) | record = g+1: claims it and runs (unless the source claimed it first: discards); record = g: discards |
-/// | commit received | claims g+1 (the `O_EXCL` create decides; synced just after "running", so the pause holds one durable operation, the record's rename), runs, answers "running" | before the claim: the source takes it back; after it: the only owner died | runs (the claim is won); the source sees the claim and stops |
-/// | running(g+1) | serves its control socket | nobody runs it: `ferry run --resume` as above | – |
+/// | final round applied, commit not yet received | attaches the workload, builds its host paused (not in the pause) | as above | as above |
+/// | commit received | claims g+1 (the `O_EXCL` create decides), reads the record (it must hold g+1), resumes the workload, answers "running", then syncs the claim | before the claim: the source takes it back; after it: the only owner died | runs (the claim is won); the source sees the claim and stops |
+/// | running(g+1) | serves its control socket; every T: renews its lease, and writes the record and claim again if the record went back to g (a file server that lost them) | nobody runs it: `ferry run --resume` as above | – |
 ///
 /// Post-copy (`--mode post-copy`, or the switch-over of `hybrid`) commits generation g+1 at the pause, with the
 /// record's `postCopySource` naming the source: the destination runs the workload at once and fetches the pages
@@ -119,10 +128,20 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
     /// Reads the record in `directory`, nil if there is none. It is renamed over at every handoff, so a
     /// network file system may answer `ESTALE` or `ENOENT` for a moment: both are retried (`SharedFile`).
     public static func read(in directory: String) throws(MigrationError) -> OwnershipRecord? {
-        let path = directory + "/" + fileName
+        try read(at: directory + "/" + fileName, in: nil)
+    }
+
+    /// Reads the record in a directory held open (on a network file system, one lookup fewer per directory on the
+    /// way: what the handoff's pause uses).
+    public static func read(in directory: SharedDirectory) throws(MigrationError) -> OwnershipRecord? {
+        try read(at: fileName, in: directory)
+    }
+
+    private static func read(at name: String, in directory: SharedDirectory?) throws(MigrationError) -> OwnershipRecord? {
+        let path = directory?.path(of: name) ?? name
         let data: [UInt8]
         do {
-            guard let bytes = try SharedFile.contents(of: path, missingIsTransient: true) else { return nil }
+            guard let bytes = try SharedFile.contents(of: name, in: directory, missingIsTransient: true) else { return nil }
             data = bytes
         } catch {
             throw .sharedMount("cannot read the ownership record: \(error)")
@@ -144,20 +163,24 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
     /// - Throws: `MigrationError.sharedMount` naming the operation, the file and the errno (a full or
     ///   read-only file system fails here, before anything changed).
     public func prepare(in directory: String) throws(MigrationError) -> PreparedOwnershipRecord {
-        let path = directory + "/" + Self.fileName
-        let temporary = path + ".tmp-\(getpid())"
+        // Held open for the handoff's rename (one lookup fewer per directory on the way, on a network file system).
+        let opened: SharedDirectory
+        do { opened = try SharedDirectory(directory) } catch {
+            throw .sharedMount("cannot open the shared directory: \(error)")
+        }
+        let temporary = Self.fileName + ".tmp-\(getpid())"
         let data: Data
         do { data = try JSONEncoder().encode(self) } catch { throw .sharedMount("cannot encode the ownership record: \(error)") }
-        do { try SharedFile.writeNew(temporary, contents: [UInt8](data)) } catch {
+        do { try SharedFile.writeNew(opened.path(of: temporary), contents: [UInt8](data)) } catch {
             throw .sharedMount("cannot write the next ownership record: \(error)")
         }
         // A second name for the current record's file, so the rename does not free it: on ext4 a rename over a
         // file's last name costs about 0.25 ms (the file is deleted in the same transaction), over a file that
         // keeps a name 0.03 ms. Only speed rests on it: where hard links fail, the rename frees the file.
-        let previous = path + ".old-\(getpid())"
+        let previous = opened.path(of: Self.fileName + ".old-\(getpid())")
         unlink(previous)
-        let linked = link(path, previous) == 0
-        return PreparedOwnershipRecord(directory: directory, temporary: temporary, path: path, previous: linked ? previous : nil)
+        let linked = link(opened.path(of: Self.fileName), previous) == 0
+        return PreparedOwnershipRecord(directory: opened, temporary: temporary, previous: linked ? previous : nil)
     }
 
     /// This process's identity in records: `host:pid`, the host being `FERRY_HOST` when set (hosts that share a
@@ -175,11 +198,12 @@ public struct OwnershipRecord: Codable, Hashable, Sendable {
 
 /// An ownership record written and synced beside the real one, waiting to be renamed into place.
 public struct PreparedOwnershipRecord: Sendable {
-    let directory: String
+    let directory: SharedDirectory
+    /// The prepared record's name in `directory`.
     let temporary: String
-    let path: String
-    /// The second name that keeps the replaced record's file until `syncDirectory()`, if linking worked.
+    /// The second name (a path) that keeps the replaced record's file until `syncDirectory()`, if linking worked.
     let previous: String?
+    var path: String { directory.path(of: OwnershipRecord.fileName) }
 
     /// The commit point: renames the record over the current one (atomic), then syncs the directory.
     /// - Returns: nil, or the directory sync's failure: the rename happened and other hosts see the new record,
@@ -196,8 +220,8 @@ public struct PreparedOwnershipRecord: Sendable {
     /// record from here on; `syncDirectory()` makes it survive a crash of the file server.
     /// - Throws: `MigrationError.sharedMount` when the rename fails: nothing changed.
     public func rename() throws(MigrationError) {
-        do { try SharedFile.rename(temporary, over: path) } catch {
-            unlink(temporary)
+        do { try SharedFile.rename(temporary, over: OwnershipRecord.fileName, in: directory) } catch {
+            unlink(directory.path(of: temporary))
             throw .sharedMount("cannot rename the ownership record into place: \(error)")
         }
     }
@@ -208,7 +232,7 @@ public struct PreparedOwnershipRecord: Sendable {
     @discardableResult
     public func syncDirectory() -> SharedFileError? {
         if let previous { unlink(previous) }
-        do { try SharedFile.syncDirectory(directory) } catch {
+        do { try SharedFile.syncDirectory(directory.path) } catch {
             FileHandle.standardError.write(Data("ferry: warning: the ownership record was renamed into place at \(path), but \(error): the change is visible, yet a crash of the file server might undo it\n".utf8))
             return error
         }
@@ -217,7 +241,7 @@ public struct PreparedOwnershipRecord: Sendable {
 
     /// Removes the prepared file (and the current record's second name) when the handoff does not happen.
     public func discard() {
-        unlink(temporary)
+        unlink(directory.path(of: temporary))
         if let previous { unlink(previous) }
     }
 }
@@ -237,10 +261,19 @@ public enum OwnershipClaim {
     ///   directory fsync), the claim's path and the errno; a claim that could not be written completely is
     ///   removed again, so a failed claim claims nothing.
     /// `durable` false: the claim is created (the `O_EXCL` create is what decides who runs it) but not yet synced,
-    /// so the handoff's pause holds one durable operation (the record's rename); `makeDurable` syncs it right after.
+    /// so the handoff's pause holds no sync; `makeDurable` syncs it right after "running".
     public static func claim(_ generation: UInt64, in directory: String, by owner: String, durable: Bool = true) throws(MigrationError) -> Bool {
+        try claim(generation, at: path(generation, in: directory), in: nil, by: owner, durable: durable)
+    }
+
+    /// The same in a directory held open (what the handoff's pause uses).
+    public static func claim(_ generation: UInt64, in directory: SharedDirectory, by owner: String, durable: Bool = true) throws(MigrationError) -> Bool {
+        try claim(generation, at: prefix + "\(generation)", in: directory, by: owner, durable: durable)
+    }
+
+    private static func claim(_ generation: UInt64, at name: String, in directory: SharedDirectory?, by owner: String, durable: Bool) throws(MigrationError) -> Bool {
         do {
-            return try SharedFile.createExclusive(path(generation, in: directory), contents: Array(owner.utf8), durable: durable)
+            return try SharedFile.createExclusive(name, in: directory, contents: Array(owner.utf8), durable: durable)
         } catch {
             throw .sharedMount("cannot claim generation \(generation): \(error)")
         }

@@ -54,6 +54,26 @@ import Testing
         #expect(denied.runs == 1, "only ESTALE and ENOENT are transient")
     }
 
+    /// Names relative to a directory held open act as the paths do, and failures name the whole path.
+    @Test func aDirectoryHeldOpenNamesFilesRelativeToIt() throws {
+        try withTemporaryDirectory { path in
+            let directory = try SharedDirectory(path)
+            #expect(try SharedFile.createExclusive("claim", in: directory, contents: Array("a:1".utf8), durable: false))
+            #expect(try !SharedFile.createExclusive("claim", in: directory, contents: Array("b:2".utf8)), "one winner")
+            #expect(try SharedFile.contents(of: path + "/claim") == Array("a:1".utf8))
+            try SharedFile.writeNew(path + "/next", contents: Array("2".utf8))
+            try SharedFile.rename("next", over: "claim", in: directory)
+            #expect(try SharedFile.contents(of: "claim", in: directory) == Array("2".utf8))
+            #expect(try SharedFile.contents(of: "missing", in: directory) == nil)
+            #expect(throws: SharedFileError("rename", path: "\(path)/missing -> \(path)/claim", errno: Errno(rawValue: ENOENT))) {
+                try SharedFile.rename("missing", over: "claim", in: directory)
+            }
+            #expect(throws: SharedFileError("open (directory)", path: path + "/none", errno: Errno(rawValue: ENOENT))) {
+                _ = try SharedDirectory(path + "/none")
+            }
+        }
+    }
+
     @Test func aReaderDuringRenamesOverAlwaysSeesAWholeFile() throws {
         try withTemporaryDirectory { directory in
             let path = directory + "/record"
