@@ -192,7 +192,9 @@ import Testing
             (try? Data(contentsOf: URL(fileURLWithPath: recordPath))).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
         }
         let deadline = lost + .seconds(5)
-        while ContinuousClock.now < deadline && !(record()?["generation"] as? Int == 2 && FileManager.default.fileExists(atPath: lab.shared + "/ferry-claim-2")) {
+        // (The log line comes just after the record: wait for both.)
+        while ContinuousClock.now < deadline
+            && !(record()?["generation"] as? Int == 2 && FileManager.default.fileExists(atPath: lab.shared + "/ferry-claim-2") && lab.log("b").contains("written again")) {
             usleep(20_000)
         }
         print("LeaseTests: a lost handoff was written again after \(ContinuousClock.now - lost)")
