@@ -102,7 +102,9 @@ public enum ControlChannel {
         // reach, say) keeps its sockets open until that call returns, which may take minutes: the connection then
         // neither answers nor closes. So reads time out each second, and then check whether it is being killed.
         var second = timeval(tv_sec: 1, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &second, socklen_t(MemoryLayout<timeval>.size))
+        guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &second, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
+            throw .control("control socket \(path): setsockopt(SO_RCVTIMEO): \(Errno.current)")
+        }
         var peer: Int32 = 0
         var uid: UInt32 = 0
         var gid: UInt32 = 0
