@@ -236,22 +236,33 @@ extension GlusterTests {
         log.contains("this process stops now (SIGKILL)") || log.contains("ferry watchdog: process \(pid) did not renew its lease")
     }
 
-    /// Starts the owner on A: a download writing its file on the shared mount, with the cut tests' T, as host
-    /// "hosta"; returns it once it has renewed its lease a few times, with its watchdog's pid.
-    static func startTheOwner(_ lab: Lab, folder: (a: String, b: String), _ extra: [String] = []) throws -> (owner: Process, watchdog: pid_t) {
-        let owner = try lab.startSource(workload: "download", regionSize: "16MiB", ["--dirty-rate", "500"] + extra + cutTiming,
-                                        environment: ["FERRY_HOST": "hosta"])
+    /// `--io-timeout` of `seconds`.
+    static func timing(_ seconds: Double) -> [String] { ["--io-timeout", "\(seconds)s"] }
+
+    /// Starts the owner on A: a download writing its file on the shared mount, with I/O timeout `T` (the cut tests'
+    /// by default), as host "hosta" (plus `environment`); returns it once it has renewed its lease a few times, with
+    /// its watchdog's pid.
+    static func startTheOwner(_ lab: Lab, folder: (a: String, b: String), _ extra: [String] = [], T: Double = cutIOTimeout,
+                              environment: [String: String] = [:]) throws -> (owner: Process, watchdog: pid_t) {
+        let owner = try lab.startSource(workload: "download", regionSize: "16MiB", ["--dirty-rate", "500"] + extra + timing(T),
+                                        environment: ["FERRY_HOST": "hosta"].merging(environment) { $1 })
         let watchdog = pid_t(try #require(status(lab.socket("a"))?.watchdogPID, "the owner runs a watchdog"))
         #expect(wait(10) { record(folder.b) == 1 && ((try? FileManager.default.attributesOfItem(atPath: downloadFile(folder.b))[.size] as? Int) ?? 0) > 0 },
                 "the owner runs generation 1 and writes its file: \(lab.log("a"))")
-        usleep(UInt32(2 * cutIOTimeout * 1e6))
+        usleep(UInt32(2 * T * 1e6))
         return (owner, watchdog)
     }
 
-    /// `ferry run --resume` on host B (as host "hostb", through B's mount), idle so that it writes nothing.
-    static func startTheResume(_ lab: Lab, folder: (a: String, b: String)) throws -> Process {
-        try lab.start(["run", "--resume", "--dirty-rate", "0", "--shared-dir", folder.b, "--control", lab.socket("r")] + cutTiming,
+    /// `ferry run --resume` on host B (as host "hostb", through B's mount) with I/O timeout `T`, idle so that it
+    /// writes nothing.
+    static func startTheResume(_ lab: Lab, folder: (a: String, b: String), T: Double = cutIOTimeout) throws -> Process {
+        try lab.start(["run", "--resume", "--dirty-rate", "0", "--shared-dir", folder.b, "--control", lab.socket("r")] + timing(T),
                       log: "r", environment: ["FERRY_HOST": "hostb"])
+    }
+
+    /// Whether `pid` is still a lease watchdog (not a pid reused since it exited).
+    static func isWatchdog(_ pid: pid_t) -> Bool {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.hasPrefix("ferry-watchdog") == true
     }
 
     /// What the cut owner left once its link is back and it is gone: not one byte in the download's file since
@@ -430,6 +441,135 @@ extension GlusterTests {
         _ = try? runFerry(["stop", "--control", lab.socket("r")])
         _ = try? runFerry(["stop", "--control", lab.socket("b")])
         resume.waitUntilExit()
+    }
+
+    // MARK: The owner frozen, taken over on another host, and thawed
+
+    /// What a resume's file takeover rests on, on GlusterFS: a descriptor host A opened through its own FUSE client
+    /// on a file that host B then replaced as the takeover does (a copy written, fsynced and renamed over the name
+    /// through B's mount) no longer reaches the file of that name. What A writes through it afterwards, over the
+    /// copied bytes and past their end, fsynced, is seen through neither mount. (The thawed owner of the next test
+    /// never gets that far, its fence refuses the write first: this shows the last defence holds on its own.)
+    @Test(.enabled(if: GlusterLab.available("GlusterLabTests.aDescriptorOnAFileTheOtherHostRenamedOverNoLongerReachesTheName"),
+                   "needs root, ip and GlusterFS"), .timeLimit(.minutes(1)))
+    func aDescriptorOnAFileTheOtherHostRenamedOverNoLongerReachesTheName() throws {
+        let gluster = try #require(GlusterVolume.current)
+        let folder = try gluster.folder("renamed-over-\(UInt32.random(in: 0...UInt32.max))")
+        let name = "/download.dat"
+        let original = [UInt8](repeating: 0x41, count: 8192)
+        let fd = open(folder.a + name, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        try #require(fd >= 0, "open through A's mount: errno \(errno)")
+        defer { close(fd) }
+        #expect(pwrite(fd, original, original.count, 0) == original.count && fsync(fd) == 0)
+
+        // B takes the file over through its own mount.
+        let copy = try Data(contentsOf: URL(fileURLWithPath: folder.b + name))
+        #expect(copy == Data(original), "B reads what A wrote")
+        let temporary = folder.b + name + ".takeover"
+        let to = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        try #require(to >= 0, "open through B's mount: errno \(errno)")
+        let copied = copy.withUnsafeBytes { pwrite(to, $0.baseAddress, $0.count, 0) }
+        #expect(copied == copy.count && fsync(to) == 0)
+        close(to)
+        #expect(rename(temporary, folder.b + name) == 0, "rename through B's mount: errno \(errno)")
+
+        // A writes through its old descriptor: over the copied bytes and past their end, and syncs.
+        let stray = [UInt8](repeating: 0x42, count: 4096)
+        let over = pwrite(fd, stray, stray.count, 0)
+        let overErrno = errno
+        let past = pwrite(fd, stray, stray.count, off_t(original.count))
+        let pastErrno = errno
+        let synced = fsync(fd)
+        let syncErrno = errno
+        usleep(200_000)
+        for (host, shared) in [("B", folder.b), ("A", folder.a)] {
+            let now = try Data(contentsOf: URL(fileURLWithPath: shared + name))
+            #expect(now == Data(original), "through \(host)'s mount the name holds \(now.count) bytes, not only the copy's \(original.count)")
+        }
+        var mine = [UInt8](repeating: 0, count: stray.count)
+        let readBack = pread(fd, &mine, mine.count, 0)
+        func outcome(_ result: Int, _ error: Int32) -> String { result >= 0 ? "\(result) bytes" : "failed (errno \(error))" }
+        print("GlusterLabTests: A's descriptor on the file B renamed over: write over the copy \(outcome(over, overErrno)), past its end \(outcome(past, pastErrno)), fsync \(synced == 0 ? "ok" : "failed (errno \(syncErrno))"), read back through it \(readBack == mine.count && mine == stray ? "A's own bytes (the unnamed old file)" : "\(readBack) bytes"); the name unchanged through both mounts")
+    }
+
+    /// The I/O timeout T of the freeze test: the fence lapses 6T = 6 s after the frozen owner's last good renewal,
+    /// B takes over after watching the lease unchanged for 8T = 8 s. A renewal through GlusterFS takes milliseconds,
+    /// and one slower than T merely does not count, so a loaded machine still renews in time.
+    static let freezeIOTimeout = 1.0
+
+    /// Issue 12, item 7, `LeaseTests.aThawedOwnerWritesNothingAfterTheTakeoverAndExits` on the real GlusterFS lab:
+    /// the owner (a download writing steadily through A's mount) and its watchdog are frozen (SIGSTOP, a whole
+    /// host paused), a `ferry run --resume` on B (B's namespace, B's mount, `--dirty-rate 0` so that it writes
+    /// nothing itself) takes over as generation 2 once it saw the lease unchanged for 8T, and the owner is thawed
+    /// (its watchdog stays frozen until the owner is gone). On GlusterFS the thawed owner's descriptor points to a
+    /// file B's client renamed over through another FUSE client, served by the brick as an unlinked file. The owner
+    /// exits within a few T, and not one byte lands in the download's file after the takeover, read through both
+    /// mounts; the record and the claim on both name the resume, and it verifies. With `withoutEnforcer` nothing
+    /// kills the thawed owner: only the fence, the record check and the file takeover stand between it and the file.
+    @Test(.enabled(if: GlusterLab.available("GlusterLabTests.aFrozenOwnerThawedAfterAnotherHostTookOverWritesNothingAndExits"),
+                   "needs root, ip and GlusterFS"), .timeLimit(.minutes(3)), arguments: LeaseTests.Defences.allCases)
+    func aFrozenOwnerThawedAfterAnotherHostTookOverWritesNothingAndExits(defences: LeaseTests.Defences) throws {
+        let gluster = try #require(GlusterVolume.current)
+        let lab = try Lab()
+        defer { lab.tearDown() }
+        let folder = try gluster.folder("owner-frozen-\(defences.rawValue)-\(UInt32.random(in: 0...UInt32.max))")
+        lab.placements = gluster.placements(folder)
+        let T = Self.freezeIOTimeout
+        let (owner, watchdog) = try Self.startTheOwner(lab, folder: folder, T: T, environment: defences.environment)
+        // Runs before the lab's tear-down (a stopped process would ignore its SIGTERM until thawed; the watchdog is
+        // not one of the lab's processes): nothing is left stopped on any path.
+        defer {
+            if Self.isWatchdog(watchdog) { kill(watchdog, SIGKILL) }
+            if owner.isRunning { kill(owner.processIdentifier, SIGCONT) }
+        }
+        let file = (try Self.downloadFile(folder.b) as NSString).lastPathComponent
+        let context = { "--- owner (A)\n\(lab.log("a"))\n--- resume (B)\n\(lab.log("r"))" }
+
+        kill(watchdog, SIGSTOP)
+        kill(owner.processIdentifier, SIGSTOP)
+        let frozenAt = ContinuousClock.now
+        // A thread in a call on the mount stops once the call returns (FUSE requests run to their end).
+        let stopped = Self.wait(5) { Self.processState(owner.processIdentifier).hasPrefix("State: T") && Self.processState(watchdog).hasPrefix("State: T") }
+        #expect(stopped, "the owner and its watchdog are stopped: \(Self.processState(owner.processIdentifier)); \(Self.processState(watchdog))")
+        let stoppedAfter = Self.seconds(ContinuousClock.now - frozenAt)
+        let resume = try Self.startTheResume(lab, folder: folder, T: T)
+        let resumeStartedAt = ContinuousClock.now
+        _ = Self.wait(8 * T + 40) { FileManager.default.fileExists(atPath: lab.socket("r")) || !resume.isRunning }
+        let takenAt = ContinuousClock.now
+        try #require(FileManager.default.fileExists(atPath: lab.socket("r")), "the resume on B takes over: \(context())")
+        let (takenAfterFreeze, resumeWaited) = (Self.seconds(takenAt - frozenAt), Self.seconds(takenAt - resumeStartedAt))
+        #expect(resumeWaited >= 8 * T, "B took over after watching the lease unchanged for 8T, not \(resumeWaited) s: \(context())")
+        #expect(lab.log("r").contains("has not renewed its lease"), "\(context())")
+        let resumed = try #require(Self.status(lab.socket("r")), "\(context())")
+        #expect(resumed.role == "running" && resumed.generation == 2, "B runs generation 2: \(context())")
+        #expect(owner.isRunning && Self.processState(owner.processIdentifier).hasPrefix("State: T"), "A is still frozen at the takeover")
+        // The new owner writes nothing (pace 0): every byte the file gains from here on would be A's.
+        let atTakeover = try Data(contentsOf: URL(fileURLWithPath: folder.b + "/" + file))
+        #expect(atTakeover.count > 0 && atTakeover.count % 4096 == 0, "\(atTakeover.count) bytes at the takeover")
+
+        kill(owner.processIdentifier, SIGCONT)
+        let thawedAt = ContinuousClock.now
+        let exited = Self.wait(5 * T) { !owner.isRunning }
+        let goneAfter = Self.seconds(ContinuousClock.now - thawedAt)
+        #expect(exited, "the thawed owner exits within a few T: \(Self.processState(owner.processIdentifier)) \(context())")
+        let log = lab.log("a")
+        let killedByTheEnforcer = log.contains("this process stops now (SIGKILL)")
+        let fencedByTheRecord = log.contains("another process owns the workload now")
+        #expect(killedByTheEnforcer || fencedByTheRecord || log.contains("was not renewed for"), "A says why it stopped: \(context())")
+        if defences == .withoutEnforcer {
+            #expect(!killedByTheEnforcer, "no enforcer ran: \(log)")
+            #expect(!exited || owner.terminationReason == .exit && owner.terminationStatus == 1, "fenced, A exits with 1: \(context())")
+        }
+        let how = !exited ? "still running" : owner.terminationReason == .uncaughtSignal ? "killed by signal \(owner.terminationStatus)"
+            : "exited with \(owner.terminationStatus)"
+        // Thawed once its owner is gone, the watchdog finds the owner's end closed and exits, killing nothing.
+        if exited { kill(watchdog, SIGCONT) }
+        #expect(Self.wait(5) { kill(watchdog, 0) != 0 }, "A's watchdog exits once thawed: \(Self.processState(watchdog))")
+        usleep(1_000_000)  // anything A's client still held has reached the brick by now
+        try Self.onlyTheResumeOwnsIt(lab, folder: folder, file: file, atTakeover: atTakeover, resumePID: resumed.pid)
+        print("GlusterLabTests: owner frozen (\(defences.rawValue), T = \(T) s): stopped in \(String(format: "%.2f", stoppedAfter)) s, taken over on B \(String(format: "%.2f", takenAfterFreeze)) s after the freeze (the resume watched \(String(format: "%.2f", resumeWaited)) s); thawed A \(how) \(String(format: "%.2f", goneAfter)) s later (\(killedByTheEnforcer ? "its enforcer" : fencedByTheRecord ? "the record check" : "its fence")); download file \(atTakeover.count) bytes at the takeover, unchanged through both mounts; A's last words: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))")
+        _ = try? runFerry(["stop", "--control", lab.socket("r")])
+        if !Self.wait(10, until: { !resume.isRunning }) { kill(resume.processIdentifier, SIGKILL) }
     }
 }
 }
