@@ -303,7 +303,7 @@ public enum OwnershipClaim {
     public static func release(_ generation: UInt64, in directory: String) {
         let path = path(generation, in: directory)
         do throws(SharedFileError) {
-            _ = try SharedFile.retrying { () throws(SharedFileError) in try SharedFile.call("unlink", path) { unlink(path) } }
+            try SharedFile.remove(path)
         } catch {
             FileHandle.standardError.write(Data("ferry: cannot withdraw the claim of generation \(generation), which this process never ran: \(error); remove it by hand if no process runs generation \(generation)\n".utf8))
         }
@@ -340,7 +340,7 @@ public enum OwnershipClaim {
                 guard let old = UInt64(name.dropFirst(prefix.count)), old < generation else { continue }
                 let path = directory + "/" + name
                 do throws(SharedFileError) {
-                    _ = try SharedFile.retrying { () throws(SharedFileError) in try SharedFile.call("unlink", path) { unlink(path) } }
+                    try SharedFile.remove(path)
                 } catch where error.errno.rawValue == ENOENT {
                     continue
                 } catch {

@@ -226,6 +226,11 @@ public enum SharedFile {
         try close(fd, path: path)
     }
 
+    /// Removes the name `path` (`ESTALE` retried; a missing file is an error with `ENOENT`, for the caller to judge).
+    public static func remove(_ path: String) throws(SharedFileError) {
+        _ = try retrying { () throws(SharedFileError) in try call("unlink", path) { unlink(path) } }
+    }
+
     /// Renames `from` over `to` (atomic): two paths, or two names in `directory`.
     public static func rename(_ from: String, over to: String, in directory: SharedDirectory? = nil) throws(SharedFileError) {
         let base = directory?.fd ?? AT_FDCWD
